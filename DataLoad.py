@@ -1,0 +1,453 @@
+"""Datasets in the MMGCN folder layout, safe file loading, and the training sampler.
+
+A dataset is a folder ``Data/<name>/`` (SPEC 1.1):
+
+    train.npy            int [E, 2], rows (user, item + U)
+    val_full.npy         object array, rows [user, item+U, ...]
+    test_full.npy        same as val_full.npy
+    user_item_dict.npy   pickled dict user -> training items (item + U), optional
+    features             per modality, see LEGACY_FEATURES and meta.json
+    meta.json            sizes and modality list (written by prepare_data.py)
+
+Item ids are offset by the number of users in every file; inside the code
+items are 0-based.  Every malformed input raises ``DataError`` whose text
+names the file and the problem (SPEC 1.4); nothing in a data file is ever
+executed: plain arrays load with ``allow_pickle=False``, ``.pt`` files with
+``weights_only=True`` and the legacy pickled object arrays through a
+restricted unpickler.
+
+    from DataLoad import load_dataset
+    data = load_dataset('Data/tiktok_small')
+"""
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Published sizes of the three legacy datasets (SPEC 1.1).
+LEGACY_SIZES = {'movielens': (55485, 5986), 'tiktok': (36656, 76085), 'kwai': (7010, 86483)}
+
+# Legacy feature files (SPEC 1.2): modality -> (file, kind); kind 'dense' or 'words'.
+LEGACY_FEATURES = {
+    'movielens': {'v': ('FeatureVideo_normal.npy', 'dense'),
+                  'a': ('FeatureAudio_avg_normal.npy', 'dense'),
+                  't': ('FeatureText_stl_normal.npy', 'dense')},
+    'tiktok': {'v': ('feat_v.pt', 'dense'), 'a': ('feat_a.pt', 'dense'), 't': ('feat_t.pt', 'words')},
+    'kwai': {'v': ('feat_v.pt', 'dense')},
+}
+
+# Width of the trainable word embedding behind a word-id text modality (SPEC 1.2).
+WORD_DIM = 128
+
+
+class DataError(Exception):
+    """A malformed input: the message names the file and what is wrong."""
+
+    def __init__(self, path, problem):
+        super().__init__(f'{path}: {problem}')
+        self.path, self.problem = path, problem
+
+
+# --------------------------------------------------------------------------
+# Safe loading
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what the legacy split/dict files hold (SPEC 1.4)."""
+
+    ALLOWED = {
+        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+        ('numpy', 'ndarray'), ('numpy', 'dtype'),
+        ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'list'),
+        ('builtins', 'dict'), ('builtins', 'int'), ('builtins', 'tuple'),
+        ('collections', 'defaultdict'), ('collections', 'OrderedDict'),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f'refused to load {module}.{name}')
+        import importlib
+        return getattr(importlib.import_module(module), name)
+
+
+def load_npy(path, allow_object=False):
+    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler."""
+    if not os.path.isfile(path):
+        raise DataError(path, 'file not found')
+    try:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if not dtype.hasobject:
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            if not allow_object:
+                raise DataError(path, 'holds pickled objects where a numeric array is expected')
+            obj = _RestrictedUnpickler(f).load()
+    except DataError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
+    except Exception as e:  # truncated, not numpy, bad header ...
+        raise DataError(path, f'not a readable .npy file ({type(e).__name__}: {e})') from None
+    if not isinstance(obj, np.ndarray):
+        raise DataError(path, f'expected a numpy array, found {type(obj).__name__}')
+    return obj
+
+
+def load_pt_tensor(path):
+    """Load a tensor from ``.pt`` with ``weights_only=True``."""
+    if not os.path.isfile(path):
+        raise DataError(path, 'file not found')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise DataError(path, f'not a readable tensor file ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(obj)
+    if not isinstance(obj, torch.Tensor):
+        raise DataError(path, f'expected a tensor, found {type(obj).__name__}')
+    return obj
+
+
+def load_matrix(path):
+    """A dense 2-D float feature matrix from ``.npy`` or ``.pt``."""
+    if path.endswith('.pt'):
+        arr = load_pt_tensor(path).numpy()
+    else:
+        arr = load_npy(path)
+    if arr.ndim != 2:
+        raise DataError(path, f'expected a 2-D feature matrix, found shape {tuple(arr.shape)}')
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(path, f'expected numeric features, found dtype {arr.dtype}')
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise DataError(path, f'NaN or Inf in feature row {bad}')
+    return arr
+
+
+def _as_int_array(values, path, what):
+    try:
+        arr = np.asarray(values)
+    except Exception:
+        raise DataError(path, f'{what} is not a list of integers') from None
+    if arr.size == 0:
+        return arr.astype(np.int64).reshape(-1)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == object or np.issubdtype(arr.dtype, np.floating):
+            try:
+                as_float = arr.astype(np.float64)
+            except (TypeError, ValueError):
+                raise DataError(path, f'{what} holds a non-integer value') from None
+            if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+                raise DataError(path, f'{what} holds a non-integer value')
+            arr = as_float
+        else:
+            raise DataError(path, f'{what} holds a non-integer value (dtype {arr.dtype})')
+    return arr.astype(np.int64).reshape(-1)
+
+
+# --------------------------------------------------------------------------
+# The dataset
+
+@dataclass
+class WordFeature:
+    """Word-id text (Tiktok's ``feat_t.pt``): item i's feature is the mean of its words' embeddings."""
+    item_index: torch.Tensor   # [W] 0-based item of each (item, word) pair
+    word_id: torch.Tensor      # [W]
+    vocab_size: int
+    dim: int = WORD_DIM
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset; items are 0-based everywhere in here."""
+    name: str
+    path: str
+    num_user: int
+    num_item: int
+    train: np.ndarray                      # [E, 2] unique (user, item) pairs
+    val: dict                              # user -> np.ndarray of items
+    test: dict
+    features: dict = field(default_factory=dict)   # modality -> np.ndarray [I, f] or WordFeature
+
+    @property
+    def modalities(self):
+        return list(self.features)
+
+    def feature_dim(self, modality):
+        feat = self.features[modality]
+        return feat.dim if isinstance(feat, WordFeature) else feat.shape[1]
+
+    def train_csr(self):
+        """(indptr, items) of the training items per user, items sorted."""
+        order = np.lexsort((self.train[:, 1], self.train[:, 0]))
+        pairs = self.train[order]
+        indptr = np.zeros(self.num_user + 1, dtype=np.int64)
+        np.add.at(indptr, pairs[:, 0] + 1, 1)
+        return np.cumsum(indptr), pairs[:, 1].copy()
+
+    def summary(self):
+        mods = ', '.join(f'{m}:{self.feature_dim(m)}' for m in self.modalities) or 'none'
+        return (f'{self.name}: {self.num_user} users, {self.num_item} items, {len(self.train)} train / '
+                f'{sum(map(len, self.val.values()))} val / {sum(map(len, self.test.values()))} test '
+                f'interactions; modalities {mods}')
+
+
+def legacy_key(name):
+    key = os.path.basename(os.path.normpath(name)).lower()
+    return key if key in LEGACY_SIZES else None
+
+
+def _read_meta(folder):
+    path = os.path.join(folder, 'meta.json')
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(path, f'not valid JSON ({e})') from None
+    if not isinstance(meta, dict):
+        raise DataError(path, 'expected a JSON object')
+    for key in ('num_user', 'num_item'):
+        if key in meta and (not isinstance(meta[key], int) or meta[key] <= 0):
+            raise DataError(path, f'{key} must be a positive integer, found {meta[key]!r}')
+    mods = meta.get('modalities', [])
+    if not isinstance(mods, list) or not all(isinstance(m, dict) and 'name' in m and 'file' in m for m in mods):
+        raise DataError(path, "'modalities' must be a list of objects with 'name' and 'file'")
+    return meta
+
+
+def _modality_files(folder, meta):
+    """Ordered modality -> (file path, kind)."""
+    if meta is not None and 'modalities' in meta:
+        return {m['name']: (os.path.join(folder, m['file']), m.get('kind', 'dense')) for m in meta['modalities']}
+    key = legacy_key(folder)
+    if key is not None:
+        table = LEGACY_FEATURES[key]
+        return {m: (os.path.join(folder, f), k) for m, (f, k) in table.items()}
+    # Unknown folder without meta.json: take whichever legacy file names are present.
+    found = {}
+    for table in LEGACY_FEATURES.values():
+        for m, (f, k) in table.items():
+            if m not in found and os.path.exists(os.path.join(folder, f)):
+                found[m] = (os.path.join(folder, f), k)
+    return {m: found[m] for m in ('v', 'a', 't') if m in found}
+
+
+def _load_train(path):
+    arr = load_npy(path)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DataError(path, f'expected an int array of shape [E, 2], found shape {tuple(arr.shape)}')
+    arr = _as_int_array(arr, path, 'train.npy').reshape(-1, 2)
+    if len(arr) == 0:
+        raise DataError(path, 'the training set is empty')
+    if arr.min() < 0:
+        raise DataError(path, f'negative id {int(arr.min())}')
+    return arr
+
+
+def _load_split(path):
+    """user -> list of raw (offset) item ids, merged over rows."""
+    arr = load_npy(path, allow_object=True)
+    rows = arr.tolist() if arr.dtype == object else [list(r) for r in arr]
+    out = {}
+    for n, row in enumerate(rows):
+        ids = _as_int_array(row, path, f'row {n}')
+        if ids.size == 0:
+            raise DataError(path, f'row {n} is empty (expected [user, item+U, ...])')
+        out.setdefault(int(ids[0]), []).append(ids[1:])
+    return {u: np.concatenate(v) for u, v in out.items()}
+
+
+def _load_user_item_dict(path):
+    arr = load_npy(path, allow_object=True)
+    obj = arr.item() if arr.dtype == object and arr.shape == () else None
+    if not isinstance(obj, dict):
+        raise DataError(path, 'expected a pickled dict user -> items')
+    out = {}
+    for u, items in obj.items():
+        uid = _as_int_array([u], path, 'a user key')[0]
+        out[int(uid)] = _as_int_array(list(items), path, f'the items of user {uid}')
+    return out
+
+
+def _check_items(items, num_user, num_item, path, where):
+    """Raw (offset) item ids -> 0-based, with the offset and range checked."""
+    if items.size == 0:
+        return items
+    low, high = int(items.min()), int(items.max())
+    if low < num_user:
+        raise DataError(path, f'{where}: item id {low} is smaller than the user count {num_user} '
+                              f'(item ids must be offset by the number of users)')
+    if high >= num_user + num_item:
+        raise DataError(path, f'{where}: item id {high} out of range (items are {num_user}..{num_user + num_item - 1})')
+    return items - num_user
+
+
+def load_dataset(folder, modalities=None):
+    """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order."""
+    folder = os.path.normpath(folder)
+    name = os.path.basename(folder)
+    if not os.path.isdir(folder):
+        raise DataError(folder, 'dataset folder not found')
+    meta = _read_meta(folder)
+    files = _modality_files(folder, meta)
+    if modalities is not None:
+        unknown = [m for m in modalities if m not in files]
+        if unknown:
+            raise DataError(folder, f'unknown modality {unknown[0]!r}; this dataset has {sorted(files) or "none"}')
+        files = {m: files[m] for m in modalities}
+
+    train_path = os.path.join(folder, 'train.npy')
+    train_raw = _load_train(train_path)
+    val_path, test_path = os.path.join(folder, 'val_full.npy'), os.path.join(folder, 'test_full.npy')
+    val_raw, test_raw = _load_split(val_path), _load_split(test_path)
+
+    # Load features before the sizes: their row count is the item count of an unknown dataset.
+    dense, words = {}, {}
+    for m, (path, kind) in files.items():
+        if kind == 'words':
+            words[m] = path
+        elif kind == 'dense':
+            dense[m] = load_matrix(path)
+        else:
+            raise DataError(os.path.join(folder, 'meta.json'), f'modality {m!r} has unknown kind {kind!r}')
+
+    key = legacy_key(folder)
+    size_src = os.path.join(folder, 'meta.json')
+    if meta is not None and 'num_user' in meta and 'num_item' in meta:
+        num_user, num_item = meta['num_user'], meta['num_item']
+    elif key is not None:
+        num_user, num_item = LEGACY_SIZES[key]
+        size_src = f'{folder} (published {name} sizes)'
+    else:
+        num_user = int(train_raw[:, 0].max()) + 1
+        if dense:
+            num_item = next(iter(dense.values())).shape[0]
+        else:
+            num_item = int(train_raw[:, 1].max()) - num_user + 1
+        size_src = train_path
+        if num_item <= 0:
+            raise DataError(train_path, f'item id {int(train_raw[:, 1].max())} is smaller than the user count '
+                                        f'{num_user} (item ids must be offset by the number of users)')
+
+    users = train_raw[:, 0]
+    if users.max() >= num_user:
+        raise DataError(train_path, f'user id {int(users.max())} out of range (dataset has {num_user} users, {size_src})')
+    items = _check_items(train_raw[:, 1], num_user, num_item, train_path, 'training pair')
+    keys = np.unique(users * num_item + items)
+    train = np.stack([keys // num_item, keys % num_item], axis=1)
+
+    trained_users = np.zeros(num_user, dtype=bool)
+    trained_users[train[:, 0]] = True
+    splits = []
+    for path, raw in ((val_path, val_raw), (test_path, test_raw)):
+        split = {}
+        for u, its in raw.items():
+            if u < 0 or u >= num_user:
+                raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
+            its = np.unique(_check_items(its, num_user, num_item, path, f'user {u}'))
+            if its.size == 0:
+                continue
+            if not trained_users[u]:
+                raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
+            split[u] = its
+        splits.append(split)
+
+    uid_path = os.path.join(folder, 'user_item_dict.npy')
+    if os.path.exists(uid_path):
+        uid = _load_user_item_dict(uid_path)
+        pairs = [(u, _check_items(its, num_user, num_item, uid_path, f'user {u}')) for u, its in uid.items()]
+        for u, _ in pairs:
+            if u < 0 or u >= num_user:
+                raise DataError(uid_path, f'user id {u} out of range (dataset has {num_user} users)')
+        uid_keys = np.unique(np.concatenate([u * num_item + its for u, its in pairs] or [np.zeros(0, np.int64)]))
+        if not np.array_equal(uid_keys, keys):
+            diff = np.setxor1d(uid_keys, keys)[0]
+            raise DataError(uid_path, f'disagrees with train.npy on user {int(diff // num_item)} '
+                                      f'item {int(diff % num_item) + num_user}')
+
+    features = {}
+    for m in files:
+        if m in dense:
+            feat = dense[m]
+            if feat.shape[0] != num_item:
+                raise DataError(files[m][0], f'has {feat.shape[0]} rows, expected one per item ({num_item})')
+            features[m] = feat
+        else:
+            features[m] = _load_words(words[m], num_item)
+    return Dataset(name, folder, num_user, num_item, train, splits[0], splits[1], features)
+
+
+def _load_words(path, num_item):
+    pairs = load_pt_tensor(path)
+    if pairs.dim() != 2 or pairs.shape[0] != 2:
+        raise DataError(path, f'expected a LongTensor [2, W] of (item, word id) pairs, found shape {tuple(pairs.shape)}')
+    if pairs.dtype.is_floating_point or pairs.dtype == torch.bool:
+        raise DataError(path, f'expected integer (item, word id) pairs, found dtype {pairs.dtype}')
+    pairs = pairs.long()
+    if pairs.shape[1] == 0:
+        raise DataError(path, 'holds no (item, word id) pair')
+    if pairs.min() < 0:
+        raise DataError(path, f'negative id {int(pairs.min())}')
+    if pairs[0].max() >= num_item:
+        raise DataError(path, f'item index {int(pairs[0].max())} out of range (items are 0..{num_item - 1}, not offset)')
+    return WordFeature(pairs[0].clone(), pairs[1].clone(), int(pairs[1].max()) + 1)
+
+
+# --------------------------------------------------------------------------
+# Training batches
+
+class TrainSampler:
+    """Shuffled batches of training pairs, with one uniform negative per pair when asked.
+
+    Negatives are drawn for a whole batch at once; collisions with the user's
+    training items are found by binary search over the sorted ``user*I+item``
+    keys and redrawn, so there is no per-sample scan of the item set.
+    """
+
+    def __init__(self, train, num_item, batch_size, rng):
+        self.users = torch.from_numpy(train[:, 0].astype(np.int64))
+        self.items = torch.from_numpy(train[:, 1].astype(np.int64))
+        self.keys = np.sort(train[:, 0].astype(np.int64) * num_item + train[:, 1])
+        self.num_item, self.batch_size, self.rng = num_item, batch_size, rng
+        self.user_counts = np.bincount(train[:, 0])
+
+    def __len__(self):
+        return (len(self.users) + self.batch_size - 1) // self.batch_size
+
+    def sample_negatives(self, users):
+        """One item per user, uniform over the items the user has not interacted with."""
+        users = np.asarray(users, dtype=np.int64)
+        neg = self.rng.integers(0, self.num_item, size=len(users))
+        todo = np.arange(len(users))
+        while todo.size:
+            keys = users[todo] * self.num_item + neg[todo]
+            pos = np.searchsorted(self.keys, keys)
+            hit = self.keys[np.minimum(pos, len(self.keys) - 1)] == keys
+            todo = todo[hit]
+            neg[todo] = self.rng.integers(0, self.num_item, size=todo.size)
+        return neg
+
+    def batches(self, negatives):
+        """Yield (users, items[, negatives]) LongTensors for one epoch."""
+        if negatives and self.user_counts.max() >= self.num_item:
+            raise ValueError(f'user {int(self.user_counts.argmax())} has interacted with every item: '
+                             f'no negative to sample')
+        order = torch.from_numpy(self.rng.permutation(len(self.users)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            users, items = self.users[idx], self.items[idx]
+            if negatives:
+                yield users, items, torch.from_numpy(self.sample_negatives(users.numpy()))
+            else:
+                yield users, items

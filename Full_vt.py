@@ -1,0 +1,117 @@
+"""Full-ranking validation and test (SPEC 4).
+
+Every user with at least one positive item in the split is ranked against
+all items from a fresh forward pass in eval mode; the user's training items
+score −∞.  For each K:
+
+    Precision@K = hits / K
+    Recall@K    = hits / |pos|
+    NDCG@K      = DCG / IDCG,  DCG = Σ_{rank r ≤ K, hit} 1 / log2(r + 1),
+                  IDCG over min(|pos|, K) positions
+
+averaged over the evaluated users.  ``rank_metrics`` is vectorised over
+users and works on chunks of ``eval_batch`` users, so memory stays bounded;
+``rank_metrics_loop`` is the plain per-user reference it is tested against.
+"""
+import numpy as np
+import torch
+
+METRICS = ('precision', 'recall', 'ndcg')
+
+
+class SplitIndex:
+    """Users of a split with their positives, and everyone's training items, as CSR index arrays."""
+
+    def __init__(self, split, train_indptr, train_items):
+        self.users = np.array(sorted(split), dtype=np.int64)
+        self.pos_count = np.array([len(split[u]) for u in self.users], dtype=np.int64)
+        self.pos_indptr = np.concatenate([[0], np.cumsum(self.pos_count)])
+        self.pos_items = np.concatenate([split[u] for u in self.users]) if len(self.users) else np.zeros(0, np.int64)
+        self.train_indptr, self.train_items = train_indptr, train_items
+
+
+def _rows_and_items(users_idx, indptr, items):
+    """(row within the chunk, item) for the CSR rows ``users_idx``."""
+    starts, ends = indptr[users_idx], indptr[users_idx + 1]
+    counts = ends - starts
+    rows = np.repeat(np.arange(len(users_idx)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, items[np.repeat(starts, counts) + offsets]
+
+
+def _discounts(k):
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+@torch.no_grad()
+def rank_metrics(z_user, z_item, index, topk, eval_batch=1024):
+    """Metrics {K: {metric: mean}} for the users of ``index``, ``eval_batch`` users at a time."""
+    max_k = max(topk)
+    num_item = z_item.shape[0]
+    device = z_user.device
+    disc = torch.as_tensor(_discounts(max_k), device=device, dtype=torch.float64)
+    idcg_table = torch.cumsum(disc, 0)
+    sums = {k: {m: 0.0 for m in METRICS} for k in topk}
+    n_users = len(index.users)
+    for start in range(0, n_users, eval_batch):
+        chunk = np.arange(start, min(start + eval_batch, n_users))
+        users = index.users[chunk]
+        scores = z_user[torch.as_tensor(users, device=device)] @ z_item.t()
+        rows, items = _rows_and_items(users, index.train_indptr, index.train_items)
+        scores[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = -torch.inf
+        top = torch.topk(scores, min(max_k, num_item), dim=1).indices
+        positive = torch.zeros_like(scores, dtype=torch.bool)
+        rows, items = _rows_and_items(chunk, index.pos_indptr, index.pos_items)
+        positive[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = True
+        hits = positive.gather(1, top).double()
+        if hits.shape[1] < max_k:
+            hits = torch.cat([hits, hits.new_zeros(len(chunk), max_k - hits.shape[1])], dim=1)
+        n_pos = torch.as_tensor(index.pos_count[chunk], device=device, dtype=torch.float64)
+        for k in topk:
+            hit_k = hits[:, :k].sum(1)
+            dcg = (hits[:, :k] * disc[:k]).sum(1)
+            idcg = idcg_table[torch.clamp(n_pos, max=k).long() - 1]
+            sums[k]['precision'] += (hit_k / k).sum().item()
+            sums[k]['recall'] += (hit_k / n_pos).sum().item()
+            sums[k]['ndcg'] += (dcg / idcg).sum().item()
+    return {k: {m: (v / n_users if n_users else 0.0) for m, v in d.items()} for k, d in sums.items()}
+
+
+@torch.no_grad()
+def rank_metrics_loop(z_user, z_item, index, topk):
+    """The plain reference: one user at a time, written straight from the definitions."""
+    max_k = max(topk)
+    sums = {k: {m: 0.0 for m in METRICS} for k in topk}
+    for n, user in enumerate(index.users):
+        scores = z_user[int(user)] @ z_item.t()
+        train = index.train_items[index.train_indptr[user]:index.train_indptr[user + 1]]
+        scores[torch.as_tensor(train, dtype=torch.long)] = -torch.inf
+        ranked = torch.topk(scores, min(max_k, len(scores))).indices.tolist()
+        pos = set(index.pos_items[index.pos_indptr[n]:index.pos_indptr[n + 1]].tolist())
+        for k in topk:
+            hit_ranks = [r for r, item in enumerate(ranked[:k], start=1) if item in pos]
+            dcg = sum(1 / np.log2(r + 1) for r in hit_ranks)
+            idcg = sum(1 / np.log2(r + 1) for r in range(1, min(len(pos), k) + 1))
+            sums[k]['precision'] += len(hit_ranks) / k
+            sums[k]['recall'] += len(hit_ranks) / len(pos)
+            sums[k]['ndcg'] += dcg / idcg
+    n_users = len(index.users)
+    return {k: {m: (v / n_users if n_users else 0.0) for m, v in d.items()} for k, d in sums.items()}
+
+
+@torch.no_grad()
+def full_ranking(model, indexes, topk, eval_batch=1024):
+    """One fresh eval-mode forward, then metrics for each ``SplitIndex`` in ``indexes`` (a dict)."""
+    was_training = model.training
+    model.eval()
+    try:
+        z_user, z_item = model()
+        return {name: rank_metrics(z_user, z_item, idx, topk, eval_batch) for name, idx in indexes.items()}
+    finally:
+        model.train(was_training)
+
+
+def format_metrics(metrics):
+    """'P@10 0.1234 R@10 0.2345 N@10 0.3456 ...' for one split."""
+    return '  '.join(f'P@{k} {v["precision"]:.4f} R@{k} {v["recall"]:.4f} N@{k} {v["ndcg"]:.4f}'
+                     for k, v in metrics.items())

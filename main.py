@@ -1,0 +1,354 @@
+"""Train and evaluate SLMRec or MMGCN on a dataset in the MMGCN layout.
+
+    python main.py                                   # SLMRec with its defaults on MovieLens-100K
+    python main.py --model_name='MMGCN' --l_r=0.0005 --weight_decay=0.1 --batch_size=1024 \\
+        --dim_latent=64 --num_workers=30 --aggr_mode='mean' --num_layer=2 --concat=False --data_path tiktok_small
+
+Each evaluation prints one Val and one Test line; the run ends with the best
+epoch by validation Recall@K (first K) and its test metrics, and appends one
+JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
+2 bad input or arguments, 3 training diverged (NaN/Inf loss).
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
+MODELS = ('SLMRec', 'MMGCN')
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+
+# Published defaults per model, used for every flag left out (SPEC 3.4, 5).
+MODEL_DEFAULTS = {
+    'SLMRec': dict(l_r=0.01, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=1000),
+    'MMGCN': dict(l_r=0.0005, weight_decay=0.1, batch_size=1024, num_layer=2, num_epoch=1000),
+}
+AUTO_PREPARED = ('ml100k', 'ml1m')
+
+
+class InputError(Exception):
+    """Bad arguments or output paths: one line for the user."""
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ('true', '1', 'yes'):
+        return True
+    if value.lower() in ('false', '0', 'no'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def build_parser():
+    per_model = '; '.join(f'{m}: ' + ', '.join(f'{k}={v}' for k, v in d.items()) for m, d in MODEL_DEFAULTS.items())
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                epilog=f'Defaults of flags marked "per model": {per_model}.')
+    a = p.add_argument
+    a('--model_name', default='SLMRec', choices=MODELS, help='model to train (default SLMRec)')
+    a('--data_path', default='ml100k', help='dataset folder under Data/ or a path (default ml100k, '
+                                            'prepared on first use like ml1m)')
+    a('--l_r', type=float, default=None, help='Adam learning rate (per model)')
+    a('--weight_decay', type=float, default=None,
+      help='SLMRec: Adam weight decay; MMGCN: the BPR regulariser coefficient λ (per model)')
+    a('--batch_size', type=int, default=None, help='training pairs per step (per model)')
+    a('--num_epoch', type=int, default=None, help='maximum epochs; 0 only evaluates (per model)')
+    a('--num_workers', type=int, default=0,
+      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes)')
+    a('--dim_latent', type=int, default=64, help='embedding size d')
+    a('--num_layer', type=int, default=None, help='graph layers L (per model)')
+    a('--aggr_mode', default='mean', choices=('mean', 'max', 'add'), help='MMGCN neighbour aggregation')
+    a('--concat', type=str2bool, default=False, help='MMGCN: g_l on [h ‖ x̂] (True) or g_l(h) + x̂ (False)')
+    a('--has_id', type=str2bool, default=True, help='MMGCN: add the trainable ID embedding')
+    a('--has_v', type=str2bool, default=True, help='use the visual modality when present')
+    a('--has_a', type=str2bool, default=True, help='use the acoustic modality when present')
+    a('--has_t', type=str2bool, default=True, help='use the textual modality when present')
+    a('--modalities', default=None,
+      help="comma-separated modalities to use, in order (e.g. 'v,t'); 'none' for an ID-only model")
+    a('--topK', type=int, nargs='+', default=[10], help='cut-offs, e.g. --topK 10 20 (first one selects the model)')
+    a('--seed', type=int, default=1, help='random seed; CPU runs with the same seed repeat exactly')
+    a('--no-cuda', dest='no_cuda', action='store_true', help='stay on the CPU even when CUDA is present')
+    a('--patience', type=int, default=20, help='evaluations without validation improvement before stopping')
+    a('--eval_batch', type=int, default=1024, help='users per chunk in full-ranking evaluation')
+    a('--PATH_weight_load', default=None, help='initial weights: ours, or an official SLMRec state dict')
+    a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
+    a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
+    a('--resume', action='store_true', help='continue the run from --checkpoint')
+    a('--save_file', default='results.jsonl', help='results file: one JSON line appended per run')
+    a('--ssl_task', default='FAC', choices=('FAC', 'FD', 'FM', 'FD+FM', 'none'), help='SLMRec self-supervised task')
+    a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
+    a('--ssl_temp', type=float, default=0.2, help='SLMRec: temperature of the SSL losses')
+    a('--temp', type=float, default=0.2, help='SLMRec: temperature of the main InfoNCE')
+    a('--dropout_rate', type=float, default=0.3, help='SLMRec: FD dropout')
+    a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
+    a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
+    a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    for key, value in MODEL_DEFAULTS[args.model_name].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    checks = [(args.batch_size > 0, '--batch_size must be positive'), (args.num_epoch >= 0, '--num_epoch must be >= 0'),
+              (args.num_layer >= 1, '--num_layer must be >= 1'), (args.dim_latent >= 2, '--dim_latent must be >= 2'),
+              (all(k > 0 for k in args.topK), '--topK values must be positive'),
+              (args.patience > 0, '--patience must be positive'), (args.eval_batch > 0, '--eval_batch must be positive'),
+              (0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
+              (args.temp > 0 and args.ssl_temp > 0, '--temp and --ssl_temp must be positive'),
+              (args.has_id or args.model_name == 'MMGCN', '--has_id False applies to MMGCN only')]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+    args.topK = list(dict.fromkeys(args.topK))
+    return args
+
+
+def run_name(args):
+    return f'{os.path.basename(os.path.normpath(args.data_path))}-{args.model_name}-seed{args.seed}'
+
+
+def resolve_data(args):
+    """The dataset folder; the real MovieLens sets are prepared on first use."""
+    path = args.data_path if os.path.isdir(args.data_path) else os.path.join(DATA_ROOT, args.data_path)
+    if not os.path.isdir(path) and args.data_path in AUTO_PREPARED:
+        import prepare_data
+        print(f'preparing {args.data_path} (first use) ...')
+        prepare_data.movielens(args.data_path)
+    return path
+
+
+def select_modalities(args, available):
+    if args.modalities is not None:
+        names = [] if args.modalities.strip().lower() == 'none' else [m.strip() for m in args.modalities.split(',') if m.strip()]
+        unknown = [m for m in names if m not in available]
+        if unknown:
+            raise InputError(f'--modalities: unknown modality {unknown[0]!r}; valid: {", ".join(available) or "none"}')
+        return names
+    off = {m for m, flag in (('v', args.has_v), ('a', args.has_a), ('t', args.has_t)) if not flag}
+    return [m for m in available if m not in off]
+
+
+def build_model(args, data):
+    from BaseModel import bipartite_edges, csr_adjacency, normalized_adjacency
+    from model_MMGCN import MMGCN
+    from model_SSL import SLMRec
+    n = data.num_user + data.num_item
+    if args.model_name == 'MMGCN':
+        if not data.features:
+            raise InputError('MMGCN needs at least one modality (see --modalities)')
+        adj = csr_adjacency(bipartite_edges(data.train, data.num_user), n)
+        return MMGCN(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
+                     args.aggr_mode, args.concat, args.has_id, reg_weight=args.weight_decay)
+    if args.backbone == 'mmgcn':
+        adj = csr_adjacency(bipartite_edges(data.train, data.num_user), n)
+    else:
+        adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    try:
+        return SLMRec(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
+                      args.mm_fusion_mode, args.ssl_task, args.ssl_alpha, args.temp, args.ssl_temp,
+                      args.dropout_rate, args.backbone, args.aggr_mode, args.concat)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def check_writable(path, what):
+    """Fail now, not after hours of training, when ``path`` cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
+            pass
+        if os.path.isdir(path):
+            raise OSError('is a directory')
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise OSError('permission denied')
+    except OSError as e:
+        raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '-')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint_file(path, what):
+    if not os.path.isfile(path):
+        raise InputError(f'{path}: {what} not found')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise InputError(f'{path}: not a readable {what} ({type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
+
+
+def load_weights(model, path):
+    """Load our state dict (plain, or inside a checkpoint) or an official SLMRec one (SPEC 3.5)."""
+    from model_SSL import from_official_state_dict, is_official_state_dict
+    state = load_checkpoint_file(path, 'weight file')
+    if isinstance(state, dict) and isinstance(state.get('model'), dict):
+        state = state['model']
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f'{path}: expected a state dict of tensors')
+    try:
+        if is_official_state_dict(state):
+            if not hasattr(model, 'official_key_map'):
+                raise ValueError('an official SLMRec checkpoint needs --model_name SLMRec')
+            state = from_official_state_dict(model, state)
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f'{path}: does not fit this model ({str(e).splitlines()[0][:200]}; '
+                         f'check --model_name, --dim_latent, --modalities and the fusion and SSL flags)') from None
+
+
+def rng_state(sampler_rng):
+    state = {'python': random.getstate(), 'numpy': sampler_rng.bit_generator.state, 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, sampler_rng):
+    random.setstate(state['python'])
+    sampler_rng.bit_generator.state = state['numpy']
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def run(args):
+    from DataLoad import TrainSampler, load_dataset
+    from Full_vt import SplitIndex, format_metrics, full_ranking
+    from Train import Divergence, train_epoch
+    from tqdm import tqdm
+
+    started = time.time()
+    name = run_name(args)
+    best_path = args.PATH_weight_save or os.path.join('runs', f'{name}.best.pt')
+    ckpt_path = args.checkpoint or os.path.join('runs', f'{name}.last.pt')
+    check_writable(args.save_file, 'results file')
+    check_writable(best_path, 'best-model file')
+    check_writable(ckpt_path, 'checkpoint')
+
+    if args.num_workers > 0:
+        torch.set_num_threads(max(1, min(args.num_workers, os.cpu_count() or 1)))
+    device = torch.device('cuda' if torch.cuda.is_available() and not args.no_cuda else 'cpu')
+    sampler_rng = seed_everything(args.seed)
+
+    folder = resolve_data(args)
+    probe = load_dataset(folder)
+    data = load_dataset(folder, select_modalities(args, probe.modalities))
+    print(data.summary())
+    model = build_model(args, data)
+    if args.PATH_weight_load:
+        load_weights(model, args.PATH_weight_load)
+    model.to(device)
+    adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2: MMGCN's is λ
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
+    sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
+    indptr, items = data.train_csr()
+    indexes = {'val': SplitIndex(data.val, indptr, items), 'test': SplitIndex(data.test, indptr, items)}
+    key = args.topK[0]
+
+    state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
+             'bad_evals': 0, 'history': []}
+    if args.resume:
+        ckpt = load_checkpoint_file(ckpt_path, 'checkpoint')
+        try:
+            model.load_state_dict(ckpt['model'])
+            optimizer.load_state_dict(ckpt['optimizer'])
+            set_rng_state(ckpt['rng'], sampler_rng)
+            state = ckpt['state']
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({str(e).splitlines()[0][:160]})') from None
+        print(f'resumed from {ckpt_path} after epoch {state["epoch"]}')
+
+    def evaluate(epoch):
+        metrics = full_ranking(model, indexes, args.topK, args.eval_batch)
+        tqdm.write(f'epoch {epoch:4d}  Val   {format_metrics(metrics["val"])}')
+        tqdm.write(f'epoch {epoch:4d}  Test  {format_metrics(metrics["test"])}')
+        return metrics
+
+    status = 'done'
+    if args.num_epoch == 0:
+        metrics = evaluate(0)
+        state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
+    try:
+        while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
+            epoch = state['epoch'] + 1
+            t0 = time.time()
+            loss = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
+            tqdm.write(f'epoch {epoch:4d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)')
+            metrics = evaluate(epoch)
+            recall = metrics['val'][key]['recall']
+            if recall > state['best_recall']:
+                state.update(best_epoch=epoch, best_val=metrics['val'], best_test=metrics['test'],
+                             best_recall=recall, bad_evals=0)
+                atomic_save(model.state_dict(), best_path)
+            else:
+                state['bad_evals'] += 1
+            state['epoch'] = epoch
+            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall})
+            atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                         'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
+        if state['bad_evals'] >= args.patience:
+            print(f'early stop: no validation improvement in {args.patience} evaluations')
+    except Divergence as e:
+        status = 'diverged'
+        print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
+
+    wall = time.time() - started
+    summary(state, key, status)
+    record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
+              'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
+              'wall_time_s': round(wall, 2), 'device': str(device), 'data': data.summary()}
+    with open(args.save_file, 'a') as f:
+        f.write(json.dumps(record, default=str) + '\n')
+    return EXIT_DIVERGED if status == 'diverged' else 0
+
+
+def summary(state, key, status):
+    from Full_vt import format_metrics
+    if state['best_epoch'] is None:
+        print(f'finished ({status}) with no completed evaluation')
+        return
+    print(f'best epoch {state["best_epoch"]} (validation Recall@{key} {state["best_val"][key]["recall"]:.4f})')
+    print(f'  Val   {format_metrics(state["best_val"])}')
+    print(f'  Test  {format_metrics(state["best_test"])}')
+
+
+def main(argv=None):
+    from DataLoad import DataError
+    try:
+        return run(parse_args(argv))
+    except (DataError, InputError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""MMGCN (Wei et al., ACM MM 2019): one graph convolution network per modality,
+fused by their mean, trained with BPR (SPEC 2).
+
+Per modality m, with ``x⁰ = normalise([P_m ; item input])`` and for l = 1..L:
+
+    h  = leaky_relu(conv_l(x, edges))
+    x̂  = leaky_relu(linear_l(x)) + E_id                  (E_id dropped by has_id=False)
+    x  = leaky_relu(g_l([h ‖ x̂]))    if concat
+    x  = leaky_relu(g_l(h) + x̂)      otherwise
+
+Representation ``z = mean_m x_m^L``; score ``s(u, i) = z_u · z_i``; loss
+``-mean log σ(s(u,i⁺) - s(u,i⁻)) + λ (mean(E_id[u]²+E_id[i⁺]²+E_id[i⁻]²) + mean(P_{m₀}²))``.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from BaseModel import BaseModel, item_feature_modules, xavier_normal_param
+
+MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
+
+
+class GCN(nn.Module):
+    """The graph convolution network of one modality (SPEC 2).
+
+    Args:
+        num_user: users; the preference matrix ``P_m`` has one row each.
+        feat_dim: width of the modality's item features.
+        dim_latent: output width ``d``.
+        num_layer: ``L`` (graph layers).
+        aggr: 'mean', 'max' or 'add'.
+        concat: ``g_l`` on ``[h ‖ x̂]`` (True) or ``g_l(h) + x̂`` (False).
+        use_mlp: map item features through ``Linear(feat_dim → 256)`` first.
+    """
+
+    def __init__(self, num_user, feat_dim, dim_latent, num_layer, aggr, concat, use_mlp):
+        super().__init__()
+        self.concat = concat
+        self.mlp = nn.Linear(feat_dim, MLP_WIDTH) if use_mlp else None
+        width = MLP_WIDTH if use_mlp else feat_dim
+        self.preference = xavier_normal_param(num_user, width)
+        widths = [width] + [dim_latent] * (num_layer - 1)
+        self.convs = nn.ModuleList(BaseModel(w, w, aggr) for w in widths)
+        self.linears = nn.ModuleList(nn.Linear(w, dim_latent) for w in widths)
+        self.gates = nn.ModuleList(nn.Linear(w + dim_latent if concat else w, dim_latent) for w in widths)
+        for layer in list(self.linears) + list(self.gates):
+            nn.init.xavier_uniform_(layer.weight)
+
+    def forward(self, item_features, adj, id_embedding=None, dropout=0.0):
+        items = self.mlp(item_features) if self.mlp is not None else item_features
+        x = F.normalize(torch.cat([self.preference, items]), dim=1)
+        for conv, linear, gate in zip(self.convs, self.linears, self.gates):
+            h = F.leaky_relu(conv(x, adj))
+            x_hat = F.leaky_relu(linear(x))
+            if id_embedding is not None:
+                x_hat = x_hat + id_embedding
+            x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
+            if dropout > 0:
+                x = F.dropout(x, dropout, self.training)
+        return x
+
+
+class MMGCN(nn.Module):
+    """MMGCN over a fixed user-item graph.
+
+    Args:
+        num_user, num_item: sizes.
+        features: modality -> float array [num_item, f] or ``DataLoad.WordFeature``.
+        adj: the unnormalised bipartite adjacency, sparse CSR [(U+I), (U+I)].
+        dim_latent: ``d`` (64).
+        num_layer: ``L`` (2).
+        aggr: 'mean' (default), 'max' or 'add'.
+        concat: see ``GCN`` (False in the published command).
+        has_id: add the trainable ID embedding ``E_id`` (True).
+        reg_weight: ``λ`` of the BPR regulariser (``--weight_decay``, 0.1 in the published command).
+    """
+
+    needs_negatives = True
+
+    def __init__(self, num_user, num_item, features, adj, dim_latent=64, num_layer=2, aggr='mean',
+                 concat=False, has_id=True, reg_weight=0.1):
+        super().__init__()
+        self.reg_weight = reg_weight
+        if not features:
+            raise ValueError('MMGCN needs at least one modality')
+        self.num_user, self.num_item = num_user, num_item
+        self.modalities = list(features)
+        self.register_buffer('adj', adj, persistent=False)
+        self.word_means, dense = item_feature_modules(features, num_item)
+        for m, feat in dense.items():
+            self.register_buffer(f'feat_{m}', feat, persistent=False)
+        self.id_embedding = xavier_normal_param(num_user + num_item, dim_latent) if has_id else None
+        self.gcns = nn.ModuleDict()
+        for m in self.modalities:
+            dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
+            self.gcns[m] = GCN(num_user, dim, dim_latent, num_layer, aggr, concat,
+                               use_mlp=(m == 'v' or dim > MLP_WIDTH))
+
+    def item_features(self, m):
+        return self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
+
+    def modality_outputs(self, dropout=0.0, masked=None):
+        """Each modality's ``x^L`` [(U+I), d]; ``masked`` names one whose item input is zeroed."""
+        outs = []
+        for m in self.modalities:
+            items = self.item_features(m)
+            if m == masked:
+                items = torch.zeros_like(items)
+            outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout))
+        return outs
+
+    def forward(self):
+        """Fused representations ``(z_user [U, d], z_item [I, d])``."""
+        z = torch.stack(self.modality_outputs()).mean(0)
+        return z[:self.num_user], z[self.num_user:]
+
+    def loss(self, users, pos, neg):
+        """BPR with the regulariser of SPEC 2; returns the loss and its parts."""
+        z_user, z_item = self.forward()
+        u = z_user[users]
+        pos_score = (u * z_item[pos]).sum(1)
+        neg_score = (u * z_item[neg]).sum(1)
+        bpr = -F.logsigmoid(pos_score - neg_score).mean()
+        reg = self.gcns[self.modalities[0]].preference.pow(2).mean()
+        if self.id_embedding is not None:
+            e = self.id_embedding
+            reg = reg + (e[users] ** 2 + e[pos + self.num_user] ** 2 + e[neg + self.num_user] ** 2).mean()
+        return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}

@@ -1,0 +1,261 @@
+"""SLMRec (Tao et al., IEEE TMM 2022): a multimodal graph encoder trained with an
+in-batch InfoNCE loss plus one self-supervised task (SPEC 3).
+
+Encoder (``backbone='lightgcn'``, SPEC 3.1). Branches ``id, m_1, ..., m_M``
+share the user embedding ``E_u``; branch b's item side is ``E_i`` (id) or
+``H_m = Linear_m(normalise(F_m))``.  With ``X⁰ = [E_u ; item side]``:
+
+    X^{k+1} = Â X^k,   branch output = mean(X⁰, ..., X^L)
+
+Fusion: ``concat`` (or ``mean``) of the branch outputs, then separate linear
+maps for users and items give ``z_u`` and ``z_i``; ``s(u, i) = z_u · z_i``.
+
+Losses (SPEC 3.2, 3.3): ``L = InfoNCE(z_u, z_i; temp) + ssl_alpha · L_ssl`` with
+``L_ssl`` one of FD (dropout views), FM (masked-branch views), FD+FM, FAC
+(fine and coarse cross-modal contrast of the pre-fusion item outputs), none.
+
+All branches and all views of one step are propagated together as one wide
+matrix: they share ``Â``, so each layer is a single sparse product
+(``BaseModel.propagate_layers``).
+"""
+import re
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from BaseModel import item_feature_modules, propagate_layers
+from model_MMGCN import MMGCN
+
+SSL_TASKS = ('FAC', 'FD', 'FM', 'FD+FM', 'none')
+FUSION_MODES = ('concat', 'mean')
+BACKBONES = ('lightgcn', 'mmgcn')
+
+
+def info_nce(a, b, temp):
+    """``CE(a bᵀ / temp, diag)``: row r of ``a`` should pick row r of ``b`` (one direction)."""
+    logits = a @ b.t() / temp
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+def fac_widths(num_modalities, dim):
+    """Stage widths of FAC (SPEC 3.3): ``d`` for stages 1-2, ``d/2`` from stage 3 on."""
+    return [dim if s < 2 else dim // 2 for s in range(num_modalities)]
+
+
+def _xavier_linear(n_in, n_out):
+    layer = nn.Linear(n_in, n_out)
+    nn.init.xavier_uniform_(layer.weight)
+    return layer
+
+
+class SLMRec(nn.Module):
+    """SLMRec over a fixed user-item graph.
+
+    Args:
+        num_user, num_item: sizes.
+        features: modality -> float array [num_item, f] or ``DataLoad.WordFeature``;
+            may be empty (then the model is LightGCN-style, ID only).
+        adj: sparse CSR adjacency: ``Â`` (normalised) for the lightgcn backbone,
+            the plain 0/1 adjacency for the mmgcn backbone.
+        dim_latent: ``d`` (64).
+        num_layer: ``L`` (3).
+        fusion: 'concat' (default) or 'mean'.
+        ssl_task: 'FAC' (default), 'FD', 'FM', 'FD+FM' or 'none'.
+        ssl_alpha: weight of the SSL loss (0.1).
+        temp: temperature of the main InfoNCE (0.2).
+        ssl_temp: temperature of the SSL losses (0.2).
+        dropout_rate: FD dropout (0.3).
+        backbone: 'lightgcn' (default) or 'mmgcn' (SPEC 3.1 extension).
+        aggr, concat: MMGCN options, used by the mmgcn backbone only.
+    """
+
+    needs_negatives = False
+
+    def __init__(self, num_user, num_item, features, adj, dim_latent=64, num_layer=3, fusion='concat',
+                 ssl_task='FAC', ssl_alpha=0.1, temp=0.2, ssl_temp=0.2, dropout_rate=0.3,
+                 backbone='lightgcn', aggr='mean', concat=False):
+        super().__init__()
+        for value, valid, flag in ((fusion, FUSION_MODES, 'mm_fusion_mode'), (ssl_task, SSL_TASKS, 'ssl_task'),
+                                   (backbone, BACKBONES, 'backbone')):
+            if value not in valid:
+                raise ValueError(f'--{flag} must be one of {list(valid)}, got {value!r}')
+        self.modalities = list(features)
+        num_branch = 1 + len(self.modalities)
+        if ssl_task in ('FM', 'FD+FM') and num_branch < 2:
+            raise ValueError(f'--ssl_task {ssl_task} masks one of two branches: it needs at least one modality')
+        if ssl_task == 'FAC' and not self.modalities:
+            raise ValueError('--ssl_task FAC contrasts the id branch with the modalities: it needs at least one modality')
+        self.num_user, self.num_item = num_user, num_item
+        self.dim, self.num_layer, self.fusion, self.backbone = dim_latent, num_layer, fusion, backbone
+        self.ssl_task, self.ssl_alpha, self.temp, self.ssl_temp = ssl_task, ssl_alpha, temp, ssl_temp
+        self.dropout_rate = dropout_rate
+        self.register_buffer('adj', adj, persistent=False)
+
+        if backbone == 'lightgcn':
+            self.embedding_user = nn.Embedding(num_user, dim_latent)
+            self.embedding_item = nn.Embedding(num_item, dim_latent)
+            nn.init.xavier_uniform_(self.embedding_user.weight)
+            nn.init.xavier_uniform_(self.embedding_item.weight)
+            self.word_means, dense = item_feature_modules(features, num_item)
+            for m, feat in dense.items():
+                self.register_buffer(f'feat_{m}', F.normalize(feat, dim=1), persistent=False)
+            self.dense = nn.ModuleDict()
+            for m in self.modalities:
+                dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
+                self.dense[m] = _xavier_linear(dim, dim_latent)
+        else:
+            self.encoder = MMGCN(num_user, num_item, features, adj, dim_latent, num_layer, aggr, concat, has_id=True)
+
+        fused = num_branch * dim_latent if fusion == 'concat' else dim_latent
+        self.fuse_user = _xavier_linear(fused, dim_latent)
+        self.fuse_item = _xavier_linear(fused, dim_latent)
+        if ssl_task == 'FAC':
+            widths = fac_widths(len(self.modalities), dim_latent)
+            self.fac_x = nn.ModuleList(_xavier_linear(w_in, w) for w_in, w in zip([dim_latent] + widths, widths))
+            self.fac_y = nn.ModuleList(_xavier_linear(dim_latent, w) for w in widths)
+
+    @property
+    def num_branch(self):
+        return 1 + len(self.modalities)
+
+    # ------------------------------------------------------------------ encoder
+
+    def item_sides(self):
+        """Item input of each branch, [I, d] each: ``E_i``, then ``H_m`` per modality."""
+        sides = [self.embedding_item.weight]
+        for m in self.modalities:
+            feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
+            sides.append(self.dense[m](feat))
+        return sides
+
+    def branch_outputs(self, views):
+        """Pre-fusion outputs for several views at once.
+
+        ``views`` is a list of ``(dropout, masked_branch)``; ``masked_branch``
+        (an index, or None) has its item side replaced by zeros.  Returns, per
+        view, the list of branch outputs [(U+I), d] in branch order.
+        """
+        if self.backbone == 'mmgcn':
+            return [self._mmgcn_branches(p, masked) for p, masked in views]
+        user, sides = self.embedding_user.weight, self.item_sides()
+        # Views without dropout first, so one column slice takes the dropout.
+        order = sorted(range(len(views)), key=lambda v: views[v][0] > 0)
+        blocks = []
+        for v in order:
+            for b, side in enumerate(sides):
+                blocks.append(torch.cat([user, torch.zeros_like(side) if b == views[v][1] else side]))
+        width = self.num_branch * self.dim
+        drop_from = width * sum(1 for v in order if views[v][0] == 0)
+        rates = {p for p, _ in views if p > 0}
+        if len(rates) > 1:
+            raise ValueError('all dropout views of one step share one dropout rate')
+        out = propagate_layers(self.adj, torch.cat(blocks, dim=1), self.num_layer,
+                               dropout=rates.pop() if rates else 0.0, training=self.training, drop_from=drop_from)
+        per_view = {}
+        for k, v in enumerate(order):
+            cols = out[:, k * width:(k + 1) * width]
+            per_view[v] = list(cols.split(self.dim, dim=1))
+        return [per_view[v] for v in range(len(views))]
+
+    def _mmgcn_branches(self, dropout, masked):
+        id_branch = self.encoder.id_embedding
+        if masked == 0:
+            id_branch = torch.cat([id_branch[:self.num_user], torch.zeros_like(id_branch[self.num_user:])])
+        masked_modality = self.modalities[masked - 1] if masked else None
+        return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality)
+
+    def fuse(self, branches, users=None, items=None):
+        """``(z_u, z_i)`` from a view's branch outputs, for the given rows (all when None)."""
+        user_parts = [b[:self.num_user] for b in branches]
+        item_parts = [b[self.num_user:] for b in branches]
+        if users is not None:
+            user_parts = [p[users] for p in user_parts]
+        if items is not None:
+            item_parts = [p[items] for p in item_parts]
+        if self.fusion == 'concat':
+            user_cat, item_cat = torch.cat(user_parts, dim=1), torch.cat(item_parts, dim=1)
+        else:
+            user_cat, item_cat = torch.stack(user_parts).mean(0), torch.stack(item_parts).mean(0)
+        return self.fuse_user(user_cat), self.fuse_item(item_cat)
+
+    def forward(self):
+        """Fused representations ``(z_user [U, d], z_item [I, d])`` of the plain view."""
+        return self.fuse(self.branch_outputs([(0.0, None)])[0])
+
+    # ------------------------------------------------------------------ losses
+
+    def loss(self, users, items):
+        """Total loss of one batch of (user, positive item) pairs, and its parts."""
+        views = [(0.0, None)]
+        if self.ssl_task in ('FD', 'FM', 'FD+FM'):
+            p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
+            if 'FM' in self.ssl_task:
+                first, second = torch.randperm(self.num_branch)[:2].tolist()
+            else:
+                first = second = None
+            views += [(p, first), (p, second)]
+        outs = self.branch_outputs(views)
+        z_u, z_i = self.fuse(outs[0], users, items)
+        main = info_nce(F.normalize(z_u, dim=1), F.normalize(z_i, dim=1), self.temp)
+        if self.ssl_task == 'none':
+            return main, {'main': main.item()}
+        if self.ssl_task == 'FAC':
+            ssl = self.fac_loss([b[self.num_user:][items] for b in outs[0]])
+        else:
+            u1, i1 = self.fuse(outs[1], users, items)
+            u2, i2 = self.fuse(outs[2], users, items)
+            ssl = (info_nce(F.normalize(u1, dim=1), F.normalize(u2, dim=1), self.ssl_temp)
+                   + info_nce(F.normalize(i1, dim=1), F.normalize(i2, dim=1), self.ssl_temp))
+        return main + self.ssl_alpha * ssl, {'main': main.item(), 'ssl': ssl.item()}
+
+    def fac_loss(self, item_branches):
+        """FAC (SPEC 3.3): ``x_1 = g(id)``, ``x_s = g(x_{s-1})``, ``y_s = g'(m_s)``; no normalisation."""
+        x, total = item_branches[0], 0.0
+        for s, (head_x, head_y) in enumerate(zip(self.fac_x, self.fac_y)):
+            x = head_x(x)
+            total = total + info_nce(x, head_y(item_branches[s + 1]), self.ssl_temp)
+        return total
+
+    # ------------------------------------------------------------------ official checkpoints
+
+    def official_key_map(self):
+        """Our state-dict key -> the official SLMRec key (SPEC 3.5)."""
+        names = {'embedding_user.weight': 'embedding_user.weight',
+                 'embedding_item.weight': 'embedding_item.weight'}
+        for part in ('weight', 'bias'):
+            names[f'fuse_user.{part}'] = f'embedding_user_after_GCN.{part}'
+            names[f'fuse_item.{part}'] = f'embedding_item_after_GCN.{part}'
+            for m in self.modalities:
+                names[f'dense.{m}.{part}'] = f'{m}_dense.{part}'
+            if self.ssl_task == 'FAC':
+                prefix = 'i'
+                for s, m in enumerate(self.modalities):
+                    names[f'fac_x.{s}.{part}'] = f'g_{prefix}_{prefix + m}.{part}'
+                    names[f'fac_y.{s}.{part}'] = f'g_{m}_{prefix + m}.{part}'
+                    prefix += m
+        for m in getattr(self, 'word_means', {}):
+            names[f'word_means.{m}.weight'] = 'word_embedding.weight'
+        return names
+
+
+def is_official_state_dict(state):
+    return any(k.startswith('embedding_user_after_GCN.') for k in state)
+
+
+def from_official_state_dict(model, state):
+    """Rename an official SLMRec state dict to ``model``'s keys; unknown keys are an error."""
+    if model.backbone != 'lightgcn':
+        raise ValueError('official SLMRec checkpoints hold the lightgcn backbone; use --backbone lightgcn')
+    reverse = {official: ours for ours, official in model.official_key_map().items()}
+    converted, unknown = {}, []
+    for key, value in state.items():
+        if key in reverse:
+            converted[reverse[key]] = value
+        elif re.match(r'g_\w+_\w+\.(weight|bias)$', key) and model.ssl_task != 'FAC':
+            continue   # FAC heads are not part of a model trained with another task
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f'unexpected official key {unknown[0]!r} (modalities here: {model.modalities})')
+    return converted
