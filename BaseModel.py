@@ -11,6 +11,8 @@ plain formula (tests/test_graph.py):
   ``message_and_aggregate`` (one sparse product with ``reduce=`` sum, mean
   or amax) instead of materialising one message per edge.
 """
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,7 +32,10 @@ def csr_adjacency(edge_index, num_nodes, values=None):
     """Sparse CSR matrix with A[row, col] = value (1 by default) for each edge."""
     if values is None:
         values = torch.ones(edge_index.shape[1])
-    return torch.sparse_coo_tensor(edge_index, values, (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+    with warnings.catch_warnings():   # "Sparse CSR tensor support is in beta state": noise for our users
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        coo = torch.sparse_coo_tensor(edge_index, values, (num_nodes, num_nodes), check_invariants=True)
+        return coo.coalesce().to_sparse_csr()
 
 
 def normalized_adjacency(train, num_user, num_item):
@@ -141,10 +146,12 @@ class WordMean(nn.Module):
     def __init__(self, words, num_item):
         super().__init__()
         self.weight = xavier_normal_param(words.vocab_size, words.dim)
-        self.register_buffer('item_index', words.item_index.clone())
-        self.register_buffer('word_id', words.word_id.clone())
+        # Data, not weights: rebuilt from the dataset, kept out of the state dict.
+        self.register_buffer('item_index', words.item_index.clone(), persistent=False)
+        self.register_buffer('word_id', words.word_id.clone(), persistent=False)
         count = torch.bincount(words.item_index, minlength=num_item).float()
-        self.register_buffer('inv_count', torch.where(count > 0, 1 / count.clamp(min=1), torch.zeros_like(count)))
+        inv_count = torch.where(count > 0, 1 / count.clamp(min=1), torch.zeros_like(count))
+        self.register_buffer('inv_count', inv_count, persistent=False)
 
     def forward(self):
         total = self.weight.new_zeros(len(self.inv_count), self.weight.shape[1])

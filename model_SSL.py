@@ -34,7 +34,7 @@ BACKBONES = ('lightgcn', 'mmgcn')
 
 def info_nce(a, b, temp):
     """``CE(a bᵀ / temp, diag)``: row r of ``a`` should pick row r of ``b`` (one direction)."""
-    logits = a @ b.t() / temp
+    logits = (a / temp) @ b.t()       # scaling a (n x d) is cheaper than scaling the n x n logits
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 

