@@ -51,6 +51,12 @@ class DataError(Exception):
         self.path, self.problem = path, problem
 
 
+def describe(error, limit=200):
+    """'TypeName: first line of the message', for one-line error reports."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
+
+
 # --------------------------------------------------------------------------
 # Safe loading
 
@@ -95,7 +101,7 @@ def load_npy(path, allow_object=False):
     except pickle.UnpicklingError as e:
         raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
     except Exception as e:  # truncated, not numpy, bad header ...
-        raise DataError(path, f'not a readable .npy file ({type(e).__name__}: {e})') from None
+        raise DataError(path, f'not a readable .npy file ({describe(e)})') from None
     if not isinstance(obj, np.ndarray):
         raise DataError(path, f'expected a numpy array, found {type(obj).__name__}')
     return obj
@@ -108,7 +114,7 @@ def load_pt_tensor(path):
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise DataError(path, f'not a readable tensor file ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+        raise DataError(path, f'not a readable tensor file ({describe(e)})') from None
     if isinstance(obj, np.ndarray):
         obj = torch.from_numpy(obj)
     if not isinstance(obj, torch.Tensor):

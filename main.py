@@ -191,16 +191,18 @@ def atomic_save(obj, path):
 
 
 def load_checkpoint_file(path, what):
+    from DataLoad import describe
     if not os.path.isfile(path):
         raise InputError(f'{path}: {what} not found')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise InputError(f'{path}: not a readable {what} ({type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
+        raise InputError(f'{path}: not a readable {what} ({describe(e)})') from None
 
 
 def load_weights(model, path):
     """Load our state dict (plain, or inside a checkpoint) or an official SLMRec one (SPEC 3.5)."""
+    from DataLoad import describe
     from model_SSL import from_official_state_dict, is_official_state_dict
     state = load_checkpoint_file(path, 'weight file')
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
@@ -214,7 +216,7 @@ def load_weights(model, path):
             state = from_official_state_dict(model, state)
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:
-        raise InputError(f'{path}: does not fit this model ({str(e).splitlines()[0][:200]}; '
+        raise InputError(f'{path}: does not fit this model ({describe(e)}; '
                          f'check --model_name, --dim_latent, --modalities and the fusion and SSL flags)') from None
 
 
@@ -241,7 +243,7 @@ def seed_everything(seed):
 
 
 def run(args):
-    from DataLoad import TrainSampler, load_dataset
+    from DataLoad import TrainSampler, describe, load_dataset
     from Full_vt import SplitIndex, format_metrics, full_ranking
     from Train import Divergence, train_epoch
     from tqdm import tqdm
@@ -284,7 +286,7 @@ def run(args):
             set_rng_state(ckpt['rng'], sampler_rng)
             state = ckpt['state']
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({str(e).splitlines()[0][:160]})') from None
+            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
         print(f'resumed from {ckpt_path} after epoch {state["epoch"]}')
 
     def evaluate(epoch):

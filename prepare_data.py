@@ -364,7 +364,7 @@ def kg_features(stem, item_order, dim=64, seed=0):
 # Generic import: an interaction file plus feature matrices; the MMRec layout
 
 def _read_table(path):
-    """Rows of a CSV/TSV file (delimiter sniffed), header dropped when its first field is not a number."""
+    """Rows of a CSV/TSV file (tab, comma or blanks); a first row naming 'user...' and 'item...' is a header."""
     import csv
     if not os.path.isfile(path):
         raise DataError(path, 'file not found')
@@ -374,19 +374,12 @@ def _read_table(path):
         delimiter = '\t' if '\t' in sample else (',' if ',' in sample else None)
         reader = csv.reader(f, delimiter=delimiter) if delimiter else (line.split() for line in f)
         rows = [r for r in reader if r and any(x.strip() for x in r)]
-    if rows and not _is_number(rows[0][0]):
+    if rows and len(rows[0]) >= 2 and rows[0][0].strip().lower().startswith('user') \
+            and rows[0][1].strip().lower().startswith('item'):
         rows = rows[1:]
     if not rows:
         raise DataError(path, 'holds no interaction')
     return rows
-
-
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, seed=0, force=False, root=DATA_ROOT):
