@@ -129,34 +129,33 @@ class SLMRec(nn.Module):
             sides.append(self.dense[m](feat))
         return sides
 
-    def branch_outputs(self, views):
-        """Pre-fusion outputs for several views at once.
+    def propagate(self, views, rows=None):
+        """Pre-fusion outputs of several views, side by side: [(U+I), len(views) * B * d],
+        or only the node rows ``rows`` (users, then ``U + item``) when given.
 
         ``views`` is a list of ``(dropout, masked_branch)``; ``masked_branch``
-        (an index, or None) has its item side replaced by zeros.  Returns, per
-        view, the list of branch outputs [(U+I), d] in branch order.
+        (an index, or None) has its item side replaced by zeros.  View v holds
+        columns ``v*B*d .. (v+1)*B*d``, branch b of it the d columns at ``b*d``.
         """
         if self.backbone == 'mmgcn':
-            return [self._mmgcn_branches(p, masked) for p, masked in views]
-        user, sides = self.embedding_user.weight, self.item_sides()
-        # Views without dropout first, so one column slice takes the dropout.
-        order = sorted(range(len(views)), key=lambda v: views[v][0] > 0)
-        blocks = []
-        for v in order:
-            for b, side in enumerate(sides):
-                blocks.append(torch.cat([user, torch.zeros_like(side) if b == views[v][1] else side]))
-        width = self.num_branch * self.dim
-        drop_from = width * sum(1 for v in order if views[v][0] == 0)
+            wide = torch.cat([torch.cat(self._mmgcn_branches(p, masked), dim=1) for p, masked in views], dim=1)
+            return wide if rows is None else wide[rows]
         rates = {p for p, _ in views if p > 0}
-        if len(rates) > 1:
-            raise ValueError('all dropout views of one step share one dropout rate')
-        out = propagate_layers(self.adj, torch.cat(blocks, dim=1), self.num_layer,
-                               dropout=rates.pop() if rates else 0.0, training=self.training, drop_from=drop_from)
-        per_view = {}
-        for k, v in enumerate(order):
-            cols = out[:, k * width:(k + 1) * width]
-            per_view[v] = list(cols.split(self.dim, dim=1))
-        return [per_view[v] for v in range(len(views))]
+        n_plain = sum(p == 0 for p, _ in views)
+        if len(rates) > 1 or any(p > 0 for p, _ in views[:n_plain]):
+            raise ValueError('dropout views share one rate and come after the views without dropout')
+        sides = self.item_sides()
+        item_cols = [torch.zeros_like(side) if b == masked else side
+                     for _, masked in views for b, side in enumerate(sides)]
+        user_cols = self.embedding_user.weight.repeat(1, len(item_cols))
+        x0 = torch.cat([user_cols, torch.cat(item_cols, dim=1)])
+        return propagate_layers(self.adj, x0, self.num_layer, dropout=rates.pop() if rates else 0.0,
+                                training=self.training, drop_from=n_plain * self.num_branch * self.dim, rows=rows)
+
+    def branch_outputs(self, views):
+        """Per view, the list of branch outputs [(U+I), d] in branch order (see ``propagate``)."""
+        wide = self.propagate(views)
+        return [list(view.split(self.dim, dim=1)) for view in wide.split(self.num_branch * self.dim, dim=1)]
 
     def _mmgcn_branches(self, dropout, masked):
         id_branch = self.encoder.id_embedding
@@ -165,23 +164,17 @@ class SLMRec(nn.Module):
         masked_modality = self.modalities[masked - 1] if masked else None
         return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality)
 
-    def fuse(self, branches, users=None, items=None):
-        """``(z_u, z_i)`` from a view's branch outputs, for the given rows (all when None)."""
-        user_parts = [b[:self.num_user] for b in branches]
-        item_parts = [b[self.num_user:] for b in branches]
-        if users is not None:
-            user_parts = [p[users] for p in user_parts]
-        if items is not None:
-            item_parts = [p[items] for p in item_parts]
-        if self.fusion == 'concat':
-            user_cat, item_cat = torch.cat(user_parts, dim=1), torch.cat(item_parts, dim=1)
-        else:
-            user_cat, item_cat = torch.stack(user_parts).mean(0), torch.stack(item_parts).mean(0)
-        return self.fuse_user(user_cat), self.fuse_item(item_cat)
+    def fuse(self, user_rows, item_rows):
+        """``(z_u, z_i)`` from one view's pre-fusion rows [n, B*d] (branches side by side)."""
+        if self.fusion == 'mean':
+            user_rows = user_rows.view(len(user_rows), self.num_branch, self.dim).mean(1)
+            item_rows = item_rows.view(len(item_rows), self.num_branch, self.dim).mean(1)
+        return self.fuse_user(user_rows), self.fuse_item(item_rows)
 
     def forward(self):
         """Fused representations ``(z_user [U, d], z_item [I, d])`` of the plain view."""
-        return self.fuse(self.branch_outputs([(0.0, None)])[0])
+        wide = self.propagate([(0.0, None)])
+        return self.fuse(wide[:self.num_user], wide[self.num_user:])
 
     # ------------------------------------------------------------------ losses
 
@@ -195,16 +188,20 @@ class SLMRec(nn.Module):
             else:
                 first = second = None
             views += [(p, first), (p, second)]
-        outs = self.branch_outputs(views)
-        z_u, z_i = self.fuse(outs[0], users, items)
+        # Only the batch's rows are needed: the last layer is computed for them alone.
+        rows = self.propagate(views, torch.cat([users, items + self.num_user]))
+        width = self.num_branch * self.dim
+        user_views = rows[:len(users)].split(width, dim=1)
+        item_views = rows[len(users):].split(width, dim=1)
+        z_u, z_i = self.fuse(user_views[0], item_views[0])
         main = info_nce(F.normalize(z_u, dim=1), F.normalize(z_i, dim=1), self.temp)
         if self.ssl_task == 'none':
             return main, {'main': main.item()}
         if self.ssl_task == 'FAC':
-            ssl = self.fac_loss([b[self.num_user:][items] for b in outs[0]])
+            ssl = self.fac_loss(item_views[0].split(self.dim, dim=1))
         else:
-            u1, i1 = self.fuse(outs[1], users, items)
-            u2, i2 = self.fuse(outs[2], users, items)
+            u1, i1 = self.fuse(user_views[1], item_views[1])
+            u2, i2 = self.fuse(user_views[2], item_views[2])
             ssl = (info_nce(F.normalize(u1, dim=1), F.normalize(u2, dim=1), self.ssl_temp)
                    + info_nce(F.normalize(i1, dim=1), F.normalize(i2, dim=1), self.ssl_temp))
         return main + self.ssl_alpha * ssl, {'main': main.item(), 'ssl': ssl.item()}

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from BaseModel import (BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
-                       sym_spmm)
+from BaseModel import BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers, spmm
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -54,18 +53,50 @@ def test_dropout_only_after_drop_from_and_not_layer0():
     assert torch.allclose(propagate_layers(adj, x0, 2, dropout=0.5, training=False), propagate_layers(adj, x0, 2))
 
 
-def test_sym_spmm_matches_dense_with_gradients():
+def _plain_propagation(dense, x0, num_layer, p, drop_from, rows=None):
+    """The formula with autograd, drawing masks in the same order as the fast path
+    (which computes the last layer for ``rows`` alone when they are given)."""
+    def drop(x):
+        if p > 0:
+            mask = torch.rand(x.shape[0], x.shape[1] - drop_from) >= p
+            x = torch.cat([x[:, :drop_from], x[:, drop_from:] * mask / (1 - p)], dim=1)
+        return x
+    total, x = x0, x0
+    for layer in range(num_layer):
+        if rows is not None and layer == num_layer - 1:
+            return (total[rows] + drop(dense[rows] @ x)) / (num_layer + 1)
+        x = drop(dense @ x)
+        total = total + x
+    return total / (num_layer + 1) if rows is None else total[rows] / (num_layer + 1)
+
+
+@pytest.mark.parametrize('rows', [None, [3, 0, 3, 41, 69]])
+@pytest.mark.parametrize('p, drop_from', [(0.0, 0), (0.3, 0), (0.5, 4)])
+@pytest.mark.parametrize('num_layer', [1, 3])
+def test_fast_propagation_matches_formula_with_gradients(p, drop_from, rows, num_layer):
     rng = np.random.default_rng(0)
     train = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 40, 200)], 1), axis=0)
     adj = normalized_adjacency(train, 30, 40)
-    x = torch.randn(70, 8, requires_grad=True)
-    w = torch.randn(70, 8)
-    (sym_spmm(adj, x) * w).sum().backward()
+    x = torch.randn(70, 12, requires_grad=True)
+    w = torch.randn(70, 12)
+    rows = None if rows is None else torch.tensor(rows)
+    w = w if rows is None else w[:len(rows)]
+    torch.manual_seed(5)
+    fast = propagate_layers(adj, x, num_layer, dropout=p, training=True, drop_from=drop_from, rows=rows)
+    (fast * w).sum().backward()
     grad_fast = x.grad.clone()
     x.grad = None
-    (adj.to_dense() @ x * w).sum().backward()
+    torch.manual_seed(5)
+    plain = _plain_propagation(adj.to_dense(), x, num_layer, p, drop_from, rows)
+    (plain * w).sum().backward()
+    assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(grad_fast, x.grad, atol=1e-5)
-    assert torch.allclose(sym_spmm(adj, x), adj.to_dense() @ x, atol=1e-5)
+
+
+def test_spmm_matches_dense():
+    adj = normalized_adjacency(TRAIN, U, I)
+    x = torch.randn(5, 3)
+    assert torch.allclose(spmm(adj, x), adj.to_dense() @ x, atol=1e-6)
 
 
 def _conv(aggr):
@@ -112,3 +143,22 @@ def test_csr_path_matches_pyg_edge_index_path(aggr):
 def test_unknown_aggregation_rejected():
     with pytest.raises(ValueError, match="aggr_mode must be one of"):
         BaseModel(2, 2, 'median')
+
+
+def test_word_mean_matches_plain_gather_with_gradients():
+    from BaseModel import WordMean
+    from DataLoad import WordFeature
+    items = torch.tensor([0, 0, 0, 2, 3, 3])
+    words = torch.tensor([1, 4, 1, 0, 2, 3])           # item 0 holds word 1 twice; item 1 has none
+    module = WordMean(WordFeature(items, words, 5, dim=3), num_item=4)
+    w = torch.randn(4, 3)
+    (module() * w).sum().backward()
+    fast_grad = module.weight.grad.clone()
+    module.weight.grad = None
+    table = module.weight
+    plain = torch.stack([table[words[items == i]].mean(0) if (items == i).any() else torch.zeros(3)
+                         for i in range(4)])
+    (plain * w).sum().backward()
+    assert torch.allclose(module(), plain, atol=1e-6)
+    assert torch.allclose(fast_grad, module.weight.grad, atol=1e-6)
+    assert module()[1].abs().sum() == 0

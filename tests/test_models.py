@@ -133,12 +133,12 @@ def test_main_loss_is_infonce_of_normalised_fused_pairs():
 
 def _record_views(model, monkeypatch):
     seen = []
-    original = model.branch_outputs
+    original = model.propagate
 
-    def spy(views):
+    def spy(views, rows=None):
         seen.append(list(views))
-        return original(views)
-    monkeypatch.setattr(model, 'branch_outputs', spy)
+        return original(views, rows)
+    monkeypatch.setattr(model, 'propagate', spy)
     return seen
 
 
