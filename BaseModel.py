@@ -143,13 +143,17 @@ def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=
 
 
 def _scatter_aggregate(adj, x, aggr):
-    """Aggregation for sparse layouts ``torch.sparse.mm(reduce=)`` does not take (CUDA)."""
-    adj = adj.to_sparse_coo().coalesce()
-    row, col = adj.indices()
-    out = x.new_zeros(adj.shape[0], x.shape[1])
-    reduce = {'add': 'sum', 'mean': 'mean', 'max': 'amax'}[aggr]
+    """Aggregation where ``torch.sparse.mm(reduce=)`` is not available (CUDA): sums by a sparse
+    product, maxima by a scatter over the CSR's edges."""
+    crow, col = adj.crow_indices(), adj.col_indices()
+    degree = crow[1:] - crow[:-1]
+    if aggr != 'max':
+        total = torch.sparse.mm(adj, x)
+        return total if aggr == 'add' else total / degree.clamp(min=1).unsqueeze(1).to(x.dtype)
+    row = torch.repeat_interleave(torch.arange(adj.shape[0], device=x.device), degree)
     index = row.unsqueeze(1).expand(-1, x.shape[1])
-    return out.scatter_reduce(0, index, x[col], reduce=reduce, include_self=False)
+    out = x.new_zeros(adj.shape[0], x.shape[1])
+    return out.scatter_reduce(0, index, x[col], reduce='amax', include_self=False)
 
 
 class BaseModel(MessagePassing):

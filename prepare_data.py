@@ -136,15 +136,25 @@ def synthetic(name, like='none', scale=1.0, seed=0, num_user=None, num_item=None
     popularity = rng.normal(0.0, 1.0, num_item).astype(np.float32)   # exp(popularity): a long tail
     counts = np.clip(np.round(rng.lognormal(np.log(mean_n) - 0.18, 0.6, num_user)), 5, num_item // 2).astype(int)
 
-    # Each user's items: Gumbel top-n over logits = taste · latent + popularity, in chunks of users.
-    user_items, chunk = {}, max(1, int(4e7 // num_item))
+    # Each user's items: Gumbel top-n over logits = taste · latent + popularity, a sample without
+    # replacement from softmax(logits).  Large item sets are scored on a uniform random candidate
+    # set per user (20x the largest count) instead of on every item, which keeps the published
+    # sizes to seconds.
+    n_cand = min(num_item, max(512, 20 * int(counts.max())))
+    user_items, chunk = {}, max(1, int(2e7 // (n_cand * latent_dim)))
     for start in range(0, num_user, chunk):
         stop = min(start + chunk, num_user)
-        logits = 2.5 * user_taste[start:stop] @ item_latent.T / np.sqrt(latent_dim) + popularity
-        logits += rng.gumbel(size=logits.shape).astype(np.float32)
-        top = np.argpartition(-logits, counts[start:stop].max(), axis=1)[:, :counts[start:stop].max()]
+        if n_cand == num_item:
+            cand = np.broadcast_to(np.arange(num_item), (stop - start, num_item))
+        else:
+            cand = rng.integers(0, num_item, size=(stop - start, n_cand))
+        logits = np.einsum('uk,uck->uc', user_taste[start:stop], item_latent[cand]) * (2.5 / np.sqrt(latent_dim))
+        logits += popularity[cand] + rng.gumbel(size=logits.shape).astype(np.float32)
+        order = np.argsort(-logits, axis=1)
         for row, u in enumerate(range(start, stop)):
-            best = top[row][np.argsort(-logits[row, top[row]])][:counts[u]]
+            ranked = cand[row][order[row]]
+            _, first = np.unique(ranked, return_index=True)      # a candidate drawn twice counts once
+            best = ranked[np.sort(first)][:counts[u]]
             user_items[u] = rng.permutation(best)                 # a random "time" order
     train, val, test = split_by_order(user_items, min_each=1)
 
