@@ -145,7 +145,7 @@ def plain_item_sides(model):
     for m in model.modalities:
         if m in model.word_means:
             words = model.word_means[m]
-            item_index, word_id = words._pairs
+            item_index, word_id = (t.to(words.weight.device) for t in words._pairs)
             total = words.weight.new_zeros(model.num_item, words.weight.shape[1])
             total = total.index_add(0, item_index, words.weight[word_id])
             count = torch.bincount(item_index, minlength=model.num_item).clamp(min=1).unsqueeze(1)

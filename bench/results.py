@@ -86,7 +86,7 @@ def main_(argv=None):
     header = ('| model | ' + ' | '.join(f'{short}@{k}' for k in KS for _, short in METRICS)
               + ' | chosen | best epoch | s/run |')
     lines += [header, '|' + '---|' * (header.count('|') - 1)]
-    started = time.time()
+    started, first_data = time.time(), None
     for key in args.rows.split(','):
         label, flags = ROWS[key]
         first = {}
@@ -96,6 +96,7 @@ def main_(argv=None):
             print(f'[grid] {label} {" ".join(point)}: val R@20 {record["val"]["20"]["recall"]:.4f}', flush=True)
         point = max(first, key=lambda pt: first[pt]['val']['20']['recall'])
         records = [first[point]] + [train(args.dataset, flags + list(point), s, args, log) for s in args.seeds[1:]]
+        first_data = first_data or records[0]['data']
         cols = [cell([r['test'][str(k)][m] for r in records]) for k in KS for m, _ in METRICS]
         epochs = '/'.join(str(r['best_epoch']) for r in records)
         seconds = np.mean([r['wall_time_s'] for r in records])
@@ -103,7 +104,7 @@ def main_(argv=None):
         print(lines[-1], flush=True)
     device = records[-1]['device']
     lines.append('')
-    lines.append(f'{args.dataset}: {records[-1]["data"]}. Test metrics at the best validation Recall@20 epoch, '
+    lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
                  f'mean ± std over seeds {" ".join(map(str, args.seeds))}; grid {GRID}, chosen on validation with '
                  f'seed {args.seeds[0]}; at most {args.max_epoch} epochs, patience {args.patience}; device {device}; '
                  f'total {time.time() - started:.0f}s.')

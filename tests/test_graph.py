@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from BaseModel import BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers, spmm
+from BaseModel import (BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
+                       rows_are_sparse, spmm)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -55,7 +56,16 @@ def test_dropout_only_after_drop_from_and_not_layer0():
 
 def _plain_propagation(dense, x0, num_layer, p, drop_from, rows=None):
     """The formula with autograd, drawing masks in the same order as the fast path
-    (which computes the last layer for ``rows`` alone when they are given)."""
+    (which computes the last layer for the distinct ``rows`` alone when they are few)."""
+    if rows is not None:
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        if not rows_are_sparse(dense.to_sparse_csr(), unique):
+            return _plain_propagation(dense, x0, num_layer, p, drop_from)[rows]
+        return _plain_propagation_rows(dense, x0, num_layer, p, drop_from, unique)[inverse]
+    return _plain_propagation_rows(dense, x0, num_layer, p, drop_from, None)
+
+
+def _plain_propagation_rows(dense, x0, num_layer, p, drop_from, rows):
     def drop(x):
         if p > 0:
             mask = torch.rand(x.shape[0], x.shape[1] - drop_from) >= p
@@ -70,7 +80,7 @@ def _plain_propagation(dense, x0, num_layer, p, drop_from, rows=None):
     return total / (num_layer + 1) if rows is None else total[rows] / (num_layer + 1)
 
 
-@pytest.mark.parametrize('rows', [None, [3, 0, 3, 41, 69]])
+@pytest.mark.parametrize('rows', [None, [3, 0, 3, 41, 69], list(range(0, 70, 2)) + [4, 4]])
 @pytest.mark.parametrize('p, drop_from', [(0.0, 0), (0.3, 0), (0.5, 4)])
 @pytest.mark.parametrize('num_layer', [1, 3])
 def test_fast_propagation_matches_formula_with_gradients(p, drop_from, rows, num_layer):
@@ -80,7 +90,11 @@ def test_fast_propagation_matches_formula_with_gradients(p, drop_from, rows, num
     x = torch.randn(70, 12, requires_grad=True)
     w = torch.randn(70, 12)
     rows = None if rows is None else torch.tensor(rows)
-    w = w if rows is None else w[:len(rows)]
+    w = w if rows is None else torch.randn(len(rows), 12)
+    if rows is not None and len(rows) < 10:
+        assert rows_are_sparse(adj, torch.unique(rows))            # both paths are exercised
+    elif rows is not None:
+        assert not rows_are_sparse(adj, torch.unique(rows))
     torch.manual_seed(5)
     fast = propagate_layers(adj, x, num_layer, dropout=p, training=True, drop_from=drop_from, rows=rows)
     (fast * w).sum().backward()
