@@ -283,8 +283,8 @@ def run(args):
     sampler_rng = seed_everything(args.seed)
 
     folder = resolve_data(args)
-    probe = load_dataset(folder)
-    data = load_dataset(folder, select_modalities(args, probe.modalities))
+    data = load_dataset(folder)
+    data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     print(data.summary())
     model = build_model(args, data)
     if args.PATH_weight_load:
