@@ -176,3 +176,47 @@ def test_word_mean_matches_plain_gather_with_gradients():
     assert torch.allclose(module(), plain, atol=1e-6)
     assert torch.allclose(fast_grad, module.weight.grad, atol=1e-6)
     assert module()[1].abs().sum() == 0
+
+
+_EXTENSION_PROBE = '''
+import sys, warnings
+warnings.simplefilter("ignore")
+if sys.argv[1] == "blocked":
+    sys.modules["torch_scatter"] = None      # import fails: PyG falls back to torch's own scatter
+    sys.modules["torch_sparse"] = None
+import numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from BaseModel import BaseModel, bipartite_edges, csr_adjacency
+import torch_geometric.typing as t
+rng = np.random.default_rng(0)
+train = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 40, 200)], 1), axis=0)
+edges = bipartite_edges(train, 30)
+adj = csr_adjacency(edges, 70)
+torch.manual_seed(0)
+x = torch.randn(70, 5)
+out = []
+for aggr in ("add", "mean", "max"):
+    conv = BaseModel(5, 5, aggr)
+    out += [conv(x, adj), conv(x, edges)]
+import json
+print(t.WITH_TORCH_SCATTER, json.dumps(torch.cat([o.flatten() for o in out]).tolist()))
+'''
+
+
+def test_optional_extensions_do_not_change_results(tmp_path):
+    """With torch-scatter/torch-sparse installed, PyG's per-edge path uses them; our CSR path never
+    does. Both paths give the same numbers with the extensions and with them blocked."""
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip('torch_scatter')
+    script = tmp_path / 'probe.py'
+    script.write_text(_EXTENSION_PROBE)
+    root = str(__import__('pathlib').Path(__file__).resolve().parents[1])
+    runs = {}
+    for mode in ('installed', 'blocked'):
+        proc = subprocess.run([sys.executable, str(script), mode, root], capture_output=True, text=True, check=True)
+        flag, values = proc.stdout.strip().split(' ', 1)
+        runs[mode] = (flag, torch.tensor(json.loads(values)))
+    assert runs['installed'][0] == 'True' and runs['blocked'][0] == 'False'
+    assert torch.allclose(runs['installed'][1], runs['blocked'][1], atol=1e-5)
