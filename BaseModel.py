@@ -6,10 +6,12 @@ plain formula (tests/test_graph.py):
 
 * ``propagate_layers``: LightGCN's layer mean for many branches and views at
   once (one wide sparse product per layer), with a closed-form backward that
-  reuses ``Â`` (``Âᵀ = Â``) and keeps only the dropout masks;
+  reuses ``Â`` (``Âᵀ = Â``) and keeps only the dropout masks; the last layer
+  for the batch's rows alone when they touch few edges;
 * ``BaseModel`` gives ``MessagePassing`` a CSR adjacency, so PyG calls
   ``message_and_aggregate`` (one sparse product with ``reduce=`` sum, mean
-  or amax) instead of materialising one message per edge.
+  or amax on the CPU) instead of materialising one message per edge;
+* ``WordMean``: the mean of an item's word embeddings as a fixed sparse product.
 """
 import warnings
 
