@@ -13,6 +13,7 @@ plain formula (tests/test_graph.py):
   or amax on the CPU) instead of materialising one message per edge;
 * ``WordMean``: the mean of an item's word embeddings as a fixed sparse product.
 """
+import contextlib
 import warnings
 
 import numpy as np
@@ -30,12 +31,19 @@ def bipartite_edges(train, num_user):
     return torch.stack([torch.cat([users, items]), torch.cat([items, users])])
 
 
+@contextlib.contextmanager
+def _quiet_csr():
+    """Silence "Sparse CSR tensor support is in beta state", which means nothing to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        yield
+
+
 def csr_adjacency(edge_index, num_nodes, values=None):
     """Sparse CSR matrix with A[row, col] = value (1 by default) for each edge."""
     if values is None:
         values = torch.ones(edge_index.shape[1])
-    with warnings.catch_warnings():   # "Sparse CSR tensor support is in beta state": noise for our users
-        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+    with _quiet_csr():
         coo = torch.sparse_coo_tensor(edge_index, values, (num_nodes, num_nodes), check_invariants=True)
         return coo.coalesce().to_sparse_csr()
 
@@ -65,8 +73,7 @@ def row_submatrix(adj, rows):
     row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
     block_crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     take = torch.arange(int(block_crow[-1]), device=rows.device) - block_crow[:-1][row_of] + starts[row_of]
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+    with _quiet_csr():
         block = torch.sparse_csr_tensor(block_crow, col[take], val[take], (len(rows), adj.shape[1]),
                                         check_invariants=True)
         block_t = torch.sparse_coo_tensor(torch.stack([col[take], row_of]), val[take],
@@ -94,24 +101,21 @@ class _LayerMeanPropagation(torch.autograd.Function):
             return x
         masks = []
         full = rows is None
-        if full:
-            rows = torch.arange(x0.shape[0], device=x0.device)
-        total, x = x0[rows].clone() if not full else x0.clone(), x0
-        for _ in range(num_layer - 1 if not full else num_layer):
+        total, x = (x0 if full else x0[rows]).clone(), x0
+        for _ in range(num_layer if full else num_layer - 1):
             x = drop(spmm(adj, x))
             total += x if full else x[rows]
-        block = block_t = None
+        block_t = None
         if not full and num_layer > 0:
             block, block_t = row_submatrix(adj, rows)
             total += drop(spmm(block, x))
-        ctx.save_for_backward(rows)
-        ctx.adj, ctx.block_t, ctx.masks, ctx.num_layer = adj, block_t, masks, num_layer
+        ctx.rows, ctx.adj, ctx.block_t, ctx.masks, ctx.num_layer = rows, adj, block_t, masks, num_layer
         ctx.dropout, ctx.drop_from, ctx.full, ctx.n = dropout, drop_from, full, x0.shape[0]
         return total.div_(num_layer + 1)
 
     @staticmethod
     def backward(ctx, grad):
-        rows, = ctx.saved_tensors
+        rows = ctx.rows
 
         def undrop(acc, k):
             if ctx.masks:
@@ -251,8 +255,7 @@ class WordMean(nn.Module):
         values = 1 / count[item_index]
         pairs = torch.stack([item_index, word_id])
         mean = torch.sparse_coo_tensor(pairs, values, (self.num_item, vocab_size), check_invariants=True).coalesce()
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        with _quiet_csr():
             # Data, not weights: rebuilt from the dataset, kept out of the state dict.
             self.register_buffer('mean', mean.to_sparse_csr(), persistent=False)
             self.register_buffer('mean_t', mean.t().coalesce().to_sparse_csr(), persistent=False)
