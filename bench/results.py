@@ -1,7 +1,7 @@
 """The results table: every model on a real dataset, mean ± std over seeds.
 
     python bench/results.py --dataset ml100k                 # the README's table (seeds 1 2 3)
-    python bench/results.py --dataset ml1m --seeds 1 --rows FAC,none,MMGCN,ID
+    python bench/results.py --dataset ml1m --seeds 1 --rows FAC,none,MMGCN,ID --no-grid --max_epoch 12
 
 Protocol.  Each row is trained with ``main.py`` (full ranking, training items
 excluded) and reports test Precision/Recall/NDCG@10 and @20 at the epoch with
@@ -44,8 +44,10 @@ KS = (10, 20)
 METRICS = (('precision', 'P'), ('recall', 'R'), ('ndcg', 'N'))
 
 
-def grid_points(flags):
+def grid_points(flags, use_grid=True):
     model = flags[flags.index('--model_name') + 1]
+    if not use_grid:
+        return [['--l_r', str(main.MODEL_DEFAULTS[model]['l_r'])]]
     (name, values), = GRID[model].items()
     return [[f'--{name}', str(v)] for v in values]
 
@@ -78,6 +80,8 @@ def main_(argv=None):
     p.add_argument('--max_epoch', type=int, default=100)
     p.add_argument('--patience', type=int, default=10)
     p.add_argument('--no-cuda', dest='no_cuda', action='store_true')
+    p.add_argument('--no-grid', dest='grid', action='store_false',
+                   help="no selection: each model's published learning rate (for a CPU-sized first look)")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -90,7 +94,7 @@ def main_(argv=None):
     for key in args.rows.split(','):
         label, flags = ROWS[key]
         first = {}
-        for point in grid_points(flags):
+        for point in grid_points(flags, args.grid):
             record = train(args.dataset, flags + point, args.seeds[0], args, log)
             first[tuple(point)] = record
             print(f'[grid] {label} {" ".join(point)}: val R@20 {record["val"]["20"]["recall"]:.4f}', flush=True)
@@ -105,8 +109,10 @@ def main_(argv=None):
     device = records[-1]['device']
     lines.append('')
     lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
-                 f'mean ± std over seeds {" ".join(map(str, args.seeds))}; grid {GRID}, chosen on validation with '
-                 f'seed {args.seeds[0]}; at most {args.max_epoch} epochs, patience {args.patience}; device {device}; '
+                 f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
+                 + (f'grid {GRID}, chosen on validation with seed {args.seeds[0]}; ' if args.grid
+                    else 'no grid: published learning rates; ')
+                 + f'at most {args.max_epoch} epochs, patience {args.patience}; device {device}; '
                  f'total {time.time() - started:.0f}s.')
     table = '\n'.join(lines)
     with open(os.path.join(args.out, f'results_{args.dataset}.md'), 'w') as f:

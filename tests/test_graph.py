@@ -135,13 +135,18 @@ def test_three_aggregations_by_hand(aggr, expected_u0, expected_i1):
     assert out[1].tolist() == [3.0, 4.0]                 # u1 <- i1 only
 
 
+@pytest.mark.parametrize('directed', [False, True])
 @pytest.mark.parametrize('aggr', ['add', 'mean', 'max'])
-def test_csr_path_matches_pyg_edge_index_path(aggr):
+def test_csr_path_matches_pyg_edge_index_path(aggr, directed):
     rng = np.random.default_rng(1)
     train = np.unique(np.stack([rng.integers(0, 20, 120), rng.integers(0, 25, 120)], 1), axis=0)
     edges = bipartite_edges(train, 20)
-    adj = csr_adjacency(edges, 45)
+    if directed:                                 # users -> items only: not symmetric, torch's own backward
+        edges = edges[:, :len(train)]
+    adj = csr_adjacency(edges.flip(0), 45)       # row i: the nodes i aggregates from (PyG's adj_t)
     conv = BaseModel(6, 6, aggr)
+    if aggr != 'max':                            # the symmetric fast path is taken exactly when it applies
+        assert conv._symmetry(adj)[0] is not directed
     x = torch.randn(45, 6, requires_grad=True)
     fast = conv(x, adj)
     fast.pow(2).sum().backward()
