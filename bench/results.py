@@ -85,7 +85,8 @@ def main_(argv=None):
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    log = os.path.join(args.out, f'results_{args.dataset}.jsonl')
+    name = os.path.basename(os.path.normpath(args.dataset))     # a folder under Data/ or a path
+    log = os.path.join(args.out, f'results_{name}.jsonl')
     lines = []
     header = ('| model | ' + ' | '.join(f'{short}@{k}' for k in KS for _, short in METRICS)
               + ' | chosen | best epoch | s/run |')
@@ -115,7 +116,7 @@ def main_(argv=None):
                  + f'at most {args.max_epoch} epochs, patience {args.patience}; device {device}; '
                  f'total {time.time() - started:.0f}s.')
     table = '\n'.join(lines)
-    with open(os.path.join(args.out, f'results_{args.dataset}.md'), 'w') as f:
+    with open(os.path.join(args.out, f'results_{name}.md'), 'w') as f:
         f.write(table + '\n')
     print(table)
 
