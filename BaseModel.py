@@ -10,9 +10,10 @@ plain formula (tests/test_graph.py):
   for the batch's rows alone when they touch few edges;
 * ``BaseModel`` gives ``MessagePassing`` a CSR adjacency, so PyG calls
   ``message_and_aggregate`` (one sparse product with ``reduce=`` sum, mean
-  or amax on the CPU) instead of materialising one message per edge; for
-  'add' and 'mean' on a symmetric adjacency its backward reuses the matrix
-  (``_SymmetricAggregation``) instead of torch's sort-based one;
+  or amax on the CPU) instead of materialising one message per edge, with
+  backwards that reuse a stored transpose (``_SumAggregation``) or the
+  kernel's winners (``_MaxAggregation``) instead of torch's sort-based ones;
+  a row block of the graph computes the batch's rows alone;
 * ``WordMean``: the mean of an item's word embeddings as a fixed sparse product.
 """
 import contextlib
@@ -178,17 +179,18 @@ def _scatter_aggregate(adj, x, aggr):
     return out.scatter_reduce(0, index, x[col], reduce='amax', include_self=False)
 
 
-class _SymmetricAggregation(torch.autograd.Function):
-    """``A x`` ('add') or ``C⁻¹ A x`` ('mean', ``C`` the non-zeros per row) for a symmetric ``A``.
+class _SumAggregation(torch.autograd.Function):
+    """``A x`` ('add') or ``C⁻¹ A x`` ('mean', ``C`` the non-zeros per row), with ``Aᵀ`` given.
 
-    The backward ``Aᵀ g = A g`` (times ``C⁻¹`` first for 'mean') reuses ``A``;
-    torch's own backward of ``sparse.mm(reduce=)`` sorts a transposed copy at
-    every call, which was two thirds of an MMGCN step on ML-1M.
+    The backward ``Aᵀ (C⁻¹ g)`` is one product with the stored transpose
+    (``A`` itself for our symmetric graph, the transposed block for a row
+    block); torch's own backward of ``sparse.mm(reduce=)`` sorts a transposed
+    copy at every call, which was two thirds of an MMGCN step on ML-1M.
     """
 
     @staticmethod
-    def forward(ctx, x, adj, inv_count):
-        ctx.adj, ctx.inv_count = adj, inv_count
+    def forward(ctx, x, adj, adj_t, inv_count):
+        ctx.adj_t, ctx.inv_count = adj_t, inv_count
         out = spmm(adj, x)
         return out if inv_count is None else out.mul_(inv_count)
 
@@ -196,7 +198,36 @@ class _SymmetricAggregation(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.inv_count is not None:
             grad = grad * ctx.inv_count
-        return spmm(ctx.adj, grad.contiguous()), None, None
+        return spmm(ctx.adj_t, grad.contiguous()), None, None, None
+
+
+class _MaxAggregation(torch.autograd.Function):
+    """``out[r, d] = max over row r's non-zeros e of A_e x[col_e, d]`` (0 for an empty row), CPU.
+
+    The forward kernel also returns, for each output, which non-zero won; the
+    backward sends each gradient to that one source row (a scatter over the
+    output, not over the edges).  Ties go to one winner, where torch's own
+    backward shares them: parameters get the same gradient either way, as tied
+    sources are equal rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x, adj):
+        with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
+            out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
+        # Empty rows report the non-zero count as winner: it points at a spare row, dropped in backward.
+        ctx.col = torch.cat([adj.col_indices(), adj.col_indices().new_tensor([x.shape[0]])])
+        ctx.val = torch.cat([adj.values(), adj.values().new_zeros(1)])
+        ctx.save_for_backward(winner)
+        ctx.num_rows = x.shape[0]
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        winner, = ctx.saved_tensors
+        grad_x = grad.new_zeros(ctx.num_rows + 1, grad.shape[1])
+        grad_x.scatter_add_(0, ctx.col[winner], grad * ctx.val[winner])
+        return grad_x[:-1], None
 
 
 class BaseModel(MessagePassing):
@@ -209,10 +240,13 @@ class BaseModel(MessagePassing):
 
     ``forward(x, adj)`` takes the *unnormalised* adjacency as a sparse CSR
     matrix (``csr_adjacency``; row i lists the nodes that i aggregates from,
-    PyG's ``adj_t``, which for our undirected graph is the adjacency itself);
-    an ``edge_index`` [2, E] also works and runs PyG's per-edge path (the
-    plain reference of the same math).  For a symmetric adjacency, 'add' and
-    'mean' run through ``_SymmetricAggregation``.
+    PyG's ``adj_t``, which for our undirected graph is the adjacency itself),
+    or a row block of it (``row_submatrix``) with the block's transpose as
+    ``adj_transpose``: then only the block's rows are computed.  An
+    ``edge_index`` [2, E] also works and runs PyG's per-edge path (the plain
+    reference of the same math).  On the CPU, 'max' runs through
+    ``_MaxAggregation``; 'add' and 'mean' through ``_SumAggregation`` when the
+    transpose is known (given, or the matrix is symmetric).
     """
 
     def __init__(self, in_channels, out_channels, aggr='add'):
@@ -222,39 +256,48 @@ class BaseModel(MessagePassing):
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels))
         nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, x, adj):
-        return self.propagate(adj, x=x @ self.weight)
+    def forward(self, x, adj, adj_transpose=None):
+        return self.propagate(adj, x=x @ self.weight, adj_transpose=adj_transpose)
 
     def message(self, x_j):
         return x_j
 
-    def message_and_aggregate(self, adj_t, x):
-        if self.aggr != 'max' and adj_t.layout == torch.sparse_csr:
-            symmetric, inv_count = self._symmetry(adj_t)
-            if symmetric:
-                return _SymmetricAggregation.apply(x, adj_t, inv_count)
+    def message_and_aggregate(self, adj_t, x, adj_transpose):
+        if adj_t.layout == torch.sparse_csr:
+            if self.aggr == 'max' and x.device.type == 'cpu':
+                return _MaxAggregation.apply(x, adj_t)
+            if self.aggr != 'max':
+                if adj_transpose is None and self._symmetric(adj_t):
+                    adj_transpose = adj_t
+                if adj_transpose is not None:
+                    return _SumAggregation.apply(x, adj_t, adj_transpose, self._inv_count(adj_t))
         if adj_t.layout == torch.sparse_csr and x.device.type == 'cpu':
-            reduce = {'add': 'sum', 'mean': 'mean', 'max': 'amax'}[self.aggr]
+            reduce = {'add': 'sum', 'mean': 'mean'}[self.aggr]
             return torch.sparse.mm(adj_t, x, reduce=reduce)
         if self.aggr == 'add':
             return torch.sparse.mm(adj_t, x)
         return _scatter_aggregate(adj_t, x, self.aggr)
 
-    def _symmetry(self, adj):
-        """(whether ``adj`` is symmetric, 1 / non-zeros per row for 'mean'), worked out once per matrix."""
+    def _inv_count(self, adj):
+        if self.aggr != 'mean':
+            return None
+        crow = adj.crow_indices()
+        return (crow[1:] - crow[:-1]).clamp(min=1).to(adj.values().dtype).reciprocal().unsqueeze(1)
+
+    def _symmetric(self, adj):
+        """Whether ``adj`` equals its transpose; worked out once per matrix."""
         cached = getattr(self, '_symmetry_of', None)
         if cached is None or cached[0] is not adj:
-            with _quiet_csr():
-                t = adj.t().to_sparse_csr()
-            symmetric = all(torch.equal(a, b) for a, b in ((adj.crow_indices(), t.crow_indices()),
-                                                           (adj.col_indices(), t.col_indices()),
-                                                           (adj.values(), t.values())))
-            crow = adj.crow_indices()
-            count = (crow[1:] - crow[:-1]).clamp(min=1).to(adj.values().dtype)
-            inv_count = count.reciprocal().unsqueeze(1) if self.aggr == 'mean' else None
+            symmetric = adj.shape[0] == adj.shape[1]
+            if symmetric:
+                with _quiet_csr():
+                    t = adj.t().to_sparse_csr()
+                symmetric = all(torch.equal(a, b) for a, b in ((adj.crow_indices(), t.crow_indices()),
+                                                               (adj.col_indices(), t.col_indices()),
+                                                               (adj.values(), t.values())))
             # A plain attribute, not a buffer: derived from the data, never saved.
-            self._symmetry_of = cached = (adj, symmetric, inv_count)
-        return cached[1], cached[2]
+            self._symmetry_of = cached = (adj, symmetric)
+        return cached[1]
 
 
 def xavier_normal_param(*shape):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import BaseModel, item_feature_modules, xavier_normal_param
+from BaseModel import BaseModel, item_feature_modules, row_submatrix, rows_are_sparse, xavier_normal_param
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
 
@@ -46,14 +46,24 @@ class GCN(nn.Module):
         for layer in list(self.linears) + list(self.gates):
             nn.init.xavier_uniform_(layer.weight)
 
-    def forward(self, item_features, adj, id_embedding=None, dropout=0.0):
+    def forward(self, item_features, adj, id_embedding=None, dropout=0.0, rows=None):
+        """``x^L`` of every node [(U+I), d]; with ``rows = (nodes, block, block_t)`` (sorted unique
+        node ids and ``row_submatrix(adj, nodes)``) the last layer is computed for those nodes only."""
         items = self.mlp(item_features) if self.mlp is not None else item_features
         x = F.normalize(torch.cat([self.preference, items]), dim=1)
-        for conv, linear, gate in zip(self.convs, self.linears, self.gates):
-            h = F.leaky_relu(conv(x, adj))
+        last = len(self.convs) - 1
+        for layer, (conv, linear, gate) in enumerate(zip(self.convs, self.linears, self.gates)):
+            ids = id_embedding
+            if layer == last and rows is not None:
+                nodes, block, block_t = rows
+                h = F.leaky_relu(conv(x, block, block_t))
+                x = x[nodes]
+                ids = None if id_embedding is None else id_embedding[nodes]
+            else:
+                h = F.leaky_relu(conv(x, adj))
             x_hat = F.leaky_relu(linear(x))
-            if id_embedding is not None:
-                x_hat = x_hat + id_embedding
+            if ids is not None:
+                x_hat = x_hat + ids
             x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
             if dropout > 0:
                 x = F.dropout(x, dropout, self.training)
@@ -99,15 +109,26 @@ class MMGCN(nn.Module):
     def item_features(self, m):
         return self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
 
-    def modality_outputs(self, dropout=0.0, masked=None):
-        """Each modality's ``x^L`` [(U+I), d]; ``masked`` names one whose item input is zeroed."""
+    def modality_outputs(self, dropout=0.0, masked=None, rows=None):
+        """Each modality's ``x^L`` [(U+I), d]; ``masked`` names one whose item input is zeroed;
+        ``rows`` (see ``GCN.forward``) restricts the outputs to a few nodes."""
         outs = []
         for m in self.modalities:
             items = self.item_features(m)
             if m == masked:
                 items = torch.zeros_like(items)
-            outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout))
+            outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout, rows))
         return outs
+
+    def row_block(self, nodes):
+        """``(unique nodes, inverse, rows for GCN.forward)`` when the nodes touch few edges of a CSR
+        adjacency, else None (an ``edge_index`` adjacency is PyG's per-edge reference: always full)."""
+        if self.adj.layout != torch.sparse_csr:
+            return None
+        unique, inverse = torch.unique(nodes, return_inverse=True)
+        if not rows_are_sparse(self.adj, unique):
+            return None
+        return unique, inverse, (unique, *row_submatrix(self.adj, unique))
 
     def forward(self):
         """Fused representations ``(z_user [U, d], z_item [I, d])``."""
@@ -116,10 +137,16 @@ class MMGCN(nn.Module):
 
     def loss(self, users, pos, neg):
         """BPR with the regulariser of SPEC 2; returns the loss and its parts."""
-        z_user, z_item = self.forward()
-        u = z_user[users]
-        pos_score = (u * z_item[pos]).sum(1)
-        neg_score = (u * z_item[neg]).sum(1)
+        nodes = torch.cat([users, pos + self.num_user, neg + self.num_user])
+        block = self.row_block(nodes)
+        if block is None:           # the batch touches much of the graph: all rows are as cheap
+            z = torch.stack(self.modality_outputs()).mean(0)[nodes]
+        else:                       # only the batch's rows in the last layer
+            _, inverse, rows = block
+            z = torch.stack(self.modality_outputs(rows=rows)).mean(0)[inverse]
+        u, z_pos, z_neg = z.split(len(users))
+        pos_score = (u * z_pos).sum(1)
+        neg_score = (u * z_neg).sum(1)
         bpr = -F.logsigmoid(pos_score - neg_score).mean()
         reg = self.gcns[self.modalities[0]].preference.pow(2).mean()
         if self.id_embedding is not None:

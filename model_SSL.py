@@ -138,8 +138,13 @@ class SLMRec(nn.Module):
         columns ``v*B*d .. (v+1)*B*d``, branch b of it the d columns at ``b*d``.
         """
         if self.backbone == 'mmgcn':
-            wide = torch.cat([torch.cat(self._mmgcn_branches(p, masked), dim=1) for p, masked in views], dim=1)
-            return wide if rows is None else wide[rows]
+            block = None if rows is None else self.encoder.row_block(rows)
+            if block is None:
+                wide = torch.cat([torch.cat(self._mmgcn_branches(p, masked), dim=1) for p, masked in views], dim=1)
+                return wide if rows is None else wide[rows]
+            nodes, inverse, spec = block          # the last layer for the batch's rows only
+            return torch.cat([torch.cat(self._mmgcn_branches(p, masked, nodes, spec), dim=1)
+                              for p, masked in views], dim=1)[inverse]
         rates = {p for p, _ in views if p > 0}
         n_plain = sum(p == 0 for p, _ in views)
         if len(rates) > 1 or any(p > 0 for p, _ in views[:n_plain]):
@@ -157,12 +162,14 @@ class SLMRec(nn.Module):
         wide = self.propagate(views)
         return [list(view.split(self.dim, dim=1)) for view in wide.split(self.num_branch * self.dim, dim=1)]
 
-    def _mmgcn_branches(self, dropout, masked):
+    def _mmgcn_branches(self, dropout, masked, nodes=None, rows=None):
         id_branch = self.encoder.id_embedding
         if masked == 0:
             id_branch = torch.cat([id_branch[:self.num_user], torch.zeros_like(id_branch[self.num_user:])])
+        if nodes is not None:
+            id_branch = id_branch[nodes]
         masked_modality = self.modalities[masked - 1] if masked else None
-        return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality)
+        return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality, rows)
 
     def fuse(self, user_rows, item_rows):
         """``(z_u, z_i)`` from one view's pre-fusion rows [n, B*d] (branches side by side)."""
