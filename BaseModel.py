@@ -241,12 +241,12 @@ class BaseModel(MessagePassing):
     ``forward(x, adj)`` takes the *unnormalised* adjacency as a sparse CSR
     matrix (``csr_adjacency``; row i lists the nodes that i aggregates from,
     PyG's ``adj_t``, which for our undirected graph is the adjacency itself),
-    or a row block of it (``row_submatrix``) with the block's transpose as
-    ``adj_transpose``: then only the block's rows are computed.  An
-    ``edge_index`` [2, E] also works and runs PyG's per-edge path (the plain
-    reference of the same math).  On the CPU, 'max' runs through
-    ``_MaxAggregation``; 'add' and 'mean' through ``_SumAggregation`` when the
-    transpose is known (given, or the matrix is symmetric).
+    or a row block of it (``row_submatrix``): then only the block's rows are
+    computed.  ``adj_transpose``, the matrix's transpose as CSR when the caller
+    has it (the adjacency itself for our symmetric graph), lets 'add' and
+    'mean' run through ``_SumAggregation``; on the CPU 'max' runs through
+    ``_MaxAggregation``.  An ``edge_index`` [2, E] also works and runs PyG's
+    per-edge path (the plain reference of the same math).
     """
 
     def __init__(self, in_channels, out_channels, aggr='add'):
@@ -266,11 +266,8 @@ class BaseModel(MessagePassing):
         if adj_t.layout == torch.sparse_csr:
             if self.aggr == 'max' and x.device.type == 'cpu':
                 return _MaxAggregation.apply(x, adj_t)
-            if self.aggr != 'max':
-                if adj_transpose is None and self._symmetric(adj_t):
-                    adj_transpose = adj_t
-                if adj_transpose is not None:
-                    return _SumAggregation.apply(x, adj_t, adj_transpose, self._inv_count(adj_t))
+            if self.aggr != 'max' and adj_transpose is not None:
+                return _SumAggregation.apply(x, adj_t, adj_transpose, self._inv_count(adj_t))
         if adj_t.layout == torch.sparse_csr and x.device.type == 'cpu':
             reduce = {'add': 'sum', 'mean': 'mean'}[self.aggr]
             return torch.sparse.mm(adj_t, x, reduce=reduce)
@@ -283,21 +280,6 @@ class BaseModel(MessagePassing):
             return None
         crow = adj.crow_indices()
         return (crow[1:] - crow[:-1]).clamp(min=1).to(adj.values().dtype).reciprocal().unsqueeze(1)
-
-    def _symmetric(self, adj):
-        """Whether ``adj`` equals its transpose; worked out once per matrix."""
-        cached = getattr(self, '_symmetry_of', None)
-        if cached is None or cached[0] is not adj:
-            symmetric = adj.shape[0] == adj.shape[1]
-            if symmetric:
-                with _quiet_csr():
-                    t = adj.t().to_sparse_csr()
-                symmetric = all(torch.equal(a, b) for a, b in ((adj.crow_indices(), t.crow_indices()),
-                                                               (adj.col_indices(), t.col_indices()),
-                                                               (adj.values(), t.values())))
-            # A plain attribute, not a buffer: derived from the data, never saved.
-            self._symmetry_of = cached = (adj, symmetric)
-        return cached[1]
 
 
 def xavier_normal_param(*shape):

@@ -59,8 +59,8 @@ class GCN(nn.Module):
                 h = F.leaky_relu(conv(x, block, block_t))
                 x = x[nodes]
                 ids = None if id_embedding is None else id_embedding[nodes]
-            else:
-                h = F.leaky_relu(conv(x, adj))
+            else:                                    # the bipartite graph is symmetric: its own transpose
+                h = F.leaky_relu(conv(x, adj, adj))
             x_hat = F.leaky_relu(linear(x))
             if ids is not None:
                 x_hat = x_hat + ids

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from BaseModel import (BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
-                       rows_are_sparse, spmm)
+from BaseModel import (AGGR_MODES, BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
+                       row_submatrix, rows_are_sparse, spmm)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -135,20 +135,21 @@ def test_three_aggregations_by_hand(aggr, expected_u0, expected_i1):
     assert out[1].tolist() == [3.0, 4.0]                 # u1 <- i1 only
 
 
+@pytest.mark.parametrize('with_transpose', [False, True])
 @pytest.mark.parametrize('directed', [False, True])
 @pytest.mark.parametrize('aggr', ['add', 'mean', 'max'])
-def test_csr_path_matches_pyg_edge_index_path(aggr, directed):
+def test_csr_path_matches_pyg_edge_index_path(aggr, directed, with_transpose):
     rng = np.random.default_rng(1)
     train = np.unique(np.stack([rng.integers(0, 20, 120), rng.integers(0, 25, 120)], 1), axis=0)
     edges = bipartite_edges(train, 20)
-    if directed:                                 # users -> items only: not symmetric, torch's own backward
+    if directed:                                 # users -> items only: not symmetric
         edges = edges[:, :len(train)]
     adj = csr_adjacency(edges.flip(0), 45)       # row i: the nodes i aggregates from (PyG's adj_t)
+    # With the transpose, 'add' and 'mean' take _SumAggregation; without, torch's own backward.
+    transpose = csr_adjacency(edges, 45) if with_transpose else None
     conv = BaseModel(6, 6, aggr)
-    if aggr != 'max':                            # the symmetric fast path is taken exactly when it applies
-        assert conv._symmetric(adj) is not directed
     x = torch.randn(45, 6, requires_grad=True)
-    fast = conv(x, adj)
+    fast = conv(x, adj, transpose)
     fast.pow(2).sum().backward()
     g_fast, gw_fast = x.grad.clone(), conv.weight.grad.clone()
     x.grad, conv.weight.grad = None, None
@@ -157,6 +158,24 @@ def test_csr_path_matches_pyg_edge_index_path(aggr, directed):
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(g_fast, x.grad, atol=1e-4)
     assert torch.allclose(gw_fast, conv.weight.grad, atol=1e-4)
+
+
+def test_row_block_of_the_layer_matches_full_rows():
+    rng = np.random.default_rng(2)
+    train = np.unique(np.stack([rng.integers(0, 20, 120), rng.integers(0, 25, 120)], 1), axis=0)
+    adj = csr_adjacency(bipartite_edges(train, 20), 45)
+    rows = torch.tensor([0, 3, 21, 44])
+    block, block_t = row_submatrix(adj, rows)
+    for aggr in AGGR_MODES:
+        conv = BaseModel(6, 6, aggr)
+        x = torch.randn(45, 6, requires_grad=True)
+        fast = conv(x, block, block_t)
+        (fast * torch.arange(24.).view(4, 6)).sum().backward()
+        g_fast = x.grad.clone()
+        x.grad = None
+        full = conv(x, adj, adj)[rows]
+        (full * torch.arange(24.).view(4, 6)).sum().backward()
+        assert torch.allclose(fast, full, atol=1e-6) and torch.allclose(g_fast, x.grad, atol=1e-6), aggr
 
 
 def test_unknown_aggregation_rejected():
