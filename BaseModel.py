@@ -152,11 +152,19 @@ def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=
         dropout = 0.0
     if rows is None:
         return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None)
-    unique, inverse = torch.unique(rows, return_inverse=True)
-    if not rows_are_sparse(adj, unique):
+    sparse = sparse_rows(adj, rows)
+    if sparse is None:
         # The rows touch a large part of the graph (a small, dense dataset): the full last layer is cheaper.
         return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None)[rows]
+    unique, inverse = sparse
     return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique)[inverse]
+
+
+def sparse_rows(adj, rows):
+    """``(sorted unique rows, inverse)`` when ``rows`` touch few edges of ``adj`` (a row block pays
+    off), else None; ``unique[inverse]`` gives ``rows`` back."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    return (unique, inverse) if rows_are_sparse(adj, unique) else None
 
 
 def rows_are_sparse(adj, unique_rows):
@@ -215,19 +223,20 @@ class _MaxAggregation(torch.autograd.Function):
     def forward(ctx, x, adj):
         with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
             out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
-        # Empty rows report the non-zero count as winner: it points at a spare row, dropped in backward.
-        ctx.col = torch.cat([adj.col_indices(), adj.col_indices().new_tensor([x.shape[0]])])
-        ctx.val = torch.cat([adj.values(), adj.values().new_zeros(1)])
+        ctx.col, ctx.val, ctx.num_rows = adj.col_indices(), adj.values(), x.shape[0]
         ctx.save_for_backward(winner)
-        ctx.num_rows = x.shape[0]
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad):
         winner, = ctx.saved_tensors
-        grad_x = grad.new_zeros(ctx.num_rows + 1, grad.shape[1])
-        grad_x.scatter_add_(0, ctx.col[winner], grad * ctx.val[winner])
-        return grad_x[:-1], None
+        grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1])
+        # Empty rows report the non-zero count as winner: they send no gradient.
+        found = winner < ctx.col.numel()
+        if found.any():
+            winner = torch.where(found, winner, 0)
+            grad_x.scatter_add_(0, ctx.col[winner], grad * ctx.val[winner] * found)
+        return grad_x, None
 
 
 class BaseModel(MessagePassing):

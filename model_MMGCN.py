@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import BaseModel, item_feature_modules, row_submatrix, rows_are_sparse, xavier_normal_param
+from BaseModel import BaseModel, item_feature_modules, row_submatrix, sparse_rows, xavier_normal_param
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
 
@@ -123,11 +123,10 @@ class MMGCN(nn.Module):
     def row_block(self, nodes):
         """``(unique nodes, inverse, rows for GCN.forward)`` when the nodes touch few edges of a CSR
         adjacency, else None (an ``edge_index`` adjacency is PyG's per-edge reference: always full)."""
-        if self.adj.layout != torch.sparse_csr:
+        sparse = sparse_rows(self.adj, nodes) if self.adj.layout == torch.sparse_csr else None
+        if sparse is None:
             return None
-        unique, inverse = torch.unique(nodes, return_inverse=True)
-        if not rows_are_sparse(self.adj, unique):
-            return None
+        unique, inverse = sparse
         return unique, inverse, (unique, *row_submatrix(self.adj, unique))
 
     def forward(self):

@@ -178,6 +178,18 @@ def test_row_block_of_the_layer_matches_full_rows():
         assert torch.allclose(fast, full, atol=1e-6) and torch.allclose(g_fast, x.grad, atol=1e-6), aggr
 
 
+def test_max_sends_no_gradient_from_an_empty_row():
+    edges = bipartite_edges(TRAIN, U)                   # node 4 (item 2) has no neighbour
+    adj = csr_adjacency(edges, U + I)
+    conv = _conv('max')
+    x = torch.randn(U + I, 2, requires_grad=True)
+    conv(x, adj).sum().backward()                       # a non-zero gradient reaches the empty row's output
+    fast = x.grad.clone()
+    x.grad = None
+    conv(x, edges).sum().backward()
+    assert torch.allclose(fast, x.grad)
+
+
 def test_unknown_aggregation_rejected():
     with pytest.raises(ValueError, match="aggr_mode must be one of"):
         BaseModel(2, 2, 'median')
