@@ -348,7 +348,9 @@ def run(args):
     summary(state, key, status)
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
-              'wall_time_s': round(wall, 2), 'device': str(device), 'data': data.summary()}
+              'wall_time_s': round(wall, 2), 'device': str(device),
+              'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+              'data': data.summary()}
     with open(args.save_file, 'a') as f:
         f.write(json.dumps(record, default=str) + '\n')
     return EXIT_DIVERGED if status == 'diverged' else 0

@@ -2,6 +2,7 @@
 
     python bench/results.py --dataset ml100k                 # the README's table (seeds 1 2 3)
     python bench/results.py --dataset ml1m --seeds 1 --rows FAC,none,MMGCN,ID --no-grid --max_epoch 12
+    python bench/results.py --dataset ml1m --jobs 6          # on a GPU: six runs side by side
 
 Protocol.  Each row is trained with ``main.py`` (full ranking, training items
 excluded) and reports test Precision/Recall/NDCG@10 and @20 at the epoch with
@@ -14,12 +15,23 @@ evaluations without validation improvement.
 
 The table is printed and written to ``bench/out/results_<dataset>.md``; each
 run's JSON line goes to ``bench/out/results_<dataset>.jsonl``.
+
+Every finished run also leaves its record in ``bench/out/runs/<run>.json``, and
+a later invocation with the same ``--max_epoch`` and ``--patience`` reuses it
+instead of training again: an interrupted table resumes where it stopped, and
+runs made on different machines (copy the records over) make one table, whose
+footer counts the runs per device.  ``--jobs N`` trains N runs at a time, each
+in its own process: a GPU that one small run leaves mostly idle, or a CPU with
+cores to spare (on 2 cores it only slows each run down).
 """
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -52,20 +64,81 @@ def grid_points(flags, use_grid=True):
     return [[f'--{name}', str(v)] for v in values]
 
 
+def run_tag(dataset, flags, seed):
+    dataset = os.path.basename(os.path.normpath(dataset))
+    return f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+
+
+def earlier_record(path, args):
+    """The record of a finished earlier run of the same protocol (same epochs and patience), or None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    same = (record['args']['num_epoch'] == args.max_epoch and record['args']['patience'] == args.patience)
+    return record if same and record['status'] in ('done', 'diverged') else None
+
+
 def train(dataset, flags, seed, args, log):
-    tag = f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+    """One run of main.py; its record is kept in <out>/runs/<tag>.json, and a later call reuses it."""
+    tag = run_tag(dataset, flags, seed)
     runs = os.path.join(args.out, 'runs')
     os.makedirs(runs, exist_ok=True)
+    path = os.path.join(runs, tag)
+    record = earlier_record(path + '.json', args)
+    if record is not None:
+        print(f'[reuse] {tag} ({record["device"]}, {record["wall_time_s"]:.0f}s)', flush=True)
+        return record
     argv = ['--data_path', dataset, '--seed', str(seed), '--topK', '20', '10', '--num_epoch', str(args.max_epoch),
-            '--patience', str(args.patience), '--save_file', log, '--no-progress',
-            '--checkpoint', os.path.join(runs, tag + '.last.pt'), '--PATH_weight_save', os.path.join(runs, tag + '.best.pt'),
-            *flags]
+            '--patience', str(args.patience), '--save_file', path + '.jsonl', '--no-progress',
+            '--checkpoint', path + '.last.pt', '--PATH_weight_save', path + '.best.pt', *flags]
     if args.no_cuda:
         argv.append('--no-cuda')
-    if main.main(argv) != 0:
-        raise SystemExit(f'run failed: main.py {" ".join(argv)}')
-    with open(log) as f:
-        return json.loads(f.readlines()[-1])
+    if os.path.exists(path + '.jsonl'):
+        os.remove(path + '.jsonl')
+    if args.jobs == 1:
+        code = main.main(argv)
+    else:                                             # its own process, its output in <tag>.log
+        with open(path + '.log', 'w') as out:
+            code = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *argv],
+                                  stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if code != 0 or not os.path.exists(path + '.jsonl'):
+        raise SystemExit(f'run failed (exit {code}): main.py {" ".join(argv)}')
+    with open(path + '.jsonl') as f:
+        line = f.readlines()[-1]
+    with open(log, 'a') as f:
+        f.write(line)
+    with open(path + '.json.tmp', 'w') as f:
+        f.write(line)
+    os.replace(path + '.json.tmp', path + '.json')       # a killed run leaves no half record
+    record = json.loads(line)
+    if record['best_epoch'] is None:
+        raise SystemExit(f'run ended with no evaluation ({record["status"]}): main.py {" ".join(argv)}')
+    print(f'[done] {tag}: val R@20 {record["val"]["20"]["recall"]:.4f}, best epoch {record["best_epoch"]}, '
+          f'{record["wall_time_s"]:.0f}s on {record["device"]}', flush=True)
+    return record
+
+
+class Inline:
+    """A pool of one that runs each task at once, in this process (the plain sequential path)."""
+
+    def submit(self, fn, *a):
+        future = Future()
+        future.set_result(fn(*a))
+        return future
+
+
+def row_runs(key, pool, args, log):
+    """A row's grid with the first seed, then the other seeds at the chosen point."""
+    label, flags = ROWS[key]
+    points = grid_points(flags, args.grid)
+    first = [pool.submit(train, args.dataset, flags + pt, args.seeds[0], args, log) for pt in points]
+    first = {tuple(pt): f.result() for pt, f in zip(points, first)}
+    for pt, record in first.items():
+        print(f'[grid] {label} {" ".join(pt)}: val R@20 {record["val"]["20"]["recall"]:.4f}', flush=True)
+    point = max(first, key=lambda pt: first[pt]['val']['20']['recall'])
+    rest = [pool.submit(train, args.dataset, flags + list(point), s, args, log) for s in args.seeds[1:]]
+    return point, [first[point]] + [f.result() for f in rest]
 
 
 def cell(values):
@@ -80,6 +153,8 @@ def main_(argv=None):
     p.add_argument('--max_epoch', type=int, default=100)
     p.add_argument('--patience', type=int, default=10)
     p.add_argument('--no-cuda', dest='no_cuda', action='store_true')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs at a time, each in its own process (a GPU that one small run leaves mostly idle)')
     p.add_argument('--no-grid', dest='grid', action='store_false',
                    help="no selection: each model's published learning rate (for a CPU-sized first look)")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
@@ -92,28 +167,30 @@ def main_(argv=None):
               + ' | chosen | best epoch | s/run |')
     lines += [header, '|' + '---|' * (header.count('|') - 1)]
     started, first_data = time.time(), None
-    for key in args.rows.split(','):
-        label, flags = ROWS[key]
-        first = {}
-        for point in grid_points(flags, args.grid):
-            record = train(args.dataset, flags + point, args.seeds[0], args, log)
-            first[tuple(point)] = record
-            print(f'[grid] {label} {" ".join(point)}: val R@20 {record["val"]["20"]["recall"]:.4f}', flush=True)
-        point = max(first, key=lambda pt: first[pt]['val']['20']['recall'])
-        records = [first[point]] + [train(args.dataset, flags + list(point), s, args, log) for s in args.seeds[1:]]
+    keys = args.rows.split(',')
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        p.error(f'unknown row(s) {", ".join(unknown)}; choose from {", ".join(ROWS)}')
+    if args.jobs == 1:
+        rows = [row_runs(key, Inline(), args, log) for key in keys]
+    else:                                             # rows side by side, at most --jobs runs at a time
+        with ThreadPoolExecutor(args.jobs) as pool, ThreadPoolExecutor(len(keys)) as row_pool:
+            rows = list(row_pool.map(lambda key: row_runs(key, pool, args, log), keys))
+    for key, (point, records) in zip(keys, rows):
         first_data = first_data or records[0]['data']
         cols = [cell([r['test'][str(k)][m] for r in records]) for k in KS for m, _ in METRICS]
         epochs = '/'.join(str(r['best_epoch']) for r in records)
         seconds = np.mean([r['wall_time_s'] for r in records])
-        lines.append(f'| {label} | ' + ' | '.join(cols) + f' | {" ".join(point)} | {epochs} | {seconds:.0f} |')
+        lines.append(f'| {ROWS[key][0]} | ' + ' | '.join(cols) + f' | {" ".join(point)} | {epochs} | {seconds:.0f} |')
         print(lines[-1], flush=True)
-    device = records[-1]['device']
+    devices = Counter(r.get('device_name', r['device']) for _, records in rows for r in records)
     lines.append('')
     lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
                  f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
                  + (f'grid {GRID}, chosen on validation with seed {args.seeds[0]}; ' if args.grid
                     else 'no grid: published learning rates; ')
-                 + f'at most {args.max_epoch} epochs, patience {args.patience}; device {device}; '
+                 + f'at most {args.max_epoch} epochs, patience {args.patience}; '
+                 f'runs by device: {", ".join(f"{d} {n}" for d, n in sorted(devices.items()))}; '
                  f'total {time.time() - started:.0f}s.')
     table = '\n'.join(lines)
     with open(os.path.join(args.out, f'results_{name}.md'), 'w') as f:

@@ -5,6 +5,7 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,3 +67,43 @@ def test_results_without_grid_uses_published_rates(tiny_plain, tmp_path):
     records = _records(out, tiny_plain)
     assert [(r['args']['model_name'], r['args']['l_r']) for r in records] == [('SLMRec', 0.01), ('MMGCN', 0.0005)]
     assert 'no grid: published learning rates' in (out / f'results_{os.path.basename(tiny_plain)}.md').read_text()
+
+
+def _table_rows(out, folder):
+    text = (out / f'results_{os.path.basename(folder)}.md').read_text()
+    return [line for line in text.splitlines() if line.startswith('| ') and 'model' not in line]
+
+
+def test_results_reuse_finished_runs_of_the_same_protocol(tiny_plain, tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '--rows', 'ID', '--no-grid', '--out', str(out)]
+    results.main_(argv + ['--max_epoch', '1'])
+    table = _table_rows(out, tiny_plain)
+    calls = []
+    real_main = results.main.main
+    monkeypatch.setattr(results.main, 'main', lambda a: calls.append(a) or real_main(a))
+    results.main_(argv + ['--max_epoch', '1'])           # everything reused: nothing trains
+    assert calls == [] and _table_rows(out, tiny_plain) == table
+    assert len(_records(out, tiny_plain)) == 1
+    results.main_(argv + ['--max_epoch', '2'])           # another protocol trains again
+    assert len(calls) == 1 and _records(out, tiny_plain)[-1]['args']['num_epoch'] == 2
+
+
+def test_results_in_parallel_processes_match_the_sequential_runs(tiny_plain, tmp_path):
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '2', '--rows', 'ID', '--max_epoch', '1', '--no-grid', '--no-cuda']
+    results.main_(argv + ['--out', str(tmp_path / 'seq')])
+    results.main_(argv + ['--out', str(tmp_path / 'par'), '--jobs', '2'])
+    seq, par = (_records(tmp_path / d, tiny_plain) for d in ('seq', 'par'))
+    by_seed = {r['args']['seed']: r for r in seq}
+    assert sorted(r['args']['seed'] for r in par) == [1, 2]
+    for r in par:
+        assert r['test'] == by_seed[r['args']['seed']]['test'] and r['val'] == by_seed[r['args']['seed']]['val']
+    without_time = [[row.rsplit('|', 2)[0] for row in _table_rows(tmp_path / d, tiny_plain)] for d in ('seq', 'par')]
+    assert without_time[0] == without_time[1]
+    assert len(list((tmp_path / 'par' / 'runs').glob('*.log'))) == 2      # each process's output kept
+
+
+def test_results_reject_an_unknown_row(tiny_plain, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        results.main_(['--dataset', tiny_plain, '--rows', 'FAC,LightGCN', '--out', str(tmp_path)])
+    assert 'unknown row(s) LightGCN' in capsys.readouterr().err
