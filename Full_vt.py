@@ -43,27 +43,45 @@ def _discounts(k):
     return 1.0 / np.log2(np.arange(2, k + 2))
 
 
+def _scores(u, z_item, out, item_block):
+    """``u @ z_item.T`` into ``out``, ``item_block`` items per product (None: one product)."""
+    if item_block is None:
+        return torch.mm(u, z_item.t(), out=out)
+    for start in range(0, z_item.shape[0], item_block):
+        torch.mm(u, z_item[start:start + item_block].t(), out=out[:, start:start + item_block])
+    return out
+
+
 @torch.no_grad()
-def rank_metrics(z_user, z_item, index, topk, eval_batch=1024):
-    """Metrics {K: {metric: mean}} for the users of ``index``, ``eval_batch`` users at a time."""
+def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'):
+    """Metrics {K: {metric: mean}} for the users of ``index``, ``eval_batch`` users at a time.
+
+    On the CPU the scores are computed ``item_block`` items at a time (default 1024): with an inner
+    dimension of 64, one product per 1,024 items runs about twice as fast as one over all items,
+    whose operands do not stay in the cache.  The results are the same products.
+    """
     max_k = max(topk)
     num_item = z_item.shape[0]
     device = z_user.device
+    if item_block == 'auto':
+        item_block = 1024 if device.type == 'cpu' else None
     disc = torch.as_tensor(_discounts(max_k), device=device, dtype=torch.float64)
     idcg_table = torch.cumsum(disc, 0)
     sums = {k: {m: 0.0 for m in METRICS} for k in topk}
     n_users = len(index.users)
+    buffer = torch.empty(min(eval_batch, n_users), num_item, device=device, dtype=z_user.dtype)
     for start in range(0, n_users, eval_batch):
         chunk = np.arange(start, min(start + eval_batch, n_users))
         users = index.users[chunk]
-        scores = z_user[torch.as_tensor(users, device=device)] @ z_item.t()
+        scores = _scores(z_user[torch.as_tensor(users, device=device)], z_item, buffer[:len(chunk)], item_block)
         rows, items = _rows_and_items(users, index.train_indptr, index.train_items)
         scores[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = -torch.inf
         top = torch.topk(scores, min(max_k, num_item), dim=1).indices
-        positive = torch.zeros_like(scores, dtype=torch.bool)
+        # hits: is (row, item) of the top list a positive?  Compare row * num_item + item keys.
         rows, items = _rows_and_items(chunk, index.pos_indptr, index.pos_items)
-        positive[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = True
-        hits = positive.gather(1, top).double()
+        positive = torch.as_tensor(rows * num_item + items, device=device)
+        keys = torch.arange(len(chunk), device=device)[:, None] * num_item + top
+        hits = torch.isin(keys, positive).double()
         if hits.shape[1] < max_k:
             hits = torch.cat([hits, hits.new_zeros(len(chunk), max_k - hits.shape[1])], dim=1)
         n_pos = torch.as_tensor(index.pos_count[chunk], device=device, dtype=torch.float64)

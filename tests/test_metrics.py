@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from Full_vt import SplitIndex, rank_metrics, rank_metrics_loop
+from Full_vt import _scores as _scores_fn
 
 
 def _index(split, train, num_user):
@@ -67,8 +68,8 @@ def test_users_without_positives_are_skipped():
     assert rank_metrics(z_user, z_item, index, [1])[1]['recall'] == 1.0
 
 
-@pytest.mark.parametrize('eval_batch', [1, 7, 1000])
-def test_vectorised_matches_per_user_loop(eval_batch):
+@pytest.mark.parametrize('eval_batch, item_block', [(1, 'auto'), (7, 'auto'), (1000, 'auto'), (7, 4), (7, None), (1000, 7)])
+def test_vectorised_matches_per_user_loop(eval_batch, item_block):
     rng = np.random.default_rng(0)
     n_user, n_item = 40, 30
     train = {u: rng.choice(n_item, rng.integers(1, 8), replace=False).tolist() for u in range(n_user)}
@@ -78,11 +79,18 @@ def test_vectorised_matches_per_user_loop(eval_batch):
         split[u] = rng.choice(rest, rng.integers(1, 12), replace=False).tolist()
     index = _index(split, train, n_user)
     z_user, z_item = torch.randn(n_user, 8), torch.randn(n_item, 8)
-    fast = rank_metrics(z_user, z_item, index, [5, 10, 20], eval_batch)
+    fast = rank_metrics(z_user, z_item, index, [5, 10, 20], eval_batch, item_block)
     plain = rank_metrics_loop(z_user, z_item, index, [5, 10, 20])
     for k in (5, 10, 20):
         for metric in ('precision', 'recall', 'ndcg'):
             assert fast[k][metric] == pytest.approx(plain[k][metric], abs=1e-12)
+
+
+def test_item_blocks_give_the_same_scores():
+    z_user, z_item = torch.randn(5, 8), torch.randn(23, 8)
+    out = torch.empty(5, 23)
+    for block in (None, 1, 4, 23, 100):
+        assert torch.allclose(_scores_fn(z_user, z_item, out, block), z_user @ z_item.t(), atol=1e-6)
 
 
 def test_k_larger_than_item_count():
