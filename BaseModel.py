@@ -223,7 +223,10 @@ class _MaxAggregation(torch.autograd.Function):
     def forward(ctx, x, adj):
         with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
             out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
-        ctx.col, ctx.val, ctx.num_rows = adj.col_indices(), adj.values(), x.shape[0]
+        crow, val = adj.crow_indices(), adj.values()
+        ctx.col, ctx.num_rows = adj.col_indices(), x.shape[0]
+        ctx.val = None if bool((val == 1).all()) else val           # MMGCN's adjacency: all ones, no product
+        ctx.empty = torch.nonzero(crow[1:] == crow[:-1]).flatten()  # rows with no non-zero
         ctx.save_for_backward(winner)
         return out.detach()
 
@@ -231,11 +234,11 @@ class _MaxAggregation(torch.autograd.Function):
     def backward(ctx, grad):
         winner, = ctx.saved_tensors
         grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1])
-        # Empty rows report the non-zero count as winner: they send no gradient.
-        found = winner < ctx.col.numel()
-        if found.any():
-            winner = torch.where(found, winner, 0)
-            grad_x.scatter_add_(0, ctx.col[winner], grad * ctx.val[winner] * found)
+        if len(ctx.empty):
+            # Empty rows report the non-zero count as winner: they send nothing (a zero from non-zero 0).
+            winner, grad = winner.index_fill(0, ctx.empty, 0), grad.index_fill(0, ctx.empty, 0)
+        if ctx.col.numel():
+            grad_x.scatter_add_(0, ctx.col[winner], grad if ctx.val is None else grad * ctx.val[winner])
         return grad_x, None
 
 

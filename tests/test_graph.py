@@ -190,6 +190,24 @@ def test_max_sends_no_gradient_from_an_empty_row():
     assert torch.allclose(fast, x.grad)
 
 
+def test_max_with_weighted_entries_matches_torch():
+    # MMGCN's adjacency holds ones; a weighted one must still give max_e A_e x[col_e] and its gradient.
+    from BaseModel import _MaxAggregation
+    torch.manual_seed(0)
+    dense = (torch.rand(7, 7) < 0.4) * (0.5 + torch.rand(7, 7))
+    dense[3] = 0                                        # an empty row too
+    rows, cols = dense.nonzero().t()
+    adj = csr_adjacency(torch.stack([rows, cols]), 7, dense[rows, cols])
+    x = torch.randn(7, 3, requires_grad=True)
+    weights = torch.randn(7, 3)
+    (_MaxAggregation.apply(x, adj) * weights).sum().backward()
+    ours, x.grad = x.grad, None
+    expected = torch.stack([(dense[r, :, None] * x).masked_fill(dense[r, :, None] == 0, -torch.inf).amax(0)
+                            if dense[r].any() else torch.zeros(3) for r in range(7)])
+    (expected * weights).sum().backward()
+    assert torch.allclose(_MaxAggregation.apply(x, adj), expected.detach()) and torch.allclose(ours, x.grad)
+
+
 def test_unknown_aggregation_rejected():
     with pytest.raises(ValueError, match="aggr_mode must be one of"):
         BaseModel(2, 2, 'median')
