@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from Full_vt import SplitIndex, rank_metrics, rank_metrics_loop
-from Full_vt import _scores as _scores_fn
 
 
 def _index(split, train, num_user):
@@ -68,7 +67,7 @@ def test_users_without_positives_are_skipped():
     assert rank_metrics(z_user, z_item, index, [1])[1]['recall'] == 1.0
 
 
-@pytest.mark.parametrize('eval_batch, item_block', [(1, 'auto'), (7, 'auto'), (1000, 'auto'), (7, 4), (7, None), (1000, 7)])
+@pytest.mark.parametrize('eval_batch, item_block', [(1, 'auto'), (7, 'auto'), (1000, 'auto'), (7, 32), (7, None), (1000, 7)])
 def test_vectorised_matches_per_user_loop(eval_batch, item_block):
     rng = np.random.default_rng(0)
     n_user, n_item = 40, 30
@@ -86,11 +85,25 @@ def test_vectorised_matches_per_user_loop(eval_batch, item_block):
             assert fast[k][metric] == pytest.approx(plain[k][metric], abs=1e-12)
 
 
-def test_item_blocks_give_the_same_scores():
-    z_user, z_item = torch.randn(5, 8), torch.randn(23, 8)
-    out = torch.empty(5, 23)
-    for block in (None, 1, 4, 23, 100):
-        assert torch.allclose(_scores_fn(z_user, z_item, out, block), z_user @ z_item.t(), atol=1e-6)
+@pytest.mark.parametrize('n_item, item_block, k', [(23, 1, 5), (23, 32, 5), (100, 32, 20), (100, 64, 3),
+                                                    (1000, 96, 20), (1000, 32, 20), (1000, 1024, 40), (70, 32, 70)])
+def test_blocked_top_finds_the_plain_top(n_item, item_block, k):
+    from Full_vt import GROUP, _blocked_top, _plain_top
+    gen = torch.Generator().manual_seed(n_item + k)
+    u, z_item = torch.randn(6, 8, generator=gen), torch.randn(n_item, 8, generator=gen)
+    rows = np.repeat(np.arange(6), 5)
+    items = np.concatenate([np.random.default_rng(r).choice(n_item, 5, replace=False) for r in range(6)])
+    item_block = -(-item_block // GROUP) * GROUP
+    width = -(-n_item // item_block) * item_block
+    buffer = torch.full((6, width), -torch.inf)
+    plain = _plain_top(u, z_item, rows, items, k, buffer.clone())
+    top = _blocked_top(u, z_item, rows, items, k, buffer, torch.empty(6, width // GROUP), item_block)
+    scores = u @ z_item.t()
+    scores[rows, items] = -torch.inf
+    finite = torch.isfinite(scores.gather(1, plain))
+    assert torch.equal(top[finite], plain[finite])        # the same items in the same order
+    assert (top[~finite] >= 0).all() and not torch.isfinite(
+        torch.cat([scores, torch.full((6, width - n_item), -torch.inf)], 1).gather(1, top)[~finite]).any()
 
 
 def test_k_larger_than_item_count():
