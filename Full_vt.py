@@ -90,7 +90,7 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     """Metrics {K: {metric: mean}} for the users of ``index``, ``eval_batch`` users at a time.
 
     On the CPU the top items come from ``_blocked_top`` (``item_block`` 1024 by
-    default; with an inner dimension of 64, products over 1,024 items run about
+    default; with an inner dimension of 64, products over 1,024 items run
     several times faster than one over all items, and the final topk reads a few
     hundred scores per user instead of all of them); elsewhere, or with
     ``item_block=None``, from one product and one topk.  Both give the same items.
