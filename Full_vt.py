@@ -115,9 +115,9 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
         users = index.users[chunk]
         u = z_user[torch.as_tensor(users, device=device)]
         rows, items = _rows_and_items(users, index.train_indptr, index.train_items)
-        k = min(max_k, num_item)
-        top = (_plain_top(u, z_item, rows, items, k, buffer) if item_block is None
-               else _blocked_top(u, z_item, rows, items, k, buffer, group_max, item_block))
+        n_top = min(max_k, num_item)
+        top = (_plain_top(u, z_item, rows, items, n_top, buffer) if item_block is None
+               else _blocked_top(u, z_item, rows, items, n_top, buffer, group_max, item_block))
         # hits: is (row, item) of the top list a positive?  Compare row * width + item keys.
         rows, items = _rows_and_items(chunk, index.pos_indptr, index.pos_items)
         positive = torch.as_tensor(rows * width + items, device=device)
