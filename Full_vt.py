@@ -46,6 +46,10 @@ def _discounts(k):
 GROUP = 32          # columns per group in the blocked top-k
 
 
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
 def _plain_top(u, z_item, rows, items, k, buffer):
     """The k best items per row of ``u @ z_item.T`` with (rows, items) excluded: one product, one topk."""
     scores = torch.mm(u, z_item.t(), out=buffer[:len(u), :z_item.shape[0]])
@@ -104,12 +108,13 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     idcg_table = torch.cumsum(disc, 0)
     sums = {k: {m: 0.0 for m in METRICS} for k in topk}
     n_users = len(index.users)
-    if item_block is not None:
-        item_block = -(-item_block // GROUP) * GROUP
-    width = num_item if item_block is None else -(-num_item // item_block) * item_block
+    if item_block is None:
+        width = num_item
+    else:
+        item_block = _round_up(item_block, GROUP)
+        width = _round_up(num_item, item_block)
     buffer = torch.full((min(eval_batch, n_users), width), -torch.inf, device=device, dtype=z_user.dtype)
-    if item_block is not None:
-        group_max = buffer.new_empty(len(buffer), width // GROUP)
+    group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
     for start in range(0, n_users, eval_batch):
         chunk = np.arange(start, min(start + eval_batch, n_users))
         users = index.users[chunk]

@@ -9,7 +9,8 @@
 #   RESULTS="--dataset ml1m --jobs 6 ..."           bench/results.py runs, started after the benchmark (which
 #                                                   needs a quiet GPU) and side by side with the tests; stopped
 #   UNTIL=480                                       this many seconds after the start; finished runs' records
-#                                                   come back in $OUT/results_runs.tgz (results.py reuses them)
+#                                                   come back in $OUT/results_runs.tgz (results.py reuses them;
+#                                                   packed from bench/out, so leave --out out of RESULTS)
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)

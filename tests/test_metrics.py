@@ -88,13 +88,13 @@ def test_vectorised_matches_per_user_loop(eval_batch, item_block):
 @pytest.mark.parametrize('n_item, item_block, k', [(23, 1, 5), (23, 32, 5), (100, 32, 20), (100, 64, 3),
                                                     (1000, 96, 20), (1000, 32, 20), (1000, 1024, 40), (70, 32, 70)])
 def test_blocked_top_finds_the_plain_top(n_item, item_block, k):
-    from Full_vt import GROUP, _blocked_top, _plain_top
+    from Full_vt import GROUP, _blocked_top, _plain_top, _round_up
     gen = torch.Generator().manual_seed(n_item + k)
     u, z_item = torch.randn(6, 8, generator=gen), torch.randn(n_item, 8, generator=gen)
     rows = np.repeat(np.arange(6), 5)
     items = np.concatenate([np.random.default_rng(r).choice(n_item, 5, replace=False) for r in range(6)])
-    item_block = -(-item_block // GROUP) * GROUP
-    width = -(-n_item // item_block) * item_block
+    item_block = _round_up(item_block, GROUP)
+    width = _round_up(n_item, item_block)
     buffer = torch.full((6, width), -torch.inf)
     plain = _plain_top(u, z_item, rows, items, k, buffer.clone())
     top = _blocked_top(u, z_item, rows, items, k, buffer, torch.empty(6, width // GROUP), item_block)
