@@ -69,8 +69,13 @@ def spmm(adj, x):
     return torch.sparse.mm(adj, x)
 
 
-def row_submatrix(adj, rows):
-    """Rows ``rows`` (sorted, unique) of a CSR matrix as CSR, and the transpose of that block."""
+def row_submatrix(adj, rows, symmetric=False):
+    """Rows ``rows`` (sorted, unique) of a CSR matrix as CSR, and the transpose of that block.
+
+    With ``symmetric=True`` (``adj`` equals its transpose, as all our graphs do)
+    the transpose is ``adj[:, rows]``: each row keeps its non-zeros in the
+    columns ``rows``, already in order, where a general matrix needs a sort.
+    """
     crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
     starts, counts = crow[rows], crow[rows + 1] - crow[rows]
     row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
@@ -79,6 +84,15 @@ def row_submatrix(adj, rows):
     with _quiet_csr():
         block = torch.sparse_csr_tensor(block_crow, col[take], val[take], (len(rows), adj.shape[1]),
                                         check_invariants=True)
+        if symmetric:
+            position = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
+            position[rows] = torch.arange(len(rows), dtype=col.dtype, device=col.device)
+            position = position[col]                     # each non-zero's column among ``rows``, or -1
+            keep = position >= 0
+            kept_before = torch.cat([crow.new_zeros(1), torch.cumsum(keep, 0, dtype=crow.dtype)])
+            block_t = torch.sparse_csr_tensor(kept_before[crow], position[keep], val[keep], (adj.shape[0], len(rows)),
+                                              check_invariants=True)
+            return block, block_t
         block_t = torch.sparse_coo_tensor(torch.stack([col[take], row_of]), val[take],
                                           (adj.shape[1], len(rows)), check_invariants=True)
         return block, block_t.coalesce().to_sparse_csr()
@@ -110,7 +124,7 @@ class _LayerMeanPropagation(torch.autograd.Function):
             total += x if full else x[rows]
         block_t = None
         if not full and num_layer > 0:
-            block, block_t = row_submatrix(adj, rows)
+            block, block_t = row_submatrix(adj, rows, symmetric=True)
             total += drop(spmm(block, x))
         ctx.rows, ctx.adj, ctx.block_t, ctx.masks, ctx.num_layer = rows, adj, block_t, masks, num_layer
         ctx.dropout, ctx.drop_from, ctx.full, ctx.n = dropout, drop_from, full, x0.shape[0]
@@ -169,8 +183,13 @@ def sparse_rows(adj, rows):
 
 def rows_are_sparse(adj, unique_rows):
     """Whether the rows hold under a quarter of the graph's edges (then a row block pays off)."""
+    return edge_share(adj, unique_rows) <= 0.25
+
+
+def edge_share(adj, unique_rows):
+    """The share of a CSR matrix's non-zeros held by the rows ``unique_rows``."""
     crow = adj.crow_indices()
-    return 4 * int((crow[unique_rows + 1] - crow[unique_rows]).sum()) <= adj.values().numel()
+    return int((crow[unique_rows + 1] - crow[unique_rows]).sum()) / max(adj.values().numel(), 1)
 
 
 def _scatter_aggregate(adj, x, aggr):
@@ -223,23 +242,25 @@ class _MaxAggregation(torch.autograd.Function):
     def forward(ctx, x, adj):
         with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
             out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
-        crow, val = adj.crow_indices(), adj.values()
-        ctx.col, ctx.num_rows = adj.col_indices(), x.shape[0]
+        crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+        ctx.num_rows = x.shape[0]
         ctx.val = None if bool((val == 1).all()) else val           # MMGCN's adjacency: all ones, no product
-        ctx.empty = torch.nonzero(crow[1:] == crow[:-1]).flatten()  # rows with no non-zero
+        ctx.source = col
+        if bool((crow[1:] == crow[:-1]).any()):
+            # An empty row reports the non-zero count as its winner: that position names a spare
+            # row of the gradient, dropped at the end, instead of masking two [rows, d] tensors.
+            ctx.source = torch.cat([col, col.new_full((1,), x.shape[0])])
+            ctx.val = None if ctx.val is None else torch.cat([val, val.new_zeros(1)])
         ctx.save_for_backward(winner)
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad):
         winner, = ctx.saved_tensors
-        grad_x = grad.new_zeros(ctx.num_rows, grad.shape[1])
-        if len(ctx.empty):
-            # Empty rows report the non-zero count as winner: they send nothing (a zero from non-zero 0).
-            winner, grad = winner.index_fill(0, ctx.empty, 0), grad.index_fill(0, ctx.empty, 0)
-        if ctx.col.numel():
-            grad_x.scatter_add_(0, ctx.col[winner], grad if ctx.val is None else grad * ctx.val[winner])
-        return grad_x, None
+        grad_x = grad.new_zeros(ctx.num_rows + 1, grad.shape[1])
+        if ctx.source.numel():
+            grad_x.scatter_add_(0, ctx.source[winner], grad if ctx.val is None else grad * ctx.val[winner])
+        return grad_x[:ctx.num_rows], None
 
 
 class BaseModel(MessagePassing):

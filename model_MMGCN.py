@@ -15,9 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import BaseModel, item_feature_modules, row_submatrix, sparse_rows, xavier_normal_param
+from BaseModel import (BaseModel, edge_share, item_feature_modules, row_submatrix, rows_are_sparse,
+                       xavier_normal_param)
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
+INNER_ROWS_SHARE = 0.75   # see row_plan
 
 
 class GCN(nn.Module):
@@ -46,15 +48,16 @@ class GCN(nn.Module):
         for layer in list(self.linears) + list(self.gates):
             nn.init.xavier_uniform_(layer.weight)
 
-    def forward(self, item_features, adj, id_embedding=None, dropout=0.0, rows=None):
-        """``x^L`` of every node [(U+I), d]; with ``rows = (nodes, block, block_t)`` (sorted unique
-        node ids and ``row_submatrix(adj, nodes)``) the last layer is computed for those nodes only."""
+    def forward(self, item_features, adj, id_embedding=None, dropout=0.0, plan=None):
+        """``x^L`` of every node [(U+I), d].  With a ``plan`` (``row_plan``) a layer whose entry is
+        ``(nodes, block, block_t)`` is computed for ``nodes`` alone; the output is then
+        ``x^L`` of the last layer's nodes, in their order."""
         items = self.mlp(item_features) if self.mlp is not None else item_features
         x = F.normalize(torch.cat([self.preference, items]), dim=1)
-        last = len(self.convs) - 1
+        num_nodes, last = x.shape[0], len(self.convs) - 1
         for layer, (conv, linear, gate) in enumerate(zip(self.convs, self.linears, self.gates)):
-            ids = id_embedding
-            if layer == last and rows is not None:
+            ids, rows = id_embedding, None if plan is None else plan[layer]
+            if rows is not None:
                 nodes, block, block_t = rows
                 h = F.leaky_relu(conv(x, block, block_t))
                 x = x[nodes]
@@ -67,7 +70,34 @@ class GCN(nn.Module):
             x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
             if dropout > 0:
                 x = F.dropout(x, dropout, self.training)
+            if rows is not None and layer < last:
+                # Back to node ids; the next layer reads only these rows (its nodes and their neighbours).
+                x = x.new_zeros(num_nodes, x.shape[1]).index_copy(0, nodes, x)
         return x
+
+
+def row_plan(adj, nodes, num_layer):
+    """Which rows each layer must compute for the outputs at ``nodes`` (sorted, unique): per layer
+    None (all rows) or ``(rows, row_submatrix(adj, rows)...)``, or None when no layer gains.
+
+    The last layer needs ``nodes``; the layer before it, those and their
+    neighbours; and so on.  A layer is restricted while its rows hold under
+    ``INNER_ROWS_SHARE`` of the graph's edges (a quarter for the last layer,
+    ``rows_are_sparse``); once a layer needs all rows, every earlier one does.
+    """
+    if num_layer == 0:
+        return None
+    plan, rows = [None] * num_layer, nodes
+    for layer in reversed(range(num_layer)):
+        if layer == num_layer - 1:
+            if not rows_are_sparse(adj, rows):
+                return None
+        elif edge_share(adj, rows) > INNER_ROWS_SHARE:
+            break
+        block, block_t = row_submatrix(adj, rows, symmetric=True)
+        plan[layer] = (rows, block, block_t)
+        rows = torch.unique(torch.cat([rows, block.col_indices()]))
+    return plan
 
 
 class MMGCN(nn.Module):
@@ -109,25 +139,25 @@ class MMGCN(nn.Module):
     def item_features(self, m):
         return self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
 
-    def modality_outputs(self, dropout=0.0, masked=None, rows=None):
+    def modality_outputs(self, dropout=0.0, masked=None, plan=None):
         """Each modality's ``x^L`` [(U+I), d]; ``masked`` names one whose item input is zeroed;
-        ``rows`` (see ``GCN.forward``) restricts the outputs to a few nodes."""
+        ``plan`` (see ``row_plan``) restricts the outputs to a few nodes."""
         outs = []
         for m in self.modalities:
             items = self.item_features(m)
             if m == masked:
                 items = torch.zeros_like(items)
-            outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout, rows))
+            outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout, plan))
         return outs
 
     def row_block(self, nodes):
-        """``(unique nodes, inverse, rows for GCN.forward)`` when the nodes touch few edges of a CSR
+        """``(unique nodes, inverse, plan for GCN.forward)`` when the nodes touch few edges of a CSR
         adjacency, else None (an ``edge_index`` adjacency is PyG's per-edge reference: always full)."""
-        sparse = sparse_rows(self.adj, nodes) if self.adj.layout == torch.sparse_csr else None
-        if sparse is None:
+        if self.adj.layout != torch.sparse_csr:
             return None
-        unique, inverse = sparse
-        return unique, inverse, (unique, *row_submatrix(self.adj, unique))
+        unique, inverse = torch.unique(nodes, return_inverse=True)
+        plan = row_plan(self.adj, unique, len(self.gcns[self.modalities[0]].convs))
+        return None if plan is None else (unique, inverse, plan)
 
     def forward(self):
         """Fused representations ``(z_user [U, d], z_item [I, d])``."""
@@ -140,9 +170,9 @@ class MMGCN(nn.Module):
         block = self.row_block(nodes)
         if block is None:           # the batch touches much of the graph: all rows are as cheap
             z = torch.stack(self.modality_outputs()).mean(0)[nodes]
-        else:                       # only the batch's rows in the last layer
-            _, inverse, rows = block
-            z = torch.stack(self.modality_outputs(rows=rows)).mean(0)[inverse]
+        else:                       # only the rows the batch's outputs depend on
+            _, inverse, plan = block
+            z = torch.stack(self.modality_outputs(plan=plan)).mean(0)[inverse]
         u, z_pos, z_neg = z.split(len(users))
         pos_score = (u * z_pos).sum(1)
         neg_score = (u * z_neg).sum(1)

@@ -142,8 +142,8 @@ class SLMRec(nn.Module):
             if block is None:
                 wide = torch.cat([torch.cat(self._mmgcn_branches(p, masked), dim=1) for p, masked in views], dim=1)
                 return wide if rows is None else wide[rows]
-            nodes, inverse, spec = block          # the last layer for the batch's rows only
-            return torch.cat([torch.cat(self._mmgcn_branches(p, masked, nodes, spec), dim=1)
+            nodes, inverse, plan = block          # the batch's rows (and their neighbours) only
+            return torch.cat([torch.cat(self._mmgcn_branches(p, masked, nodes, plan), dim=1)
                               for p, masked in views], dim=1)[inverse]
         rates = {p for p, _ in views if p > 0}
         n_plain = sum(p == 0 for p, _ in views)
@@ -162,14 +162,14 @@ class SLMRec(nn.Module):
         wide = self.propagate(views)
         return [list(view.split(self.dim, dim=1)) for view in wide.split(self.num_branch * self.dim, dim=1)]
 
-    def _mmgcn_branches(self, dropout, masked, nodes=None, rows=None):
+    def _mmgcn_branches(self, dropout, masked, nodes=None, plan=None):
         id_branch = self.encoder.id_embedding
         if masked == 0:
             id_branch = torch.cat([id_branch[:self.num_user], torch.zeros_like(id_branch[self.num_user:])])
         if nodes is not None:
             id_branch = id_branch[nodes]
         masked_modality = self.modalities[masked - 1] if masked else None
-        return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality, rows)
+        return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality, plan)
 
     def fuse(self, user_rows, item_rows):
         """``(z_u, z_i)`` from one view's pre-fusion rows [n, B*d] (branches side by side)."""

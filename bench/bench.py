@@ -225,9 +225,9 @@ def bench_slmrec(data, device, args):
         assert_same(f'SLMRec {task}', ours, grads_of(model, batch, 1))
         model.propagate, model.dropout_rate = fast, rate
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        t_ours = timed(step_fn(model, optimizer, batch), device, args.repeat)
+        t_ours = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
         model.propagate = reference
-        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat)
+        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
         report(f'SLMRec {task} step (batch {args.batch_size})', t_ours, t_ref, 'outputs+grads equal')
 
 
@@ -260,9 +260,9 @@ def bench_mmgcn(data, device, args):
         ours = grads_of(model, batch, 1)
         model.adj = edges.to(device)                   # PyG's per-edge path, same layer
         assert_same(f'MMGCN {aggr}', ours, grads_of(model, batch, 1))
-        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat)
+        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
         model.adj = adj.to(device)
-        t_ours = timed(step_fn(model, optimizer, batch), device, args.repeat)
+        t_ours = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
         report(f'MMGCN {aggr} step (batch 1024)', t_ours, t_ref, 'outputs+grads equal')
 
 
@@ -272,7 +272,8 @@ def bench_eval(data, device, args):
     z_item = torch.randn(data.num_item, 64, device=device)
     indptr, items = data.train_csr()
     index = SplitIndex(data.test, indptr, items)
-    t_ours = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch), device, args.repeat)
+    t_ours = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch), device, args.repeat,
+                   args.warmup)
     t_ref = timed(lambda: rank_metrics_loop(z_user, z_item, index, [10, 20]), device, 1, warmup=0)
     for k in (10, 20):
         for m in ('precision', 'recall', 'ndcg'):
@@ -287,7 +288,7 @@ def bench_eval(data, device, args):
 def bench_sampling(data, device, args):
     sampler = TrainSampler(data.train, data.num_item, 1024, np.random.default_rng(0))
     users = data.train[:, 0]
-    t_ours = timed(lambda: sampler.sample_negatives(users), torch.device('cpu'), args.repeat)
+    t_ours = timed(lambda: sampler.sample_negatives(users), torch.device('cpu'), args.repeat, args.warmup)
     t_ref = timed(reference_negatives(data.train, data.num_item, 0), torch.device('cpu'), 1, warmup=0)
     keys = set((data.train[:, 0] * data.num_item + data.train[:, 1]).tolist())
     neg = sampler.sample_negatives(users)
@@ -302,7 +303,9 @@ def main(argv=None):
     p.add_argument('--scale', type=float, default=None, help='fraction of the published size (default 1.0, quick 0.03)')
     p.add_argument('--batch_size', type=int, default=2048)
     p.add_argument('--eval_batch', type=int, default=1024)
-    p.add_argument('--repeat', type=int, default=3, help='timed runs per measurement (after 2 warm-up runs)')
+    p.add_argument('--repeat', type=int, default=3, help='timed runs per measurement (after --warmup runs)')
+    p.add_argument('--warmup', type=int, default=4,
+                   help='untimed runs first: the heap stops growing (no more page faults) after 3 to 5 steps')
     p.add_argument('--epochs', action=argparse.BooleanOptionalAction, default=None,
                    help='also time whole epochs (default: on unless --quick)')
     p.add_argument('--epoch_scale', type=float, default=None,

@@ -306,6 +306,32 @@ def test_mmgcn_batch_rows_match_full_graph(aggr, concat):
         assert torch.allclose(fast[name], full[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize('inner_share', [0.0, 0.3, 1.0])
+@pytest.mark.parametrize('aggr', ['mean', 'max'])
+def test_mmgcn_row_plans_over_three_layers_match_full_graph(inner_share, aggr, monkeypatch):
+    """Only the last layer restricted (0.0), the last two (0.3), all three (1.0): same loss and gradients."""
+    import model_MMGCN
+    monkeypatch.setattr(model_MMGCN, 'INNER_ROWS_SHARE', inner_share)
+    train, features, adj = _sparse_graph()
+    torch.manual_seed(0)
+    model = MMGCN(60, 80, features, adj, dim_latent=4, num_layer=3, aggr=aggr)
+    users, pos, neg = torch.tensor([0, 17]), torch.tensor([3, 9]), torch.tensor([1, 70])
+    _, _, plan = model.row_block(torch.cat([users, pos + 60, neg + 60]))
+    restricted = [rows is not None for rows in plan]
+    assert restricted == {0.0: [False, False, True], 0.3: [False, True, True], 1.0: [True, True, True]}[inner_share]
+    loss, _ = model.loss(users, pos, neg)
+    fast = _grads(model, loss)
+    z_user, z_item = model()
+    bpr = -F.logsigmoid((z_user[users] * (z_item[pos] - z_item[neg])).sum(1)).mean()
+    e = model.id_embedding
+    reg = (e[users] ** 2 + e[pos + 60] ** 2 + e[neg + 60] ** 2).mean() + (model.gcns['v'].preference ** 2).mean()
+    full_loss = bpr + model.reg_weight * reg
+    assert torch.isclose(loss, full_loss, atol=1e-6)
+    full = _grads(model, full_loss)
+    for name in full:
+        assert torch.allclose(fast[name], full[name], atol=1e-6), name
+
+
 def test_slmrec_mmgcn_backbone_batch_rows_match_full_graph():
     train, features, adj = _sparse_graph()
     torch.manual_seed(0)
