@@ -83,7 +83,7 @@ def _blocked_top(u, z_item, rows, items, k, buffer, group_max, item_block):
         lo, hi = cuts[b], cuts[b + 1]
         scores[torch.as_tensor(rows[lo:hi]), torch.as_tensor(items[lo:hi])] = -torch.inf
         gmax[:, b * per:(b + 1) * per] = scores[:, s:s + item_block].view(n, GROUP, per).amax(1)
-    groups = torch.topk(gmax, min(k, gmax.shape[1]), dim=1).indices
+    groups = torch.topk(gmax, min(k, gmax.shape[1]), dim=1, sorted=False).indices
     first = groups // per * item_block + groups % per           # the group's first column
     candidates = (first[:, :, None] + torch.arange(GROUP) * per).flatten(1)
     return candidates.gather(1, torch.topk(scores.gather(1, candidates), k, dim=1).indices)
@@ -113,7 +113,8 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     else:
         item_block = _round_up(item_block, GROUP)
         width = _round_up(num_item, item_block)
-    buffer = torch.full((min(eval_batch, n_users), width), -torch.inf, device=device, dtype=z_user.dtype)
+    buffer = torch.empty((min(eval_batch, n_users), width), device=device, dtype=z_user.dtype)
+    buffer[:, num_item:] = -torch.inf           # the products fill the rest, at every chunk
     group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
     for start in range(0, n_users, eval_batch):
         chunk = np.arange(start, min(start + eval_batch, n_users))
