@@ -72,9 +72,10 @@ def spmm(adj, x):
 def row_submatrix(adj, rows, symmetric=False):
     """Rows ``rows`` (sorted, unique) of a CSR matrix as CSR, and the transpose of that block.
 
-    With ``symmetric=True`` (``adj`` equals its transpose, as all our graphs do)
-    the transpose is ``adj[:, rows]``: each row keeps its non-zeros in the
-    columns ``rows``, already in order, where a general matrix needs a sort.
+    The transpose sorts the block's non-zeros; with ``symmetric=True`` (``adj``
+    equals its transpose, as all our graphs do) and a block holding over an
+    eighth of the non-zeros, ``_symmetric_columns`` reads it off ``adj`` in one
+    pass instead (the MMGCN first layer's block: 120 ms to 47 ms at Tiktok size).
     """
     crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
     starts, counts = crow[rows], crow[rows + 1] - crow[rows]
@@ -84,18 +85,25 @@ def row_submatrix(adj, rows, symmetric=False):
     with _quiet_csr():
         block = torch.sparse_csr_tensor(block_crow, col[take], val[take], (len(rows), adj.shape[1]),
                                         check_invariants=True)
-        if symmetric:
-            position = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
-            position[rows] = torch.arange(len(rows), dtype=col.dtype, device=col.device)
-            position = position[col]                     # each non-zero's column among ``rows``, or -1
-            keep = position >= 0
-            kept_before = torch.cat([crow.new_zeros(1), torch.cumsum(keep, 0, dtype=crow.dtype)])
-            block_t = torch.sparse_csr_tensor(kept_before[crow], position[keep], val[keep], (adj.shape[0], len(rows)),
-                                              check_invariants=True)
-            return block, block_t
+        if symmetric and 8 * len(take) > len(col):
+            return block, _symmetric_columns(adj, rows)
         block_t = torch.sparse_coo_tensor(torch.stack([col[take], row_of]), val[take],
                                           (adj.shape[1], len(rows)), check_invariants=True)
         return block, block_t.coalesce().to_sparse_csr()
+
+
+def _symmetric_columns(adj, rows):
+    """``adj[:, rows]`` as CSR, i.e. the transpose of ``adj[rows]`` when ``adj`` is symmetric: each
+    row keeps its non-zeros in the columns ``rows`` (sorted), which are already in order."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    position = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
+    position[rows] = torch.arange(len(rows), dtype=col.dtype, device=col.device)
+    position = position[col]                             # each non-zero's column among ``rows``, or -1
+    keep = position >= 0
+    kept_before = torch.cat([crow.new_zeros(1), torch.cumsum(keep, 0, dtype=crow.dtype)])
+    with _quiet_csr():
+        return torch.sparse_csr_tensor(kept_before[crow], position[keep], val[keep], (adj.shape[0], len(rows)),
+                                       check_invariants=True)
 
 
 class _LayerMeanPropagation(torch.autograd.Function):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from BaseModel import (AGGR_MODES, BaseModel, bipartite_edges, csr_adjacency, normalized_adjacency, propagate_layers,
-                       row_submatrix, rows_are_sparse, spmm)
+from BaseModel import (AGGR_MODES, BaseModel, _symmetric_columns, bipartite_edges, csr_adjacency, normalized_adjacency,
+                       propagate_layers, row_submatrix, rows_are_sparse, spmm)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -178,31 +178,30 @@ def test_row_block_of_the_layer_matches_full_rows():
         assert torch.allclose(fast, full, atol=1e-6) and torch.allclose(g_fast, x.grad, atol=1e-6), aggr
 
 
-def test_row_submatrix_of_a_symmetric_matrix_by_hand():
-    # symmetric 5 x 5 with rows 0 and 4 empty; rows {1, 3} of it, and that block's transpose
+def test_symmetric_columns_by_hand():
+    # symmetric 5 x 5 with rows 0 and 4 empty; columns {1, 3} of it are the transpose of rows {1, 3}
     dense = torch.tensor([[0., 0, 0, 0, 0],
                           [0, 0, 2, 3, 0],
                           [0, 2, 0, 5, 0],
                           [0, 3, 5, 7, 0],
                           [0, 0, 0, 0, 0]])
-    rows = torch.tensor([1, 3])
-    for symmetric in (False, True):
-        block, block_t = row_submatrix(dense.to_sparse_csr(), rows, symmetric=symmetric)
-        assert torch.equal(block.to_dense(), dense[rows])
-        assert torch.equal(block_t.to_dense(), dense[rows].t()), symmetric
-        assert block_t.layout == torch.sparse_csr
+    columns = _symmetric_columns(dense.to_sparse_csr(), torch.tensor([1, 3]))
+    assert columns.layout == torch.sparse_csr
+    assert torch.equal(columns.to_dense(), torch.tensor([[0., 0], [0, 3], [2, 5], [3, 7], [0, 0]]))
 
 
-def test_row_submatrix_symmetric_shortcut_matches_the_sort():
+@pytest.mark.parametrize('count', [3, 25])
+def test_row_submatrix_transposes_agree(count):
     rng = np.random.default_rng(7)
     train = np.unique(np.stack([rng.integers(0, 30, 150), rng.integers(0, 40, 150)], 1), axis=0)
     adj = normalized_adjacency(train, 30, 40)
-    rows = torch.unique(torch.as_tensor(rng.integers(0, 70, 25)))
-    _, general = row_submatrix(adj, rows)
-    block, shortcut = row_submatrix(adj, rows, symmetric=True)
-    for name in ('crow_indices', 'col_indices', 'values'):
-        assert torch.equal(getattr(general, name)(), getattr(shortcut, name)()), name
-    assert torch.equal(shortcut.to_dense(), block.to_dense().t())
+    rows = torch.unique(torch.as_tensor(rng.integers(0, 70, count)))
+    block, general = row_submatrix(adj, rows)
+    _, chosen = row_submatrix(adj, rows, symmetric=True)     # 3 rows: the sort; 25 rows: the shortcut
+    for matrix in (chosen, _symmetric_columns(adj, rows)):
+        for name in ('crow_indices', 'col_indices', 'values'):
+            assert torch.equal(getattr(general, name)(), getattr(matrix, name)()), name
+    assert torch.equal(general.to_dense(), block.to_dense().t())
 
 
 def test_max_sends_no_gradient_from_an_empty_row():
