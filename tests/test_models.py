@@ -284,14 +284,8 @@ def _grads(model, loss):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize('aggr', ['mean', 'max', 'add'])
-@pytest.mark.parametrize('concat', [False, True])
-def test_mmgcn_batch_rows_match_full_graph(aggr, concat):
-    train, features, adj = _sparse_graph()
-    torch.manual_seed(0)
-    model = MMGCN(60, 80, features, adj, dim_latent=4, num_layer=2, aggr=aggr, concat=concat)
-    users, pos, neg = torch.tensor([0, 5, 5, 17]), torch.tensor([3, 9, 40, 3]), torch.tensor([1, 2, 70, 9])
-    assert model.row_block(torch.cat([users, pos + 60, neg + 60])) is not None      # the fast path is taken
+def _assert_loss_matches_full_graph(model, users, pos, neg):
+    """``model.loss`` (row blocks) against BPR written on the full graph's outputs: loss and gradients."""
     loss, _ = model.loss(users, pos, neg)
     fast = _grads(model, loss)
     z_user, z_item = model()                                                         # the full graph, by hand
@@ -304,6 +298,17 @@ def test_mmgcn_batch_rows_match_full_graph(aggr, concat):
     assert fast.keys() == full.keys()
     for name in full:
         assert torch.allclose(fast[name], full[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize('aggr', ['mean', 'max', 'add'])
+@pytest.mark.parametrize('concat', [False, True])
+def test_mmgcn_batch_rows_match_full_graph(aggr, concat):
+    train, features, adj = _sparse_graph()
+    torch.manual_seed(0)
+    model = MMGCN(60, 80, features, adj, dim_latent=4, num_layer=2, aggr=aggr, concat=concat)
+    users, pos, neg = torch.tensor([0, 5, 5, 17]), torch.tensor([3, 9, 40, 3]), torch.tensor([1, 2, 70, 9])
+    assert model.row_block(torch.cat([users, pos + 60, neg + 60])) is not None      # the fast path is taken
+    _assert_loss_matches_full_graph(model, users, pos, neg)
 
 
 @pytest.mark.parametrize('inner_share', [0.0, 0.3, 1.0])
@@ -319,17 +324,7 @@ def test_mmgcn_row_plans_over_three_layers_match_full_graph(inner_share, aggr, m
     _, _, plan = model.row_block(torch.cat([users, pos + 60, neg + 60]))
     restricted = [rows is not None for rows in plan]
     assert restricted == {0.0: [False, False, True], 0.3: [False, True, True], 1.0: [True, True, True]}[inner_share]
-    loss, _ = model.loss(users, pos, neg)
-    fast = _grads(model, loss)
-    z_user, z_item = model()
-    bpr = -F.logsigmoid((z_user[users] * (z_item[pos] - z_item[neg])).sum(1)).mean()
-    e = model.id_embedding
-    reg = (e[users] ** 2 + e[pos + 60] ** 2 + e[neg + 60] ** 2).mean() + (model.gcns['v'].preference ** 2).mean()
-    full_loss = bpr + model.reg_weight * reg
-    assert torch.isclose(loss, full_loss, atol=1e-6)
-    full = _grads(model, full_loss)
-    for name in full:
-        assert torch.allclose(fast[name], full[name], atol=1e-6), name
+    _assert_loss_matches_full_graph(model, users, pos, neg)
 
 
 def test_slmrec_mmgcn_backbone_batch_rows_match_full_graph():
