@@ -1,5 +1,6 @@
 """The results script and the RecBole cross-check's data plumbing (RecBole itself is not needed)."""
 import json
+import mmap
 import os
 import sys
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
+import bench  # noqa: E402
 import lightgcn_recbole  # noqa: E402
 import results  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
@@ -107,3 +109,21 @@ def test_results_reject_an_unknown_row(tiny_plain, tmp_path, capsys):
     with pytest.raises(SystemExit):
         results.main_(['--dataset', tiny_plain, '--rows', 'FAC,LightGCN', '--out', str(tmp_path)])
     assert 'unknown row(s) LightGCN' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kernel_peak', [True, False], ids=['VmHWM', 'sampled'])
+def test_peak_memory_sees_a_freed_allocation(kernel_peak, monkeypatch):
+    if kernel_peak and not bench._reset_peak_rss():
+        pytest.skip('no resettable VmHWM on this system')
+    if not kernel_peak:
+        monkeypatch.setattr(bench, '_reset_peak_rss', lambda: False)
+    before = bench._rss()
+    with bench.PeakMemory(torch.device('cpu')) as mem:
+        block = mmap.mmap(-1, 64 * 2 ** 20)           # 64 MiB of its own pages, whatever malloc is told
+        block.write(b'x' * len(block))
+        if not kernel_peak:
+            import time
+            time.sleep(0.05)                          # the sampler needs a moment to see it
+        block.close()
+    assert mem.peak >= before + 60
+    assert bench._rss() < mem.peak - 30               # freed: the peak is not the current size
