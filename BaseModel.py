@@ -236,38 +236,82 @@ class _SumAggregation(torch.autograd.Function):
         return spmm(ctx.adj_t, grad.contiguous()), None, None, None
 
 
+SOURCE_BITS = 29     # float64 mantissa bits below a float32's: room for a source node id
+ENCODE_COLUMNS = 64  # columns encoded at a time (a smaller float64 copy of x)
+
+
+def _amax_with_sources(adj, x, empty):
+    """For a CSR matrix of ones and float32 ``x``: ``(max over row r's columns c of x[c, d],
+    the column c that won)`` per (r, d), or None where this trick does not apply.
+
+    Each float32 converts exactly to a float64 whose low 29 mantissa bits are
+    zero; writing the node id there keeps the order of distinct values (the
+    value bits sit above the id), so one vectorised ``amax`` over the float64
+    copy returns the maximum with its winner in the low bits: faster on the CPU
+    than the kernel that tracks winners, which is scalar.  Ties go to the
+    larger id for positive values, the smaller for negative ones.  Declined:
+    infinities and NaNs (an id turns an infinity into a NaN), and a zero whose
+    id did not survive (a zero carrying an id is a subnormal float64, which a
+    flush-to-zero mode would erase).
+    """
+    if x.dtype != torch.float32 or x.shape[0] >= 2 ** SOURCE_BITS or not bool(torch.isfinite(x.sum())):
+        return None
+    ids = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    adj64 = adj.to(torch.float64)
+    out = x.new_empty(adj.shape[0], x.shape[1])
+    source = torch.empty(out.shape, dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[1], ENCODE_COLUMNS):
+        e = min(s + ENCODE_COLUMNS, x.shape[1])
+        encoded = x[:, s:e].double().view(torch.int64).bitwise_or_(ids).view(torch.float64)
+        best = torch.sparse.mm(adj64, encoded, reduce='amax').view(torch.int64)
+        torch.bitwise_and(best, 2 ** SOURCE_BITS - 1, out=source[:, s:e])
+        out[:, s:e] = best.sub_(source[:, s:e]).view(torch.float64)
+    empty = empty.unsqueeze(1)
+    zero = (out == 0) & ~empty
+    if bool(zero.any()):
+        r, d = zero.nonzero(as_tuple=True)
+        if not bool((x[source[r, d], d] == 0).all()):
+            return None
+    return out, source.masked_fill_(empty, x.shape[0])
+
+
 class _MaxAggregation(torch.autograd.Function):
     """``out[r, d] = max over row r's non-zeros e of A_e x[col_e, d]`` (0 for an empty row), CPU.
 
-    The forward kernel also returns, for each output, which non-zero won; the
-    backward sends each gradient to that one source row (a scatter over the
-    output, not over the edges).  Ties go to one winner, where torch's own
-    backward shares them: parameters get the same gradient either way, as tied
-    sources are equal rows.
+    The forward also finds, for each output, the source row that won
+    (``_amax_with_sources`` for MMGCN's matrix of ones; for other values the
+    kernel that reports the winning non-zero); the backward sends each
+    gradient to that one row (a scatter over the output, not over the edges).
+    Ties go to one winner, where torch's own backward shares them: parameters
+    get the same gradient either way, as tied sources are equal rows.  An
+    empty row's winner is a spare row of the gradient, dropped at the end.
     """
 
     @staticmethod
     def forward(ctx, x, adj):
-        with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
-            out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
         crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
-        ctx.num_rows = x.shape[0]
-        ctx.val = None if bool((val == 1).all()) else val           # MMGCN's adjacency: all ones, no product
-        ctx.source = col
-        if bool((crow[1:] == crow[:-1]).any()):
-            # An empty row reports the non-zero count as its winner: that position names a spare
-            # row of the gradient, dropped at the end, instead of masking two [rows, d] tensors.
-            ctx.source = torch.cat([col, col.new_full((1,), x.shape[0])])
-            ctx.val = None if ctx.val is None else torch.cat([val, val.new_zeros(1)])
-        ctx.save_for_backward(winner)
-        return out.detach()
+        empty = crow[1:] == crow[:-1]
+        ones = bool((val == 1).all())
+        found = _amax_with_sources(adj, x, empty) if ones else None
+        ctx.num_rows, weight = x.shape[0], None
+        if found is not None:
+            out, source = found
+        else:
+            with torch.enable_grad():       # the kernel reports the winners only when a gradient is wanted
+                out, winner = torch.ops.aten._sparse_mm_reduce_impl(adj, x.detach().requires_grad_(), 'amax')
+            out = out.detach()
+            # An empty row reports the non-zero count as its winner: one more entry names the spare row.
+            source = torch.cat([col, col.new_full((1,), x.shape[0])])[winner]
+            if not ones:
+                weight = torch.cat([val, val.new_zeros(1)])[winner]
+        ctx.save_for_backward(source, weight)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        winner, = ctx.saved_tensors
+        source, weight = ctx.saved_tensors
         grad_x = grad.new_zeros(ctx.num_rows + 1, grad.shape[1])
-        if ctx.source.numel():
-            grad_x.scatter_add_(0, ctx.source[winner], grad if ctx.val is None else grad * ctx.val[winner])
+        grad_x.scatter_add_(0, source, grad if weight is None else grad * weight)
         return grad_x[:ctx.num_rows], None
 
 
@@ -306,6 +350,8 @@ class BaseModel(MessagePassing):
     def message_and_aggregate(self, adj_t, x, adj_transpose):
         if adj_t.layout == torch.sparse_csr:
             if self.aggr == 'max' and x.device.type == 'cpu':
+                if not (torch.is_grad_enabled() and x.requires_grad):    # evaluation: no winners needed
+                    return torch.sparse.mm(adj_t, x, reduce='amax')
                 return _MaxAggregation.apply(x, adj_t)
             if self.aggr != 'max' and adj_transpose is not None:
                 return _SumAggregation.apply(x, adj_t, adj_transpose, self._inv_count(adj_t))

@@ -234,6 +234,63 @@ def test_max_with_weighted_entries_matches_torch():
     assert torch.allclose(_MaxAggregation.apply(x, adj), expected.detach()) and torch.allclose(ours, x.grad)
 
 
+def test_amax_with_sources_by_hand():
+    from BaseModel import _amax_with_sources
+    dense = torch.tensor([[0., 1, 1, 0],
+                          [0, 0, 0, 0],                 # empty: 0, and the spare row 4 as its source
+                          [1, 0, 0, 1],
+                          [1, 1, 1, 1]])
+    adj = csr_adjacency(dense.nonzero().t(), 4)
+    x = torch.tensor([[-1., 2], [-3, 2], [-1, -5], [0, 0]])
+    empty = torch.tensor([False, True, False, False])
+    out, source = _amax_with_sources(adj, x, empty)
+    assert torch.equal(out, torch.tensor([[-1., 2], [0, 0], [0, 2], [0, 2]]))
+    # row 3, column 1: rows 0 and 1 tie at 2.0; a positive tie goes to the larger id
+    assert torch.equal(source, torch.tensor([[2, 1], [4, 4], [3, 0], [3, 1]]))
+
+
+def test_amax_with_sources_declines_what_it_cannot_encode():
+    from BaseModel import _amax_with_sources
+    adj = csr_adjacency(torch.ones(3, 3).nonzero().t(), 3)
+    empty = torch.zeros(3, dtype=torch.bool)
+    x = torch.randn(3, 2)
+    assert _amax_with_sources(adj, x.double(), empty) is None           # no spare mantissa bits
+    x[1, 0] = torch.inf                                                 # would read back as a NaN
+    assert _amax_with_sources(adj, x, empty) is None
+
+
+@pytest.mark.parametrize('case', ['ones', 'ones, 2 columns at a time', 'infinity', 'float64'])
+def test_max_aggregation_matches_the_plain_formula(case, monkeypatch):
+    # The encoded-winner path (ones), and the winner-tracking kernel it falls back to.
+    import BaseModel as base
+    from BaseModel import _amax_with_sources, _MaxAggregation
+    if case.endswith('at a time'):
+        monkeypatch.setattr(base, 'ENCODE_COLUMNS', 2)            # 5 columns: chunks of 2, 2 and 1
+    rng = np.random.default_rng(3)
+    train = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 40, 200)], 1), axis=0)
+    edges = bipartite_edges(train, 30)
+    adj = csr_adjacency(edges, 70)
+    dense = adj.to_dense()
+    x = torch.randn(70, 5, dtype=torch.float64 if case == 'float64' else torch.float32)
+    if case == 'infinity':
+        x[int(edges[1, 0]), 2] = torch.inf
+    adj = adj.to(x.dtype)
+    empty = adj.crow_indices()[1:] == adj.crow_indices()[:-1]
+    assert (_amax_with_sources(adj, x, empty) is not None) == case.startswith('ones')
+    x.requires_grad_()
+    weights = torch.randn(70, 5, dtype=x.dtype)
+    out = _MaxAggregation.apply(x, adj)
+    (out * weights).sum().backward()
+    ours, x.grad = x.grad, None
+    expected = torch.stack([x.masked_fill(dense[r, :, None] == 0, -torch.inf).amax(0) if dense[r].any()
+                            else x.new_zeros(5) for r in range(70)])
+    (expected * weights).sum().backward()
+    assert torch.equal(out, expected.detach())
+    assert torch.allclose(ours, x.grad)
+    with torch.no_grad():                                               # evaluation skips the winners
+        assert torch.equal(BaseModel(5, 5, 'max').message_and_aggregate(adj, x, None), out)
+
+
 def test_unknown_aggregation_rejected():
     with pytest.raises(ValueError, match="aggr_mode must be one of"):
         BaseModel(2, 2, 'median')
