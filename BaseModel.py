@@ -177,9 +177,20 @@ def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=
     sparse = sparse_rows(adj, rows)
     if sparse is None:
         # The rows touch a large part of the graph (a small, dense dataset): the full last layer is cheaper.
-        return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None)[rows]
+        return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None), rows)
     unique, inverse = sparse
-    return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique)[inverse]
+    return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique), inverse)
+
+
+def take_rows(x, index):
+    """``x[index]`` for a 1-D ``index``, with a backward that gives the same bits at every run.
+
+    The backward of ``x[index]`` adds the gradients of repeated rows (a batch
+    repeats users and items) with atomic adds in a thread-dependent order on
+    the CPU, so two runs of one seed drifted apart; ``index_select``'s
+    backward adds them in index order.
+    """
+    return x.index_select(0, index)
 
 
 def sparse_rows(adj, rows):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import (BaseModel, edge_share, item_feature_modules, row_submatrix, rows_are_sparse,
+from BaseModel import (BaseModel, edge_share, item_feature_modules, row_submatrix, rows_are_sparse, take_rows,
                        xavier_normal_param)
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
@@ -60,8 +60,8 @@ class GCN(nn.Module):
             if rows is not None:
                 nodes, block, block_t = rows
                 h = F.leaky_relu(conv(x, block, block_t))
-                x = x[nodes]
-                ids = None if id_embedding is None else id_embedding[nodes]
+                x = take_rows(x, nodes)
+                ids = None if id_embedding is None else take_rows(id_embedding, nodes)
             else:                                    # the bipartite graph is symmetric: its own transpose
                 h = F.leaky_relu(conv(x, adj, adj))
             x_hat = F.leaky_relu(linear(x))
@@ -169,10 +169,10 @@ class MMGCN(nn.Module):
         nodes = torch.cat([users, pos + self.num_user, neg + self.num_user])
         block = self.row_block(nodes)
         if block is None:           # the batch touches much of the graph: all rows are as cheap
-            z = torch.stack(self.modality_outputs()).mean(0)[nodes]
+            z = take_rows(torch.stack(self.modality_outputs()).mean(0), nodes)
         else:                       # only the rows the batch's outputs depend on
             _, inverse, plan = block
-            z = torch.stack(self.modality_outputs(plan=plan)).mean(0)[inverse]
+            z = take_rows(torch.stack(self.modality_outputs(plan=plan)).mean(0), inverse)
         u, z_pos, z_neg = z.split(len(users))
         pos_score = (u * z_pos).sum(1)
         neg_score = (u * z_neg).sum(1)
@@ -180,5 +180,6 @@ class MMGCN(nn.Module):
         reg = self.gcns[self.modalities[0]].preference.pow(2).mean()
         if self.id_embedding is not None:
             e = self.id_embedding
-            reg = reg + (e[users] ** 2 + e[pos + self.num_user] ** 2 + e[neg + self.num_user] ** 2).mean()
+            rows = take_rows(e, torch.cat([users, pos + self.num_user, neg + self.num_user]))
+            reg = reg + 3 * rows.pow(2).mean()
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import item_feature_modules, propagate_layers
+from BaseModel import item_feature_modules, propagate_layers, take_rows
 from model_MMGCN import MMGCN
 
 SSL_TASKS = ('FAC', 'FD', 'FM', 'FD+FM', 'none')
@@ -141,10 +141,10 @@ class SLMRec(nn.Module):
             block = None if rows is None else self.encoder.row_block(rows)
             if block is None:
                 wide = torch.cat([torch.cat(self._mmgcn_branches(p, masked), dim=1) for p, masked in views], dim=1)
-                return wide if rows is None else wide[rows]
+                return wide if rows is None else take_rows(wide, rows)
             nodes, inverse, plan = block          # the batch's rows (and their neighbours) only
-            return torch.cat([torch.cat(self._mmgcn_branches(p, masked, nodes, plan), dim=1)
-                              for p, masked in views], dim=1)[inverse]
+            return take_rows(torch.cat([torch.cat(self._mmgcn_branches(p, masked, nodes, plan), dim=1)
+                                        for p, masked in views], dim=1), inverse)
         rates = {p for p, _ in views if p > 0}
         n_plain = sum(p == 0 for p, _ in views)
         if len(rates) > 1 or any(p > 0 for p, _ in views[:n_plain]):
@@ -167,7 +167,7 @@ class SLMRec(nn.Module):
         if masked == 0:
             id_branch = torch.cat([id_branch[:self.num_user], torch.zeros_like(id_branch[self.num_user:])])
         if nodes is not None:
-            id_branch = id_branch[nodes]
+            id_branch = take_rows(id_branch, nodes)
         masked_modality = self.modalities[masked - 1] if masked else None
         return [id_branch] + self.encoder.modality_outputs(dropout, masked_modality, plan)
 

@@ -340,3 +340,34 @@ def test_slmrec_mmgcn_backbone_batch_rows_match_full_graph():
     grad_full = _grads(model, full.pow(2).sum())
     for name in grad_full:
         assert torch.allclose(grad_fast[name], grad_full[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize('model_name', ['MMGCN', 'SLMRec', 'SLMRec/mmgcn'])
+def test_gradients_are_bitwise_repeatable(model_name):
+    # A batch repeats users and items; the backward of x[index] sums repeated rows with atomic adds in
+    # a varying order on the CPU, which made two runs of one seed differ (README: reproducibility).
+    num_user, num_item, rng = 200, 300, np.random.default_rng(1)
+    train = np.unique(np.stack([rng.integers(0, num_user, 3000), rng.integers(0, num_item, 3000)], 1), axis=0)
+    pick = rng.integers(0, len(train), 20000 if model_name == 'MMGCN' else 2048)   # SLMRec: in-batch n x n
+    users, pos = torch.as_tensor(train[pick, 0]), torch.as_tensor(train[pick, 1])
+    neg = torch.as_tensor(rng.integers(0, num_item, len(pick)))
+    features = {'v': rng.standard_normal((num_item, 6)).astype(np.float32)}
+    adj = csr_adjacency(bipartite_edges(train, num_user), num_user + num_item)
+
+    def grads():
+        torch.manual_seed(0)
+        if model_name == 'MMGCN':
+            model = MMGCN(num_user, num_item, features, adj, dim_latent=16, aggr='max')
+            loss, _ = model.loss(users, pos, neg)
+        else:
+            mmgcn = model_name.endswith('mmgcn')
+            graph = adj if mmgcn else normalized_adjacency(train, num_user, num_item)
+            model = SLMRec(num_user, num_item, features, graph, dim_latent=16, ssl_task='FD',
+                           backbone='mmgcn' if mmgcn else 'lightgcn')
+            loss, _ = model.loss(users, pos)
+        return _grads(model, loss)
+
+    first = grads()
+    for _ in range(3):
+        again = grads()
+        assert all(torch.equal(first[name], again[name]) for name in first), model_name
