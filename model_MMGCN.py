@@ -179,7 +179,6 @@ class MMGCN(nn.Module):
         bpr = -F.logsigmoid(pos_score - neg_score).mean()
         reg = self.gcns[self.modalities[0]].preference.pow(2).mean()
         if self.id_embedding is not None:
-            e = self.id_embedding
-            rows = take_rows(e, torch.cat([users, pos + self.num_user, neg + self.num_user]))
-            reg = reg + 3 * rows.pow(2).mean()
+            # mean(e[u]² + e[i⁺]² + e[i⁻]²) over the batch = 3 × the mean over all three rows
+            reg = reg + 3 * take_rows(self.id_embedding, nodes).pow(2).mean()
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
