@@ -74,15 +74,15 @@ def _blocked_top(u, z_item, rows, items, k, buffer, group_max, item_block):
     scores, gmax = buffer[:n], group_max[:n]
     per = item_block // GROUP                                   # groups per block, and their spacing
     order = np.argsort(items, kind='stable')
-    rows, items = rows[order], items[order]
+    rows, items = torch.as_tensor(rows[order]), torch.as_tensor(items[order])
     starts = list(range(0, num_item, item_block))
-    cuts = np.searchsorted(items, starts + [num_item])
+    cuts = np.searchsorted(items.numpy(), starts + [num_item]).tolist()
     for b, s in enumerate(starts):
         e = min(s + item_block, num_item)
         torch.mm(u, z_item[s:e].t(), out=scores[:, s:e])
         lo, hi = cuts[b], cuts[b + 1]
-        scores[torch.as_tensor(rows[lo:hi]), torch.as_tensor(items[lo:hi])] = -torch.inf
-        gmax[:, b * per:(b + 1) * per] = scores[:, s:s + item_block].view(n, GROUP, per).amax(1)
+        scores[rows[lo:hi], items[lo:hi]] = -torch.inf
+        torch.amax(scores[:, s:s + item_block].view(n, GROUP, per), 1, out=gmax[:, b * per:(b + 1) * per])
     groups = torch.topk(gmax, min(k, gmax.shape[1]), dim=1, sorted=False).indices
     first = groups // per * item_block + groups % per           # the group's first column
     candidates = (first[:, :, None] + torch.arange(GROUP) * per).flatten(1)
