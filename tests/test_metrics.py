@@ -111,3 +111,47 @@ def test_k_larger_than_item_count():
     m = rank_metrics(z_user, z_item, _index({0: [2]}, {}, 1), [10])
     assert m[10]['precision'] == pytest.approx(0.1) and m[10]['recall'] == 1.0
     assert m[10]['ndcg'] == pytest.approx(1 / math.log2(4))
+
+
+def _random_case(n_user=300, n_item=500, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    train = {u: rng.choice(n_item, rng.integers(1, 30), replace=False).tolist() for u in range(n_user)}
+    split = {}
+    for u in range(0, n_user, 3):
+        rest = np.setdiff1d(np.arange(n_item), train[u])
+        split[u] = rng.choice(rest, rng.integers(1, 15), replace=False).tolist()
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n_user, dim, generator=gen), torch.randn(n_item, dim, generator=gen),
+            _index(split, train, n_user))
+
+
+def test_metrics_do_not_depend_on_workers_or_chunk_size():
+    z_user, z_item, index = _random_case()
+    first = rank_metrics(z_user, z_item, index, [5, 20], 1024, workers=1)
+    for eval_batch, workers in [(1, 1), (7, 2), (64, 3), (1000, 2), (33, 5)]:
+        assert rank_metrics(z_user, z_item, index, [5, 20], eval_batch, workers=workers) == first   # bitwise
+    plain = rank_metrics_loop(z_user, z_item, index, [5, 20])
+    for k in (5, 20):
+        for metric in ('precision', 'recall', 'ndcg'):
+            assert first[k][metric] == pytest.approx(plain[k][metric], abs=1e-12)
+
+
+def test_workers_leave_the_thread_count_and_run_without_grad():
+    z_user, z_item, index = _random_case(n_user=40, n_item=90)
+    threads = torch.get_num_threads()
+    # A product into the score buffer would refuse an input that requires grad, were a worker to record grads.
+    m = rank_metrics(z_user.requires_grad_(), z_item, index, [5], eval_batch=8, workers=2)
+    assert m == rank_metrics(z_user.detach(), z_item, index, [5], eval_batch=8, workers=1)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match='workers and eval_batch'):
+        rank_metrics(z_user, z_item, index, [5], workers=0)
+
+
+def test_an_error_in_a_worker_reaches_the_caller():
+    z_user, z_item, index = _random_case(n_user=40, n_item=90)
+    index.users = index.users.copy()
+    index.users[-1] = 10 ** 6                       # a user id past the end of z_user, in the last chunk
+    threads = torch.get_num_threads()
+    with pytest.raises(IndexError):
+        rank_metrics(z_user, z_item, index, [5], eval_batch=8, workers=2)
+    assert torch.get_num_threads() == threads
