@@ -156,7 +156,8 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
                 per_k.append(torch.stack([hit_k / k, hit_k / n_pos, (hits[:, :k] * disc[:k]).sum(1) / idcg]))
             values[:, :, chunk] = torch.stack(per_k).cpu().numpy()
 
-    if workers == 1:
+    workers = min(workers, len(starts))     # no idle thread with a buffer of its own
+    if workers <= 1:
         score(starts)
     else:
         threads = torch.get_num_threads()
