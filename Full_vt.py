@@ -113,8 +113,10 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     device = z_user.device
     if item_block == 'auto':
         item_block = 1024 if device.type == 'cpu' else None
-    if workers == 'auto' or device.type != 'cpu':
-        workers = torch.get_num_threads() if device.type == 'cpu' else 1
+    if device.type != 'cpu':
+        workers = 1
+    elif workers == 'auto':
+        workers = torch.get_num_threads()
     if workers < 1 or eval_batch < 1:
         raise ValueError(f'rank_metrics: workers and eval_batch must be at least 1, got {workers} and {eval_batch}')
     disc = torch.as_tensor(_discounts(max_k), device=device, dtype=torch.float64)
