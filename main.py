@@ -91,6 +91,9 @@ def build_parser():
     a('--dropout_rate', type=float, default=0.3, help='SLMRec: FD dropout')
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
+    a('--fm_views', default='official', choices=('official', 'clean'),
+      help="SLMRec FM/FD+FM views: 'official' (each view's layer 0 from its own mask, its propagated layers "
+           "from the other view's, as the official code) or 'clean' (its own mask at every layer; extension)")
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
     return p
 
@@ -157,7 +160,7 @@ def build_model(args, data):
     try:
         return SLMRec(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
                       args.mm_fusion_mode, args.ssl_task, args.ssl_alpha, args.temp, args.ssl_temp,
-                      args.dropout_rate, args.backbone, args.aggr_mode, args.concat)
+                      args.dropout_rate, args.backbone, args.aggr_mode, args.concat, args.fm_views)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -290,7 +293,14 @@ def run(args):
     model = build_model(args, data)
     if args.PATH_weight_load:
         load_weights(model, args.PATH_weight_load)
+    ckpt = load_checkpoint_file(ckpt_path, 'checkpoint') if args.resume else None
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt['model'])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
     model.to(device)
+    # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2: MMGCN's is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
@@ -300,10 +310,8 @@ def run(args):
 
     state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
              'bad_evals': 0, 'history': []}
-    if args.resume:
-        ckpt = load_checkpoint_file(ckpt_path, 'checkpoint')
+    if ckpt is not None:
         try:
-            model.load_state_dict(ckpt['model'])
             optimizer.load_state_dict(ckpt['optimizer'])
             set_rng_state(ckpt['rng'], sampler_rng)
             state = ckpt['state']

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import item_feature_modules, propagate_layers, take_rows
+from BaseModel import check_symmetric, item_feature_modules, propagate_layers, take_rows
 from model_MMGCN import MMGCN
 
 SSL_TASKS = ('FAC', 'FD', 'FM', 'FD+FM', 'none')
 FUSION_MODES = ('concat', 'mean')
 BACKBONES = ('lightgcn', 'mmgcn')
+FM_VIEWS = ('official', 'clean')
 
 
 def info_nce(a, b, temp):
@@ -68,16 +69,19 @@ class SLMRec(nn.Module):
         dropout_rate: FD dropout (0.3).
         backbone: 'lightgcn' (default) or 'mmgcn' (SPEC 3.1 extension).
         aggr, concat: MMGCN options, used by the mmgcn backbone only.
+        fm_views: FM/FD+FM views, 'official' (default: each view's layer 0 from its own mask,
+            its propagated layers from the other view's, SPEC 3.3) or 'clean' (its own mask at every
+            layer).  The mmgcn backbone has no layer list to cross: its views are always 'clean'.
     """
 
     needs_negatives = False
 
     def __init__(self, num_user, num_item, features, adj, dim_latent=64, num_layer=3, fusion='concat',
                  ssl_task='FAC', ssl_alpha=0.1, temp=0.2, ssl_temp=0.2, dropout_rate=0.3,
-                 backbone='lightgcn', aggr='mean', concat=False):
+                 backbone='lightgcn', aggr='mean', concat=False, fm_views='official'):
         super().__init__()
         for value, valid, flag in ((fusion, FUSION_MODES, 'mm_fusion_mode'), (ssl_task, SSL_TASKS, 'ssl_task'),
-                                   (backbone, BACKBONES, 'backbone')):
+                                   (backbone, BACKBONES, 'backbone'), (fm_views, FM_VIEWS, 'fm_views')):
             if value not in valid:
                 raise ValueError(f'--{flag} must be one of {list(valid)}, got {value!r}')
         self.modalities = list(features)
@@ -89,10 +93,11 @@ class SLMRec(nn.Module):
         self.num_user, self.num_item = num_user, num_item
         self.dim, self.num_layer, self.fusion, self.backbone = dim_latent, num_layer, fusion, backbone
         self.ssl_task, self.ssl_alpha, self.temp, self.ssl_temp = ssl_task, ssl_alpha, temp, ssl_temp
-        self.dropout_rate = dropout_rate
+        self.dropout_rate, self.fm_views = dropout_rate, fm_views
         self.register_buffer('adj', adj, persistent=False)
 
         if backbone == 'lightgcn':
+            check_symmetric(adj)            # the closed-form backward uses Âᵀ = Â (MMGCN checks its own)
             self.embedding_user = nn.Embedding(num_user, dim_latent)
             self.embedding_item = nn.Embedding(num_item, dim_latent)
             nn.init.xavier_uniform_(self.embedding_user.weight)
@@ -128,6 +133,14 @@ class SLMRec(nn.Module):
             feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
             sides.append(self.dense[m](feat))
         return sides
+
+    def item_side_rows(self, branch, items):
+        """Branch ``branch``'s item input at the items ``items`` [n, d] (``item_sides()[branch][items]``)."""
+        if branch == 0:
+            return take_rows(self.embedding_item.weight, items)
+        m = self.modalities[branch - 1]
+        feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
+        return self.dense[m](take_rows(feat, items))
 
     def propagate(self, views, rows=None):
         """Pre-fusion outputs of several views, side by side: [(U+I), len(views) * B * d],
@@ -190,16 +203,16 @@ class SLMRec(nn.Module):
         views = [(0.0, None)]
         if self.ssl_task in ('FD', 'FM', 'FD+FM'):
             p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
-            if 'FM' in self.ssl_task:
-                first, second = torch.randperm(self.num_branch)[:2].tolist()
-            else:
-                first = second = None
+            first, second = self.masked_pair() if 'FM' in self.ssl_task else (None, None)
             views += [(p, first), (p, second)]
         # Only the batch's rows are needed: the last layer is computed for them alone.
         rows = self.propagate(views, torch.cat([users, items + self.num_user]))
         width = self.num_branch * self.dim
-        user_views = rows[:len(users)].split(width, dim=1)
-        item_views = rows[len(users):].split(width, dim=1)
+        user_views = list(rows[:len(users)].split(width, dim=1))
+        item_views = list(rows[len(users):].split(width, dim=1))
+        if 'FM' in self.ssl_task and self.fm_views == 'official' and self.backbone == 'lightgcn':
+            user_views = [user_views[0], user_views[2], user_views[1]]   # users' X⁰ agree: their rows swap
+            item_views = [item_views[0], *self.cross_fm_views(item_views[1:], items, first, second)]
         z_u, z_i = self.fuse(user_views[0], item_views[0])
         main = info_nce(F.normalize(z_u, dim=1), F.normalize(z_i, dim=1), self.temp)
         if self.ssl_task == 'none':
@@ -212,6 +225,27 @@ class SLMRec(nn.Module):
             ssl = (info_nce(F.normalize(u1, dim=1), F.normalize(u2, dim=1), self.ssl_temp)
                    + info_nce(F.normalize(i1, dim=1), F.normalize(i2, dim=1), self.ssl_temp))
         return main + self.ssl_alpha * ssl, {'main': main.item(), 'ssl': ssl.item()}
+
+    def masked_pair(self):
+        """FM's two different masked branches, drawn uniformly among all branches (``id`` included)."""
+        first, second = torch.randperm(self.num_branch)[:2].tolist()
+        return first, second
+
+    def cross_fm_views(self, item_views, items, first, second):
+        """The official FM views (SPEC 3.3) at the batch's items, from the two clean ones.
+
+        Clean view v is ``mean(X⁰₍v₎, Â X⁰₍v₎, …)``; the official view 1 is
+        ``mean(X⁰₍₁₎, Â X⁰₍₂₎, …) = clean view 2 + (X⁰₍₁₎ − X⁰₍₂₎) / (L+1)``, view 2
+        the reverse.  The inputs differ only on the item rows of the masked
+        branches (``X⁰₍₁₎ − X⁰₍₂₎`` is ``−S_b₁`` in branch b₁, ``+S_b₂`` in b₂): the user
+        rows simply swap, which the caller does.  Layer 0 is never dropped, so
+        this holds for FD+FM's dropout views too.
+        """
+        d, scale = self.dim, 1.0 / (self.num_layer + 1)
+        delta = item_views[0].new_zeros(item_views[0].shape)
+        delta[:, first * d:(first + 1) * d] = -self.item_side_rows(first, items) * scale
+        delta[:, second * d:(second + 1) * d] = self.item_side_rows(second, items) * scale
+        return [item_views[1] + delta, item_views[0] - delta]
 
     def fac_loss(self, item_branches):
         """FAC (SPEC 3.3): ``x_1 = g(id)``, ``x_s = g(x_{s-1})``, ``y_s = g'(m_s)``; no normalisation."""
@@ -243,6 +277,12 @@ class SLMRec(nn.Module):
         return names
 
 
+# The six FAC heads the official code creates whenever the task is FAC (stages i -> iv -> iva -> ivat).
+OFFICIAL_FAC_HEADS = {f'g_{a}_{b}.{part}' for a, b in (('i', 'iv'), ('v', 'iv'), ('iv', 'iva'), ('a', 'iva'),
+                                                        ('iva', 'ivat'), ('t', 'ivat'))
+                      for part in ('weight', 'bias')}
+
+
 def is_official_state_dict(state):
     return any(k.startswith('embedding_user_after_GCN.') for k in state)
 
@@ -254,10 +294,13 @@ def from_official_state_dict(model, state):
     reverse = {official: ours for ours, official in model.official_key_map().items()}
     converted, unknown = {}, []
     for key, value in state.items():
+        head = re.match(r'g_(\w+)_(\w+)\.(weight|bias)$', key)
         if key in reverse:
             converted[reverse[key]] = value
-        elif re.match(r'g_\w+_\w+\.(weight|bias)$', key) and model.ssl_task != 'FAC':
+        elif head and model.ssl_task != 'FAC':
             continue   # FAC heads are not part of a model trained with another task
+        elif head and key in OFFICIAL_FAC_HEADS and head.group(2)[-1] not in model.modalities:
+            continue   # SPEC 3.5: the official code made all six heads, also for a modality the data lacks
         else:
             unknown.append(key)
     if unknown:
