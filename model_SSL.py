@@ -14,9 +14,13 @@ Losses (SPEC 3.2, 3.3): ``L = InfoNCE(z_u, z_i; temp) + ssl_alpha · L_ssl`` wit
 ``L_ssl`` one of FD (dropout views), FM (masked-branch views), FD+FM, FAC
 (fine and coarse cross-modal contrast of the pre-fusion item outputs), none.
 
-All branches and all views of one step are propagated together as one wide
-matrix: they share ``Â``, so each layer is a single sparse product
-(``BaseModel.propagate_layers``).
+The plain view costs one ``d``-wide propagation whatever the number of
+modalities (SPEC 3.6, ``plain_parts``): the user part is shared by every
+branch, dense modalities read tables propagated once per graph, and one
+propagation of ``[E_u ; E_i]`` gives both the user and the item part through
+its even and odd layers.  FM's views are sums of the same parts; FD's dropout
+views propagate every branch side by side as one wide matrix
+(``propagate``, which is also the per-branch reference the tests compare with).
 """
 import re
 
@@ -109,6 +113,7 @@ class SLMRec(nn.Module):
             for m in self.modalities:
                 dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
                 self.dense[m] = _xavier_linear(dim, dim_latent)
+            self._propagate_fixed_inputs(dense)
         else:
             self.encoder = MMGCN(num_user, num_item, features, adj, dim_latent, num_layer, aggr, concat, has_id=True)
 
@@ -142,6 +147,79 @@ class SLMRec(nn.Module):
         feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
         return self.dense[m](take_rows(feat, items))
 
+    # SPEC 3.6: the plain view at LightGCN's price.  With P = (I + Â + … + Â^L) / (L+1), branch b's
+    # output is P[E_u ; S_b] = P[E_u ; 0] + P[0 ; S_b]; ``propagate`` below is the per-branch reference.
+
+    def _propagate_fixed_inputs(self, dense):
+        """Buffers ``prop_<m> = P[0 ; F̂_m]`` per dense modality and ``prop_ones = P[0 ; 1]``: they
+        depend on the graph alone, so they are propagated once (not parameters, not in checkpoints)."""
+        inputs = [getattr(self, f'feat_{m}') for m in dense] + [torch.ones(self.num_item, 1)]
+        widths = [x.shape[1] for x in inputs]
+        items = torch.cat(inputs, dim=1)
+        with torch.no_grad():
+            x0 = torch.cat([items.new_zeros(self.num_user, items.shape[1]), items])
+            fixed = propagate_layers(self.adj, x0, self.num_layer).split(widths, dim=1)
+        for name, table in zip([f'prop_{m}' for m in dense] + ['prop_ones'], fixed):
+            self.register_buffer(name, table.contiguous(), persistent=False)
+
+    def plain_parts(self, rows=None):
+        """``(P[E_u ; 0], [P[0 ; S_b] per branch])`` at the node rows ``rows`` (all nodes when None).
+
+        One propagation of ``[E_u ; E_i]`` keeps the sums of its even and of its
+        odd layers: ``Â`` is bipartite, so ``Â^k [E_u ; 0]`` lives on the user rows
+        for even k and on the item rows for odd k, and ``Â^k [0 ; E_i]`` the other
+        way round.  A dense modality needs no propagation at all:
+        ``P[0 ; S_m] = P[0 ; F̂_m] W_mᵀ + P[0 ; 1] b_mᵀ`` from the buffers.  Word-id text
+        is trained, so its ``[0 ; S_t]`` joins the propagated columns (d wide each).
+        """
+        d, num_user = self.dim, self.num_user
+        words = [m for m in self.modalities if m in self.word_means]
+        x0 = torch.cat([self.embedding_user.weight, self.embedding_item.weight])
+        if words:
+            word_sides = torch.cat([self.dense[m](self.word_means[m]()) for m in words], dim=1)
+            x0 = torch.cat([x0, torch.cat([word_sides.new_zeros(num_user, word_sides.shape[1]), word_sides])], dim=1)
+        even, odd = propagate_layers(self.adj, x0, self.num_layer, rows=rows, parity=True).chunk(2, dim=1)
+        nodes = torch.arange(len(even), device=even.device) if rows is None else rows
+        is_user = (nodes < num_user).unsqueeze(1)
+        user_part = torch.where(is_user, even[:, :d], odd[:, :d])
+        parts = {'id': torch.where(is_user, odd[:, :d], even[:, :d])}
+        parts.update(zip(words, (even[:, d:] + odd[:, d:]).split(d, dim=1)))
+        ones = self.prop_ones if rows is None else take_rows(self.prop_ones, rows)
+        for m in self.modalities:
+            if m not in parts:
+                feat = getattr(self, f'prop_{m}')
+                feat = feat if rows is None else take_rows(feat, rows)
+                parts[m] = F.linear(feat, self.dense[m].weight) + ones * self.dense[m].bias
+        return user_part, [parts[m] for m in ['id'] + self.modalities]
+
+    @staticmethod
+    def join_branches(user_part, item_parts, masked=None):
+        """One view's pre-fusion rows [n, B·d]: ``P[E_u ; 0] + P[0 ; S_b]`` per branch, the item part
+        of branch ``masked`` left out (its item side is zeros)."""
+        return torch.cat([user_part if b == masked else user_part + part for b, part in enumerate(item_parts)], 1)
+
+    def view_rows(self, rows, first=None, second=None):
+        """The pre-fusion rows [n, B·d] of the plain view and, for FD, FM and FD+FM, of the two
+        SSL views (each with its own mask, ``first`` and ``second``, at every layer)."""
+        if self.backbone == 'mmgcn':
+            return self.view_rows_per_branch(rows, first, second)
+        user_part, item_parts = self.plain_parts(rows)
+        views = [self.join_branches(user_part, item_parts)]
+        if 'FD' in self.ssl_task:       # dropout is not linear in the inputs: these views propagate every branch
+            p = self.dropout_rate
+            views += self.propagate([(p, first), (p, second)], rows).split(self.num_branch * self.dim, dim=1)
+        elif self.ssl_task == 'FM':     # masked views are sums of the same parts
+            views += [self.join_branches(user_part, item_parts, masked) for masked in (first, second)]
+        return views
+
+    def view_rows_per_branch(self, rows, first=None, second=None):
+        """The readable reference of ``view_rows``: every branch of every view propagated (SPEC 3.1)."""
+        views = [(0.0, None)]
+        if self.ssl_task in ('FD', 'FM', 'FD+FM'):
+            p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
+            views += [(p, first), (p, second)]
+        return list(self.propagate(views, rows).split(self.num_branch * self.dim, dim=1))
+
     def propagate(self, views, rows=None):
         """Pre-fusion outputs of several views, side by side: [(U+I), len(views) * B * d],
         or only the node rows ``rows`` (users, then ``U + item``) when given.
@@ -149,6 +227,8 @@ class SLMRec(nn.Module):
         ``views`` is a list of ``(dropout, masked_branch)``; ``masked_branch``
         (an index, or None) has its item side replaced by zeros.  View v holds
         columns ``v*B*d .. (v+1)*B*d``, branch b of it the d columns at ``b*d``.
+        Every branch is propagated on its own columns, as SPEC 3.1 writes it: the
+        reference of ``plain_parts``, and what FD's dropout views need.
         """
         if self.backbone == 'mmgcn':
             block = None if rows is None else self.encoder.row_block(rows)
@@ -193,23 +273,21 @@ class SLMRec(nn.Module):
 
     def forward(self):
         """Fused representations ``(z_user [U, d], z_item [I, d])`` of the plain view."""
-        wide = self.propagate([(0.0, None)])
+        if self.backbone == 'mmgcn':
+            wide = self.propagate([(0.0, None)])
+        else:
+            wide = self.join_branches(*self.plain_parts())
         return self.fuse(wide[:self.num_user], wide[self.num_user:])
 
     # ------------------------------------------------------------------ losses
 
     def loss(self, users, items):
         """Total loss of one batch of (user, positive item) pairs, and its parts."""
-        views = [(0.0, None)]
-        if self.ssl_task in ('FD', 'FM', 'FD+FM'):
-            p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
-            first, second = self.masked_pair() if 'FM' in self.ssl_task else (None, None)
-            views += [(p, first), (p, second)]
+        first, second = self.masked_pair() if 'FM' in self.ssl_task else (None, None)
         # Only the batch's rows are needed: the last layer is computed for them alone.
-        rows = self.propagate(views, torch.cat([users, items + self.num_user]))
-        width = self.num_branch * self.dim
-        user_views = list(rows[:len(users)].split(width, dim=1))
-        item_views = list(rows[len(users):].split(width, dim=1))
+        views = self.view_rows(torch.cat([users, items + self.num_user]), first, second)
+        user_views = [view[:len(users)] for view in views]
+        item_views = [view[len(users):] for view in views]
         if 'FM' in self.ssl_task and self.fm_views == 'official' and self.backbone == 'lightgcn':
             user_views = [user_views[0], user_views[2], user_views[1]]   # users' X⁰ agree: their rows swap
             item_views = [item_views[0], *self.cross_fm_views(item_views[1:], items, first, second)]
