@@ -34,7 +34,7 @@ from DataLoad import TrainSampler, load_dataset  # noqa: E402
 from main import keep_freed_memory  # noqa: E402
 from Full_vt import SplitIndex, rank_metrics, rank_metrics_loop  # noqa: E402
 from model_MMGCN import MMGCN  # noqa: E402
-from model_SSL import SLMRec  # noqa: E402
+from model_SSL import SLMRec, info_nce  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -152,6 +152,16 @@ def report(name, ours, reference, note=''):
     ROWS.append(row)
     print(f'{name:<44} {t_ours:10.4f} {t_ref:10.4f} {t_ref / t_ours:8.2f}x {m_ours:10.0f} {m_ref:10.0f}  {note}',
           flush=True)
+    if JSON_LINES:
+        print(json.dumps(row), flush=True)
+
+
+def report_alone(name, seconds, peak):
+    """A row with no reference: what one part costs."""
+    row = {'name': name, 'ours_s': seconds, 'reference_s': None, 'ratio': None, 'peak_mib': peak,
+           'sizes': dict(SIZES)}
+    ROWS.append(row)
+    print(f'    {name}: {seconds:.4f}s, peak {peak:.0f} MiB', flush=True)
     if JSON_LINES:
         print(json.dumps(row), flush=True)
 
@@ -295,6 +305,10 @@ def bench_slmrec(data, device, args):
         t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat if full else 1, args.warmup if full else 0)
         report(f'SLMRec {task} step (batch {args.batch_size})', mine[task], t_ref, 'outputs+grads equal')
         del model, optimizer
+    a = torch.randn(args.batch_size, 64, device=device, requires_grad=True)
+    b = torch.randn(args.batch_size, 64, device=device, requires_grad=True)
+    t, mem, _ = timed(lambda: info_nce(a, b, 0.2).backward(), device, args.repeat, args.warmup)
+    report_alone(f'one in-batch InfoNCE, forward and backward ({args.batch_size}^2 logits)', t, mem)
     report('ID-only step / SLMRec FAC step', mine['ID-only'], mine['FAC'], 'ratio = FAC time / ID-only time')
     report('SLMRec FAC step / SLMRec FM step', mine['FAC'], mine['FM'], 'ratio = FM time / FAC time')
 
@@ -350,12 +364,7 @@ def bench_eval(data, device, args):
     report(f'evaluation, {len(index.users)} users', t_ours, t_ref, f'metrics equal; eval_batch {args.eval_batch}')
     for chunk in (256, 4096):
         t, mem, _ = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], chunk), device, 1)
-        print(f'    eval_batch {chunk:5d}: {t:.3f}s, peak {mem:.0f} MiB', flush=True)
-        row = {'name': f'evaluation eval_batch {chunk}', 'ours_s': t, 'reference_s': None, 'ratio': None,
-               'peak_mib': mem, 'sizes': dict(SIZES)}
-        ROWS.append(row)
-        if JSON_LINES:
-            print(json.dumps(row), flush=True)
+        report_alone(f'evaluation eval_batch {chunk}', t, mem)
 
 
 def bench_sampling(data, device, args):
