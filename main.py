@@ -92,11 +92,77 @@ def build_parser():
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
+    a('--config', default=None, metavar='FILE.yaml',
+      help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags given here override it')
     return p
 
 
+def config_defaults(parser, path):
+    """The flag values of a --config YAML file, checked by the same type functions as the command line."""
+    import difflib
+    import yaml
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as e:
+        raise InputError(f'{path}: cannot read the config file ({e.strerror or e})') from None
+    except yaml.YAMLError as e:
+        raise InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f'{path}: expected a mapping of flag names to values, got {type(values).__name__}')
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    out = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            close = difflib.get_close_matches(str(key), actions, n=1)
+            raise InputError(f'{path}: unknown key {key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        out[key] = _config_value(path, key, action, value)
+    return out
+
+
+def _config_value(path, key, action, value):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise InputError(f'{path}: {key}: expected true or false, got {value!r}')
+        return value
+    if value is None:
+        if action.default is None:
+            return None
+        raise InputError(f'{path}: {key}: a value is required')
+    many = action.nargs in ('+', '*')
+    items = value if many and isinstance(value, list) else [value]
+    if isinstance(value, (list, dict)) and not many:
+        raise InputError(f'{path}: {key}: expected one value, got {value!r}')
+    if many and not items and action.nargs == '+':
+        raise InputError(f'{path}: {key}: expected at least one value')
+    converted = []
+    for item in items:
+        if isinstance(item, (list, dict)):
+            raise InputError(f'{path}: {key}: expected a plain value, got {item!r}')
+        text = str(item)        # YAML reads 1e-3 as a string and 0.001 as a float: both go through the type
+        try:
+            item = action.type(text) if action.type is not None else text
+        except argparse.ArgumentTypeError as e:
+            raise InputError(f'{path}: {key}: {e}') from None
+        except (TypeError, ValueError):
+            raise InputError(f'{path}: {key}: invalid {action.type.__name__} value {text!r}') from None
+        if action.choices is not None and item not in action.choices:
+            raise InputError(f'{path}: {key}: invalid choice {item!r} (choose from {", ".join(map(str, action.choices))})')
+        converted.append(item)
+    return converted if many else converted[0]
+
+
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=None)
+    config = pre.parse_known_args(argv)[0].config
+    if config is not None:
+        parser.set_defaults(**config_defaults(parser, config))
+    args = parser.parse_args(argv)
     for key, value in MODEL_DEFAULTS[args.model_name].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
