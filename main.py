@@ -92,6 +92,10 @@ def build_parser():
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
+    a('--export_topk', default=None, metavar='FILE.csv',
+      help="write every user's top K items (K = the largest --topK, training items excluded) from the best "
+           "model (or the loaded one with --num_epoch 0) as CSV user,rank,item,score, in the dataset's source ids "
+           "when it has user_ids.txt/item_ids.txt")
     a('--config', default=None, metavar='FILE.yaml',
       help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags given here override it')
     return p
@@ -342,6 +346,8 @@ def run(args):
     check_writable(args.save_file, 'results file')
     check_writable(best_path, 'best-model file')
     check_writable(ckpt_path, 'checkpoint')
+    if args.export_topk:
+        check_writable(args.export_topk, 'top-K export')
 
     keep_freed_memory()
     if args.num_workers > 0:
@@ -411,6 +417,8 @@ def run(args):
         status = 'diverged'
         print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
 
+    if args.export_topk:
+        export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
     summary(state, key, status)
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
@@ -421,6 +429,68 @@ def run(args):
     with open(args.save_file, 'a') as f:
         f.write(json.dumps(record, default=str) + '\n')
     return EXIT_DIVERGED if status == 'diverged' else 0
+
+
+def read_ids(folder, name, count):
+    """The source ids of a prepared dataset (line n = index n), or None without the file."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        ids = f.read().splitlines()
+    if len(ids) != count:
+        raise InputError(f'{path}: {len(ids)} ids for {count} indices')
+    return ids
+
+
+def export_best_topk(args, model, data, folder, best_path, state, device):
+    """--export_topk: reload the best state dict (when training ran) and write every user's top list."""
+    if args.num_epoch > 0:
+        if state['best_epoch'] is None or not os.path.isfile(best_path):
+            print(f'no best model to export; {args.export_topk} not written', file=sys.stderr)
+            return
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    n = export_topk(model, data, folder, max(args.topK), args.eval_batch, args.export_topk)
+    print(f'top-{max(args.topK)} lists of {n} users written to {args.export_topk}')
+
+
+@torch.no_grad()
+def export_topk(model, data, folder, k, eval_batch, path):
+    """Write CSV user,rank,item,score atomically, ``eval_batch`` users at a time; returns the user count.
+
+    Ids are the dataset's source ids where ``user_ids.txt``/``item_ids.txt``
+    exist, else the 0-based indices (items without the user offset).
+    """
+    from Full_vt import top_items
+    user_ids = read_ids(folder, 'user_ids.txt', data.num_user)
+    item_ids = read_ids(folder, 'item_ids.txt', data.num_item)
+    indptr, items = data.train_csr()
+    was_training = model.training
+    model.eval()
+    folder_out = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder_out, prefix='.' + os.path.basename(path) + '-')
+    try:
+        z_user, z_item = model()
+        with os.fdopen(fd, 'w') as f:
+            f.write('user,rank,item,score\n')
+            for users, top, scores in top_items(z_user, z_item, np.arange(data.num_user), indptr, items, k,
+                                                eval_batch):
+                for user, row, row_scores in zip(users.tolist(), top.tolist(), scores.tolist()):
+                    name = user_ids[user] if user_ids else user
+                    for rank, (item, score) in enumerate(zip(row, row_scores), start=1):
+                        if score == -float('inf'):      # training item or padding: fewer than k candidates
+                            break
+                        f.write(f'{name},{rank},{item_ids[item] if item_ids else item},{score:.7g}\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        model.train(was_training)
+    return data.num_user
 
 
 def summary(state, key, status):
