@@ -92,6 +92,9 @@ def build_parser():
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
+    a('--tensorboard', default=None, metavar='DIR',
+      help='write TensorBoard curves to DIR/<run> (losses, validation and test metrics, epoch time, '
+           'hyper-parameters); view with tensorboard --logdir DIR (default off)')
     a('--export_topk', default=None, metavar='FILE.csv',
       help="write every user's top K items (K = the largest --topK, training items excluded) from the best "
            "model (or the loaded one with --num_epoch 0) as CSV user,rank,item,score, in the dataset's source ids "
@@ -336,6 +339,7 @@ def seed_everything(seed):
 def run(args):
     from DataLoad import TrainSampler, describe, load_dataset
     from Full_vt import SplitIndex, format_metrics, full_ranking
+    from Board import open_board
     from Train import Divergence, train_epoch
     from tqdm import tqdm
 
@@ -348,6 +352,8 @@ def run(args):
     check_writable(ckpt_path, 'checkpoint')
     if args.export_topk:
         check_writable(args.export_topk, 'top-K export')
+    if args.tensorboard:
+        check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
 
     keep_freed_memory()
     if args.num_workers > 0:
@@ -389,17 +395,23 @@ def run(args):
         tqdm.write(f'epoch {epoch:4d}  Test  {format_metrics(metrics["test"])}')
         return metrics
 
+    board = open_board(args.tensorboard, name, state)
     status = 'done'
     if args.num_epoch == 0:
         metrics = evaluate(0)
         state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
+        if board:
+            board.epoch(0, None, {}, metrics, 0.0)
     try:
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
-            loss = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
+            loss, loss_parts = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
             tqdm.write(f'epoch {epoch:4d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)')
             metrics = evaluate(epoch)
+            seconds = time.time() - t0
+            if board:
+                board.epoch(epoch, loss, loss_parts, metrics, seconds)
             recall = metrics['val'][key]['recall']
             if recall > state['best_recall']:
                 state.update(best_epoch=epoch, best_val=metrics['val'], best_test=metrics['test'],
@@ -408,7 +420,8 @@ def run(args):
             else:
                 state['bad_evals'] += 1
             state['epoch'] = epoch
-            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall})
+            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall, 'loss_parts': loss_parts,
+                                     'val': metrics['val'], 'seconds': round(seconds, 3)})
             atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
         if state['bad_evals'] >= args.patience:
@@ -417,6 +430,8 @@ def run(args):
         status = 'diverged'
         print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
 
+    if board:
+        board.close(args, state)
     if args.export_topk:
         export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
@@ -425,7 +440,7 @@ def run(args):
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
               'wall_time_s': round(wall, 2), 'device': str(device),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-              'data': data.summary()}
+              'data': data.summary(), 'history': state['history']}
     with open(args.save_file, 'a') as f:
         f.write(json.dumps(record, default=str) + '\n')
     return EXIT_DIVERGED if status == 'diverged' else 0
