@@ -133,7 +133,7 @@ def test_two_processes_share_one_sqlite_study(tmp_path, base):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_where_it_stopped(tmp_path, base):
-    flags = [x if x != '1' or base[i - 1] != '--num_epoch' else '4' for i, x in enumerate(base)]
+    flags = [x if x != '1' or base[i - 1] != '--num_epoch' else '6' for i, x in enumerate(base)]
     flags += ['--dim_latent', '8', '--patience', '10']
     space = 'l_r: [0.01, 0.001]\n'
     proc = subprocess.Popen(_cmd(tmp_path, 'k', flags, space=space), cwd=tmp_path, stdout=subprocess.PIPE,
@@ -152,9 +152,11 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, base):
     study = _load(tmp_path, 'k')
     assert [t.state.name for t in study.get_trials()][:2] == ['COMPLETE', 'RUNNING']
     time.sleep(0.5)
-    size = log.stat().st_size
-    time.sleep(1.5)
-    assert log.stat().st_size == size                                         # its main.py died with it
+    for _ in range(10):                                                       # its main.py died with it
+        if not _processes_mentioning(str(log.parent)):
+            break
+        time.sleep(0.05)
+    assert not _processes_mentioning(str(log.parent))
     done = subprocess.run(_cmd(tmp_path, 'k', flags, space=space), cwd=tmp_path, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -168,6 +170,19 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, base):
     assert retry.user_attrs['folder'].endswith('trial-1')                    # continued in the killed one's folder
     assert 'resumed from' in _read(log) and retry.user_attrs['note'] == 'retry of #1, resumed'
     assert 'killed (no heartbeat), retried' in done.stdout
+
+
+def _processes_mentioning(text):
+    """Pids of live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for cmdline in glob.glob('/proc/[0-9]*/cmdline'):
+        try:
+            with open(cmdline, 'rb') as f:
+                if text.encode() in f.read():
+                    found.append(int(cmdline.split('/')[2]))
+        except OSError:
+            pass
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -242,3 +257,33 @@ def test_two_processes_share_a_postgresql_study(tmp_path, base, postgres):
     _assert_grid_once(_load(tmp_path, 'p', postgres).get_trials(), _runs(tmp_path, 'p'))
     assert not (tmp_path / 'runs' / 'sweep-p.db').exists()
     assert sum(out.count('val R@10') for out in outs) == 2
+
+
+def test_a_running_grid_point_is_not_run_again():
+    """GridSampler hands out a running point again once every point has started; such a trial is skipped."""
+    space = {'l_r': [0.01, 0.001]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(space), direction='maximize')
+    first, second = study.ask(), study.ask()
+    for t in (first, second):
+        sweep.suggest(t, space)
+    assert {first.params['l_r'], second.params['l_r']} == {0.01, 0.001}
+    assert sweep.grid_started(study, space)
+    assert not sweep.taken_by_earlier(first) and not sweep.taken_by_earlier(second)
+    third = study.ask()                          # every point started: optuna picks a running one again
+    sweep.suggest(third, space)
+    assert third.params in (first.params, second.params) and sweep.taken_by_earlier(third)
+    other = first if first.params != third.params else second
+    study.tell(other, state=optuna.trial.TrialState.FAIL)          # killed (no exit code): its point is free again
+    assert not sweep.grid_started(study, space)
+
+
+@pytest.mark.slow
+def test_tpe_over_a_range(tmp_path, base, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = _space(tmp_path, 'l_r: {low: 0.001, high: 0.05, log: true}\ndim_latent: {low: 4, high: 12}\n')
+    assert sweep.cli(['--space', space, '--study', 't', '--trials', '2', '--', *base]) == 0
+    trials = _load(tmp_path, 't').get_trials()
+    assert len(trials) == 2 and all(t.state.name == 'COMPLETE' for t in trials)
+    for t in trials:
+        assert 0.001 <= t.params['l_r'] <= 0.05 and isinstance(t.params['dim_latent'], int)
+        assert 4 <= t.params['dim_latent'] <= 12
