@@ -18,17 +18,18 @@ def open_board(log_root, name, state):
 
     A new run takes the first free folder of ``<name>``, ``<name>-2``, ... (runs
     that differ only in flags the name leaves out do not share curves) and keeps
-    it in ``state``, which the checkpoint carries, so ``--resume`` continues it.
+    it in ``state``, which the checkpoint carries, so ``--resume`` continues it
+    (unless it is resumed with another DIR: then a new folder there).
     """
     if not log_root:
         return None
     folder = state.get('board_dir')
-    if folder is None:
+    if folder is None or os.path.dirname(os.path.abspath(folder)) != os.path.abspath(log_root):
         folder, n = os.path.join(log_root, name), 1
         while os.path.exists(folder):
             n += 1
             folder = os.path.join(log_root, f'{name}-{n}')
-        state['board_dir'] = folder
+        state['board_dir'] = os.path.abspath(folder)
     return Board(folder, state['epoch'])
 
 

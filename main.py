@@ -100,7 +100,8 @@ def build_parser():
            "model (or the loaded one with --num_epoch 0) as CSV user,rank,item,score, in the dataset's source ids "
            "when it has user_ids.txt/item_ids.txt")
     a('--config', default=None, metavar='FILE.yaml',
-      help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags given here override it')
+      help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags on the command line '
+           'override it')
     return p
 
 

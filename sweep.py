@@ -356,17 +356,20 @@ def sweep(args, base):
         if not work_left(study):
             study.stop()
 
-    while True:         # until nothing is left to run here and no other process runs a trial
+    idle_since = time.time()
+    while True:         # until nothing is left to run here
         fail_stale(study)                               # a killed process's trials: failed, retried (waiting)
         if work_left(study):
             with warnings.catch_warnings():     # optimize calls the (experimental) stale-trial check itself
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
                 study.optimize(lambda t: run_trial(t, space, base, folder, parser, lock), n_jobs=args.n_jobs,
                                catch=(TrialFailed,), callbacks=[stop_when_done])
-        elif any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-            time.sleep(min(args.heartbeat, 2))
+            idle_since = time.time()
+        elif (any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+              and time.time() - idle_since < 3 * args.heartbeat + 5):
+            time.sleep(min(args.heartbeat, 2))  # long enough to see another process's trial go stale and retry it
         else:
-            break
+            break                               # trials other processes still run show as RUNNING in the table
     print(table(study))
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:

@@ -54,9 +54,9 @@ def _point(t):
     return t.params['l_r'], t.params['dim_latent']
 
 
-def _cmd(tmp_path, name, base, *flags, space=GRID):
+def _cmd(tmp_path, name, base, *flags, space=GRID, heartbeat=10):
     return [sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', _space(tmp_path, space), '--study', name,
-            '--heartbeat', '1', *flags, '--', *base]
+            '--heartbeat', str(heartbeat), *flags, '--', *base]
 
 
 def test_grid_of_four_finishes_with_four_distinct_trials_and_writes_the_config(tmp_path, base, monkeypatch, capsys):
@@ -110,9 +110,16 @@ def test_flag_both_in_space_and_command_line(tmp_path, capsys):
 
 
 def _two_workers(tmp_path, name, base, *flags):
+    # --heartbeat 10: a trial is stale after 30 s of silence, so a loaded machine does not retry a live one
     procs = [subprocess.Popen(_cmd(tmp_path, name, base, *flags), cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert [p.returncode for p in procs] == [0, 0], outs
     return outs
 
@@ -136,7 +143,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, base):
     flags = [x if x != '1' or base[i - 1] != '--num_epoch' else '6' for i, x in enumerate(base)]
     flags += ['--dim_latent', '8', '--patience', '10']
     space = 'l_r: [0.01, 0.001]\n'
-    proc = subprocess.Popen(_cmd(tmp_path, 'k', flags, space=space), cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(tmp_path, 'k', flags, space=space, heartbeat=1), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:                    # kill during trial 1, after trial 0 finished
         if line.startswith('trial   0'):
@@ -157,7 +164,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, base):
             break
         time.sleep(0.05)
     assert not _processes_mentioning(str(log.parent))
-    done = subprocess.run(_cmd(tmp_path, 'k', flags, space=space), cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run(_cmd(tmp_path, 'k', flags, space=space, heartbeat=1), cwd=tmp_path, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = _load(tmp_path, 'k').get_trials()
