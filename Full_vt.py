@@ -147,6 +147,34 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
 
 
 @torch.no_grad()
+def top_items(z_user, z_item, users, train_indptr, train_items, k, eval_batch=1024, item_block='auto'):
+    """Yield (users, items [n, k], scores [n, k]) for chunks of ``eval_batch`` of ``users``.
+
+    Each row is the user's k best items, best first, with the training items
+    excluded, ranked by the same ``_blocked_top`` (CPU) or ``_plain_top`` as
+    ``rank_metrics``.  A user with fewer than k candidate items has rows of
+    score −∞ at the end (training items or padding): drop them.
+    """
+    num_item, device = z_item.shape[0], z_user.device
+    if item_block == 'auto':
+        item_block = 1024 if device.type == 'cpu' else None
+    width = num_item if item_block is None else _round_up(num_item, _round_up(item_block, GROUP))
+    rows_per_chunk = max(1, min(eval_batch, len(users)))
+    buffer = torch.empty((rows_per_chunk, width), device=device, dtype=z_user.dtype)
+    buffer[:, num_item:] = -torch.inf
+    group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
+    n_top = min(k, num_item)
+    for start in range(0, len(users), rows_per_chunk):
+        chunk = np.asarray(users[start:start + rows_per_chunk], dtype=np.int64)
+        u = z_user[torch.as_tensor(chunk, device=device)]
+        rows, items = _rows_and_items(chunk, train_indptr, train_items)
+        top = (_plain_top(u, z_item, rows, items, n_top, buffer) if item_block is None
+               else _blocked_top(u, z_item, rows, items, n_top, buffer, group_max, _round_up(item_block, GROUP)))
+        scores = buffer[:len(chunk)].gather(1, top)
+        yield chunk, top.cpu().numpy(), scores.cpu().numpy()
+
+
+@torch.no_grad()
 def rank_metrics_loop(z_user, z_item, index, topk):
     """The plain reference: one user at a time, written straight from the definitions."""
     max_k = max(topk)

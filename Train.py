@@ -1,7 +1,7 @@
 """One training epoch: shuffled mini-batches, one optimiser step each, a tqdm bar.
 
     from Train import train_epoch
-    mean_loss = train_epoch(model, sampler, optimizer, device, epoch)
+    mean_loss, mean_parts = train_epoch(model, sampler, optimizer, device, epoch)
 """
 import math
 
@@ -13,13 +13,13 @@ class Divergence(RuntimeError):
 
 
 def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
-    """Train ``model`` for one pass over ``sampler``; returns the mean loss.
+    """Train ``model`` for one pass over ``sampler``; returns the mean loss and the mean of each loss part.
 
     Raises ``Divergence`` at the first non-finite loss, before the step that
     would spread it into the parameters.
     """
     model.train()
-    total, steps = 0.0, 0
+    total, steps, part_sums = 0.0, 0, {}
     bar = tqdm(sampler.batches(model.needs_negatives), total=len(sampler), desc=f'epoch {epoch}',
                leave=False, disable=not show_bar, dynamic_ncols=True)
     for batch in bar:
@@ -32,5 +32,7 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
         optimizer.step()
         total += value
         steps += 1
+        for k, v in parts.items():
+            part_sums[k] = part_sums.get(k, 0.0) + v
         bar.set_postfix({k: f'{v:.4f}' for k, v in parts.items()})
-    return total / max(steps, 1)
+    return total / max(steps, 1), {k: v / max(steps, 1) for k, v in part_sums.items()}

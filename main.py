@@ -94,11 +94,85 @@ def build_parser():
       help="SLMRec FM/FD+FM views: 'official' (each view's layer 0 from its own mask, its propagated layers "
            "from the other view's, as the official code) or 'clean' (its own mask at every layer; extension)")
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
+    a('--tensorboard', default=None, metavar='DIR',
+      help='write TensorBoard curves to DIR/<run> (losses, validation and test metrics, epoch time, '
+           'hyper-parameters); view with tensorboard --logdir DIR (default off)')
+    a('--export_topk', default=None, metavar='FILE.csv',
+      help="write every user's top K items (K = the largest --topK, training items excluded) from the best "
+           "model (or the loaded one with --num_epoch 0) as CSV user,rank,item,score, in the dataset's source ids "
+           "when it has user_ids.txt/item_ids.txt")
+    a('--config', default=None, metavar='FILE.yaml',
+      help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags on the command line '
+           'override it')
     return p
 
 
+def config_defaults(parser, path):
+    """The flag values of a --config YAML file, checked by the same type functions as the command line."""
+    import difflib
+    import yaml
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as e:
+        raise InputError(f'{path}: cannot read the config file ({e.strerror or e})') from None
+    except yaml.YAMLError as e:
+        raise InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f'{path}: expected a mapping of flag names to values, got {type(values).__name__}')
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    out = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            close = difflib.get_close_matches(str(key), actions, n=1)
+            raise InputError(f'{path}: unknown key {key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        out[key] = _config_value(path, key, action, value)
+    return out
+
+
+def _config_value(path, key, action, value):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise InputError(f'{path}: {key}: expected true or false, got {value!r}')
+        return value
+    if value is None:
+        if action.default is None:
+            return None
+        raise InputError(f'{path}: {key}: a value is required')
+    many = action.nargs in ('+', '*')
+    items = value if many and isinstance(value, list) else [value]
+    if isinstance(value, (list, dict)) and not many:
+        raise InputError(f'{path}: {key}: expected one value, got {value!r}')
+    if many and not items and action.nargs == '+':
+        raise InputError(f'{path}: {key}: expected at least one value')
+    converted = []
+    for item in items:
+        if isinstance(item, (list, dict)):
+            raise InputError(f'{path}: {key}: expected a plain value, got {item!r}')
+        text = str(item)        # YAML reads 1e-3 as a string and 0.001 as a float: both go through the type
+        try:
+            item = action.type(text) if action.type is not None else text
+        except argparse.ArgumentTypeError as e:
+            raise InputError(f'{path}: {key}: {e}') from None
+        except (TypeError, ValueError):
+            raise InputError(f'{path}: {key}: invalid {action.type.__name__} value {text!r}') from None
+        if action.choices is not None and item not in action.choices:
+            raise InputError(f'{path}: {key}: invalid choice {item!r} (choose from {", ".join(map(str, action.choices))})')
+        converted.append(item)
+    return converted if many else converted[0]
+
+
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=None)
+    config = pre.parse_known_args(argv)[0].config
+    if config is not None:
+        parser.set_defaults(**config_defaults(parser, config))
+    args = parser.parse_args(argv)
     for key, value in MODEL_DEFAULTS[args.model_name].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -268,6 +342,7 @@ def seed_everything(seed):
 def run(args):
     from DataLoad import TrainSampler, describe, load_dataset
     from Full_vt import SplitIndex, format_metrics, full_ranking
+    from Board import open_board
     from Train import Divergence, train_epoch
     from tqdm import tqdm
 
@@ -278,6 +353,10 @@ def run(args):
     check_writable(args.save_file, 'results file')
     check_writable(best_path, 'best-model file')
     check_writable(ckpt_path, 'checkpoint')
+    if args.export_topk:
+        check_writable(args.export_topk, 'top-K export')
+    if args.tensorboard:
+        check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
 
     keep_freed_memory()
     if args.num_workers > 0:
@@ -324,17 +403,23 @@ def run(args):
         tqdm.write(f'epoch {epoch:4d}  Test  {format_metrics(metrics["test"])}')
         return metrics
 
+    board = open_board(args.tensorboard, name, state)
     status = 'done'
     if args.num_epoch == 0:
         metrics = evaluate(0)
         state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
+        if board:
+            board.epoch(0, None, {}, metrics, 0.0)
     try:
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
-            loss = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
+            loss, loss_parts = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
             tqdm.write(f'epoch {epoch:4d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)')
             metrics = evaluate(epoch)
+            seconds = time.time() - t0
+            if board:
+                board.epoch(epoch, loss, loss_parts, metrics, seconds)
             recall = metrics['val'][key]['recall']
             if recall > state['best_recall']:
                 state.update(best_epoch=epoch, best_val=metrics['val'], best_test=metrics['test'],
@@ -343,7 +428,8 @@ def run(args):
             else:
                 state['bad_evals'] += 1
             state['epoch'] = epoch
-            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall})
+            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall, 'loss_parts': loss_parts,
+                                     'val': metrics['val'], 'seconds': round(seconds, 3)})
             atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
         if state['bad_evals'] >= args.patience:
@@ -352,16 +438,82 @@ def run(args):
         status = 'diverged'
         print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
 
+    if board:
+        board.close(args, state)
+    if args.export_topk:
+        export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
     summary(state, key, status)
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
               'wall_time_s': round(wall, 2), 'device': str(device),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-              'data': data.summary()}
+              'data': data.summary(), 'history': state['history']}
     with open(args.save_file, 'a') as f:
         f.write(json.dumps(record, default=str) + '\n')
     return EXIT_DIVERGED if status == 'diverged' else 0
+
+
+def read_ids(folder, name, count):
+    """The source ids of a prepared dataset (line n = index n), or None without the file."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        ids = f.read().splitlines()
+    if len(ids) != count:
+        raise InputError(f'{path}: {len(ids)} ids for {count} indices')
+    return ids
+
+
+def export_best_topk(args, model, data, folder, best_path, state, device):
+    """--export_topk: reload the best state dict (when training ran) and write every user's top list."""
+    if args.num_epoch > 0:
+        if state['best_epoch'] is None or not os.path.isfile(best_path):
+            print(f'no best model to export; {args.export_topk} not written', file=sys.stderr)
+            return
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    n = export_topk(model, data, folder, max(args.topK), args.eval_batch, args.export_topk)
+    print(f'top-{max(args.topK)} lists of {n} users written to {args.export_topk}')
+
+
+@torch.no_grad()
+def export_topk(model, data, folder, k, eval_batch, path):
+    """Write CSV user,rank,item,score atomically, ``eval_batch`` users at a time; returns the user count.
+
+    Ids are the dataset's source ids where ``user_ids.txt``/``item_ids.txt``
+    exist, else the 0-based indices (items without the user offset).
+    """
+    from Full_vt import top_items
+    user_ids = read_ids(folder, 'user_ids.txt', data.num_user)
+    item_ids = read_ids(folder, 'item_ids.txt', data.num_item)
+    indptr, items = data.train_csr()
+    was_training = model.training
+    model.eval()
+    folder_out = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder_out, prefix='.' + os.path.basename(path) + '-')
+    try:
+        z_user, z_item = model()
+        with os.fdopen(fd, 'w') as f:
+            f.write('user,rank,item,score\n')
+            for users, top, scores in top_items(z_user, z_item, np.arange(data.num_user), indptr, items, k,
+                                                eval_batch):
+                for user, row, row_scores in zip(users.tolist(), top.tolist(), scores.tolist()):
+                    name = user_ids[user] if user_ids else user
+                    for rank, (item, score) in enumerate(zip(row, row_scores), start=1):
+                        if score == -float('inf'):      # training item or padding: fewer than k candidates
+                            break
+                        f.write(f'{name},{rank},{item_ids[item] if item_ids else item},{score:.7g}\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        model.train(was_training)
+    return data.num_user
 
 
 def summary(state, key, status):
