@@ -55,10 +55,11 @@ def unit_rows(feature, num_item):
     if not isinstance(feature, WordFeature):
         return torch.nn.functional.normalize(as_tensor(feature), dim=1)
     pairs = torch.stack([feature.item_index, feature.word_id])
-    bag = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (num_item, feature.vocab_size)).coalesce()
+    bag = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (num_item, feature.vocab_size),
+                                  check_invariants=True).coalesce()
     rows, values = bag.indices()[0], bag.values()
     norm = torch.zeros(num_item).index_add_(0, rows, values * values).sqrt()
-    return torch.sparse_coo_tensor(bag.indices(), values / norm[rows], bag.shape).coalesce()
+    return torch.sparse_coo_tensor(bag.indices(), values / norm[rows], bag.shape, check_invariants=True).coalesce()
 
 
 def _similarity_block(unit, start, stop):
@@ -96,7 +97,7 @@ def normalized_knn(indices, num_item):
     cols = indices.reshape(-1)
     inv_sqrt = torch.bincount(rows, minlength=num_item).float().pow(-0.5)
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), inv_sqrt[rows] * inv_sqrt[cols],
-                                   (num_item, num_item)).coalesce()
+                                   (num_item, num_item), check_invariants=True).coalesce()
 
 
 def modality_weights(num_modalities, image_weight):
@@ -113,7 +114,7 @@ def item_graph(features, num_item, k, image_weight=0.1, cache_dir=None):
     parts = [w * normalized_knn(cached_knn(m, f, num_item, k, cache_dir), num_item)
              for w, (m, f) in zip(weights, features.items())]
     graph = torch.sparse_coo_tensor(torch.cat([p.indices() for p in parts], dim=1),
-                                    torch.cat([p.values() for p in parts]), (num_item, num_item))
+                                    torch.cat([p.values() for p in parts]), (num_item, num_item), check_invariants=True)
     with _quiet_csr():
         return graph.coalesce().to_sparse_csr()
 
