@@ -72,7 +72,8 @@ def build_parser():
       help='CPU threads for torch and for evaluation\'s chunks, capped at the core count '
            '(sampling is vectorised, no worker processes)')
     a('--dim_latent', type=int, default=64, help='embedding size d')
-    a('--num_layer', type=int, default=None, help='graph layers L (per model)')
+    a('--num_layer', type=int, default=None,
+      help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR)')
     a('--aggr_mode', default='mean', choices=('mean', 'max', 'add'), help='MMGCN neighbour aggregation')
     a('--concat', type=str2bool, default=False, help='MMGCN: g_l on [h ‖ x̂] (True) or g_l(h) + x̂ (False)')
     a('--has_id', type=str2bool, default=True, help='MMGCN: add the trainable ID embedding')

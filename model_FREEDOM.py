@@ -110,9 +110,13 @@ def modality_weights(num_modalities, image_weight):
 def item_graph(features, num_item, k, image_weight=0.1, cache_dir=None):
     """``S`` (see the module docstring) as sparse CSR [I, I], from each modality's kNN graph
     (read from / written to ``cache_dir`` when building it is slow, see ``cached_knn``)."""
-    weights = modality_weights(len(features), image_weight)
-    parts = [w * normalized_knn(cached_knn(m, f, num_item, k, cache_dir), num_item)
-             for w, (m, f) in zip(weights, features.items())]
+    return combine_knn([cached_knn(m, f, num_item, k, cache_dir) for m, f in features.items()], num_item,
+                       image_weight)
+
+
+def combine_knn(indices, num_item, image_weight=0.1):
+    """``S = Σ_m w_m Ŝ_m`` as CSR from each modality's ``knn_indices`` (in modality order)."""
+    parts = [w * normalized_knn(ids, num_item) for w, ids in zip(modality_weights(len(indices), image_weight), indices)]
     graph = torch.sparse_coo_tensor(torch.cat([p.indices() for p in parts], dim=1),
                                     torch.cat([p.values() for p in parts]), (num_item, num_item), check_invariants=True)
     with _quiet_csr():
