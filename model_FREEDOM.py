@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, item_feature_modules, normalized_adjacency, \
-    propagate_layers, take_rows
+    propagate_layers, spmm, take_rows
 from model_LightGCN import bpr_loss
 
 SIMILARITY_FLOATS = 2 ** 24     # one block of the similarity matrix: 64 MB of float32, whatever the item count
@@ -63,14 +63,16 @@ def unit_rows(feature, num_item):
 
 
 def _similarity_block(unit, start, stop):
-    """Cosine similarities of items ``start..stop`` with every item, [stop - start, I]."""
-    if not unit.is_sparse:
+    """Cosine similarities of items ``start..stop`` with every item, [stop - start, I]; a sparse
+    ``unit`` is CSR here (its block of rows dense, then one sparse product)."""
+    if unit.layout == torch.strided:
         return unit[start:stop] @ unit.t()
-    rows, cols = unit.indices()
-    lo, hi = torch.searchsorted(rows, torch.tensor([start, stop])).tolist()
+    crow, col, val = unit.crow_indices(), unit.col_indices(), unit.values()
+    lo, hi = int(crow[start]), int(crow[stop])
+    row_of = torch.repeat_interleave(torch.arange(stop - start), crow[start + 1:stop + 1] - crow[start:stop])
     block = torch.zeros(stop - start, unit.shape[1])
-    block[rows[lo:hi] - start, cols[lo:hi]] = unit.values()[lo:hi]
-    return torch.sparse.mm(unit, block.t().contiguous()).t()
+    block[row_of, col[lo:hi]] = val[lo:hi]
+    return spmm(unit, block.t().contiguous()).t().contiguous()
 
 
 def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
@@ -80,6 +82,9 @@ def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
     whole (peak: one block plus the unit rows; measured in bench/RESULTS.md).
     """
     unit = unit_rows(feature, num_item)
+    if unit.is_sparse:
+        with _quiet_csr():
+            unit = unit.to_sparse_csr()
     out = torch.empty(num_item, k, dtype=torch.long)
     step = max(1, block_floats // num_item)
     for start in range(0, num_item, step):
