@@ -132,6 +132,10 @@ def test_per_model_defaults():
     assert main.parse_args(['--concat=True']).concat is True
 
 
+def _checkpoint_epoch(path):
+    return torch.load(path, weights_only=True)['state']['epoch'] if path.exists() else 0
+
+
 def kill_then_resume(tmp_path, flags, num_epoch=8, kill_after=3):
     """Run main.py to the end, and again killed (SIGKILL) during epoch ``kill_after + 1`` then resumed;
     returns both result records (the caller compares them)."""
@@ -145,7 +149,10 @@ def kill_then_resume(tmp_path, flags, num_epoch=8, kill_after=3):
     proc = subprocess.Popen(cmd('killed'), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
     for line in proc.stdout:                       # kill during the next epoch, after this one's checkpoint
         if line.startswith(f'epoch {kill_after:4d}  Test'):
-            time.sleep(0.05)
+            # The checkpoint follows the Test line: wait for it (written atomically, so always whole).
+            deadline = time.time() + 60
+            while time.time() < deadline and not _checkpoint_epoch(tmp_path / 'killed.last.pt') >= kill_after:
+                time.sleep(0.005)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
