@@ -15,10 +15,14 @@ class Divergence(RuntimeError):
 def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
     """Train ``model`` for one pass over ``sampler``; returns the mean loss and the mean of each loss part.
 
+    A model with an ``on_epoch_start()`` method has it called first, before any batch is drawn.
+
     Raises ``Divergence`` at the first non-finite loss, before the step that
     would spread it into the parameters.
     """
     model.train()
+    if hasattr(model, 'on_epoch_start'):    # per-epoch state drawn from the seeded RNG (FREEDOM's pruned graph)
+        model.on_epoch_start()
     total, steps, part_sums = 0.0, 0, {}
     bar = tqdm(sampler.batches(model.needs_negatives), total=len(sampler), desc=f'epoch {epoch}',
                leave=False, disable=not show_bar, dynamic_ncols=True)

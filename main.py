@@ -1,4 +1,4 @@
-"""Train and evaluate SLMRec or MMGCN on a dataset in the MMGCN layout.
+"""Train and evaluate SLMRec, MMGCN or a baseline (LightGCN, VBPR, FREEDOM) on a dataset in the MMGCN layout.
 
     python main.py                                   # SLMRec with its defaults on MovieLens-100K
     python main.py --model_name='MMGCN' --l_r=0.0005 --weight_decay=0.1 --batch_size=1024 \\
@@ -21,15 +21,20 @@ import numpy as np
 import torch
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
-MODELS = ('SLMRec', 'MMGCN')
+MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
+BASELINES = ('LightGCN', 'VBPR', 'FREEDOM')   # SPEC 6, built by build_baseline
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 # Published defaults per model, used for every flag left out (SPEC 3.4, 5).
 MODEL_DEFAULTS = {
     # SLMRec's epoch budget keeps the default run (ML-100K) within 5 minutes on 2 CPU cores
     # (best validation epochs 21-25 in the README's table; 34 of 40 in the CPU default run).
-    'SLMRec': dict(l_r=0.01, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=40),
+    'SLMRec': dict(l_r=0.01, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=40, dropout_rate=0.3),
     'MMGCN': dict(l_r=0.0005, weight_decay=0.1, batch_size=1024, num_layer=2, num_epoch=1000),
+    # The baselines (SPEC 6): weight_decay is their loss coefficient λ; VBPR has no graph (num_layer unused).
+    'LightGCN': dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=1000),
+    'VBPR': dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=1, num_epoch=1000),
+    'FREEDOM': dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=2, num_epoch=1000, dropout_rate=0.8),
 }
 AUTO_PREPARED = ('ml100k', 'ml1m')
 
@@ -53,18 +58,21 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
-    a('--model_name', default='SLMRec', choices=MODELS, help='model to train (default SLMRec)')
+    a('--model_name', default='SLMRec', choices=MODELS,
+      help='model to train (default SLMRec); LightGCN, VBPR and FREEDOM are the BPR baselines of SPEC 6')
     a('--data_path', default='ml100k', help='dataset folder under Data/ or a path (default ml100k, '
                                             'prepared on first use like ml1m)')
     a('--l_r', type=float, default=None, help='Adam learning rate (per model)')
     a('--weight_decay', type=float, default=None,
-      help='SLMRec: Adam weight decay; MMGCN: the BPR regulariser coefficient λ (per model)')
+      help='SLMRec: Adam weight decay; MMGCN, LightGCN, VBPR, FREEDOM: the loss coefficient λ '
+           '(FREEDOM: of its modality BPR terms), Adam then runs without decay (per model)')
     a('--batch_size', type=int, default=None, help='training pairs per step (per model)')
     a('--num_epoch', type=int, default=None, help='maximum epochs; 0 only evaluates (per model)')
     a('--num_workers', type=int, default=0,
       help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes)')
     a('--dim_latent', type=int, default=64, help='embedding size d')
-    a('--num_layer', type=int, default=None, help='graph layers L (per model)')
+    a('--num_layer', type=int, default=None,
+      help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR)')
     a('--aggr_mode', default='mean', choices=('mean', 'max', 'add'), help='MMGCN neighbour aggregation')
     a('--concat', type=str2bool, default=False, help='MMGCN: g_l on [h ‖ x̂] (True) or g_l(h) + x̂ (False)')
     a('--has_id', type=str2bool, default=True, help='MMGCN: add the trainable ID embedding')
@@ -87,7 +95,11 @@ def build_parser():
     a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
     a('--ssl_temp', type=float, default=0.2, help='SLMRec: temperature of the SSL losses')
     a('--temp', type=float, default=0.2, help='SLMRec: temperature of the main InfoNCE')
-    a('--dropout_rate', type=float, default=0.3, help='SLMRec: FD dropout')
+    a('--dropout_rate', type=float, default=None,
+      help='SLMRec: FD dropout (0.3); FREEDOM: share ρ of training edges pruned each epoch (0.8) (per model)')
+    a('--knn_k', type=int, default=10, help="FREEDOM: neighbours per item in each modality's item-item kNN graph")
+    a('--mm_image_weight', type=float, default=0.1,
+      help='FREEDOM: weight of the first modality in the item-item graph (the others share the rest equally)')
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
     a('--fm_views', default='official', choices=('official', 'clean'),
@@ -180,7 +192,9 @@ def parse_args(argv=None):
               (args.num_layer >= 1, '--num_layer must be >= 1'), (args.dim_latent >= 2, '--dim_latent must be >= 2'),
               (all(k > 0 for k in args.topK), '--topK values must be positive'),
               (args.patience > 0, '--patience must be positive'), (args.eval_batch > 0, '--eval_batch must be positive'),
-              (0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
+              (args.dropout_rate is None or 0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
+              (args.knn_k >= 1, '--knn_k must be >= 1'),
+              (0 <= args.mm_image_weight <= 1, '--mm_image_weight must be in [0, 1]'),
               (args.temp > 0 and args.ssl_temp > 0, '--temp and --ssl_temp must be positive'),
               (args.has_id or args.model_name == 'MMGCN', '--has_id False applies to MMGCN only')]
     for ok, message in checks:
@@ -219,6 +233,8 @@ def build_model(args, data):
     from BaseModel import bipartite_edges, csr_adjacency, normalized_adjacency
     from model_MMGCN import MMGCN
     from model_SSL import SLMRec
+    if args.model_name in BASELINES:
+        return build_baseline(args, data)
     n = data.num_user + data.num_item
     if args.model_name == 'MMGCN':
         if not data.features:
@@ -236,6 +252,26 @@ def build_model(args, data):
                       args.dropout_rate, args.backbone, args.aggr_mode, args.concat, args.fm_views)
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def build_baseline(args, data):
+    """LightGCN, VBPR or FREEDOM (SPEC 6) for ``data``; VBPR and FREEDOM need a modality."""
+    from BaseModel import normalized_adjacency
+    if args.model_name != 'LightGCN' and not data.features:
+        raise InputError(f'{args.model_name} needs at least one modality (see --modalities)')
+    if args.model_name == 'VBPR':
+        from model_VBPR import VBPR
+        return VBPR(data.num_user, data.num_item, data.features, args.dim_latent, reg_weight=args.weight_decay)
+    adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    if args.model_name == 'LightGCN':
+        from model_LightGCN import LightGCN
+        return LightGCN(data.num_user, data.num_item, adj, args.dim_latent, args.num_layer, reg_weight=args.weight_decay)
+    from model_FREEDOM import FREEDOM, item_graph
+    if args.knn_k > data.num_item:
+        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
+    return FREEDOM(data.num_user, data.num_item, data.features, data.train, adj, graph, args.dim_latent,
+                   args.num_layer, args.dropout_rate, reg_weight=args.weight_decay)
 
 
 def check_writable(path, what):
@@ -379,7 +415,7 @@ def run(args):
             raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
     model.to(device)
     # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
-    adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2: MMGCN's is λ
+    adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2, 6: the others' is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
     indptr, items = data.train_csr()

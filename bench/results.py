@@ -49,9 +49,14 @@ ROWS = {
     'none': ('SLMRec, no SSL task', ['--model_name', 'SLMRec', '--ssl_task', 'none']),
     'MMGCN': ('MMGCN', ['--model_name', 'MMGCN', '--aggr_mode', 'mean', '--concat', 'False']),
     'ID': ('ID only (LightGCN-style)', ['--model_name', 'SLMRec', '--ssl_task', 'none', '--modalities', 'none']),
+    'LightGCN': ('LightGCN (BPR)', ['--model_name', 'LightGCN']),
+    'VBPR': ('VBPR', ['--model_name', 'VBPR']),
+    'FREEDOM': ('FREEDOM', ['--model_name', 'FREEDOM']),
 }
-# The grid, per model: learning rates around the published defaults (SLMRec 0.01, MMGCN 0.0005).
-GRID = {'SLMRec': {'l_r': [0.01, 0.001]}, 'MMGCN': {'l_r': [0.001, 0.0005]}}
+# The grid, per model: learning rates around the published defaults (SLMRec 0.01, MMGCN 0.0005,
+# the baselines 0.001; 0.01 is the rate RecBole's LightGCN chose on this split).
+GRID = {'SLMRec': {'l_r': [0.01, 0.001]}, 'MMGCN': {'l_r': [0.001, 0.0005]},
+        'LightGCN': {'l_r': [0.01, 0.001]}, 'VBPR': {'l_r': [0.01, 0.001]}, 'FREEDOM': {'l_r': [0.01, 0.001]}}
 KS = (10, 20)
 METRICS = (('precision', 'P'), ('recall', 'R'), ('ndcg', 'N'))
 

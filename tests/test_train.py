@@ -132,10 +132,14 @@ def test_per_model_defaults():
     assert main.parse_args(['--concat=True']).concat is True
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_plain, tmp_path):
-    flags = ['--data_path', tiny_plain, '--ssl_task', 'FD', '--batch_size', '32', '--num_epoch', '8',
-             '--dim_latent', '16', '--no-progress', '--patience', '50']
+def _checkpoint_epoch(path):
+    return torch.load(path, weights_only=True)['state']['epoch'] if path.exists() else 0
+
+
+def kill_then_resume(tmp_path, flags, num_epoch=8, kill_after=3):
+    """Run main.py to the end, and again killed (SIGKILL) during epoch ``kill_after + 1`` then resumed;
+    returns both result records (the caller compares them)."""
+    flags = [*flags, '--num_epoch', str(num_epoch), '--no-progress', '--patience', '50']
 
     def cmd(tag, *extra):
         return [sys.executable, '-u', os.path.join(ROOT, 'main.py'), *flags, '--save_file', str(tmp_path / f'{tag}.jsonl'),
@@ -143,9 +147,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_plain, tmp_pat
                 *extra]
     subprocess.run(cmd('full'), check=True, capture_output=True, cwd=tmp_path)
     proc = subprocess.Popen(cmd('killed'), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    for line in proc.stdout:                       # kill during epoch 4, after epoch 3's checkpoint
-        if line.startswith('epoch    3  Test'):
-            time.sleep(0.05)
+    for line in proc.stdout:                       # kill during the next epoch, after this one's checkpoint
+        if line.startswith(f'epoch {kill_after:4d}  Test'):
+            # The checkpoint follows the Test line: wait for it (written atomically, so always whole).
+            deadline = time.time() + 60
+            while time.time() < deadline and not _checkpoint_epoch(tmp_path / 'killed.last.pt') >= kill_after:
+                time.sleep(0.005)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
@@ -153,9 +160,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_plain, tmp_pat
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / 'killed.jsonl').exists()
     ckpt = torch.load(tmp_path / 'killed.last.pt', weights_only=True)
-    assert 3 <= ckpt['state']['epoch'] < 8
+    assert kill_after <= ckpt['state']['epoch'] < num_epoch
     done = subprocess.run(cmd('killed', '--resume'), capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and 'resumed from' in done.stdout
-    full = json.loads((tmp_path / 'full.jsonl').read_text())
-    resumed = json.loads((tmp_path / 'killed.jsonl').read_text())
+    return json.loads((tmp_path / 'full.jsonl').read_text()), json.loads((tmp_path / 'killed.jsonl').read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_plain, tmp_path):
+    full, resumed = kill_then_resume(tmp_path, ['--data_path', tiny_plain, '--ssl_task', 'FD', '--batch_size', '32',
+                                                '--dim_latent', '16'])
     assert (resumed['best_epoch'], resumed['val'], resumed['test']) == (full['best_epoch'], full['val'], full['test'])

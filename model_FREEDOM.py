@@ -1,0 +1,288 @@
+"""FREEDOM (Zhou & Shen, ACM MM 2023, "A Tale of Two Graphs"): a frozen item-item graph from the
+content, and a user-item graph pruned afresh every epoch (SPEC 6).
+
+Item-item graph, built once per dataset.  Per modality m, ``S_m[i, j] = 1`` for the ``k`` items j
+most cosine-similar to i (``--knn_k``, itself included), normalised as the authors' code does,
+``Ŝ_m = D^-1/2 S_m D^-1/2`` with ``D`` the row sums (each ``k``); then
+
+    S = Ŝ_1                                   (one modality)
+    S = w Ŝ_1 + (1 - w)/(M - 1) Σ_{m≥2} Ŝ_m    (M ≥ 2; w = --mm_image_weight, 0.1)
+
+A word-id modality (Tiktok) enters the graph as the mean of its words' one-hot vectors (the bag of
+words; cosine does not see the scale), which is fixed; its trainable feature (SPEC 1.2) serves the
+modality loss below.
+
+Degree-sensitive pruning, redrawn by ``on_epoch_start`` from torch's seeded RNG: keep
+``⌊(1 - ρ) E⌋`` of the E training edges (``--dropout_rate`` ρ, 0.8), drawn without replacement
+with probability ∝ ``1/√(deg_u deg_i)`` (full-graph degrees), and renormalise the kept graph
+``Â_p = D^-1/2 A_p D^-1/2`` (SPEC 3.1).  Evaluation uses the full ``Â``.
+
+Encoder and loss, for a batch of (user, positive, sampled negative) triples:
+
+    h = S^{L_mm} E_i                       (L_mm = 1)
+    [z_u ; z'_i] = mean_{k=0..L} Â_p^k [E_u ; E_i]          (L = --num_layer, 2)
+    z_i = z'_i + h,   s(u, i) = z_u · z_i
+    L = BPR(z_u, z_i) + λ Σ_m BPR(z_u, T_m F_m)
+
+with ``BPR(a, b) = -mean log σ(a_u·b_{i⁺} - a_u·b_{i⁻})``, ``T_m = Linear(dim F_m → d)`` and the
+feature tables ``F_m`` themselves trainable (from the raw features, as the authors' code).
+"""
+import hashlib
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, item_feature_modules, normalized_adjacency, \
+    propagate_layers, spmm, take_rows
+from model_LightGCN import bpr_loss
+
+SIMILARITY_FLOATS = 2 ** 24     # one block of the similarity matrix: 64 MB of float32, whatever the item count
+CACHE_AFTER_S = 2.0             # a kNN graph that took longer than this to build is cached beside the dataset
+CACHE_FORMAT = 1
+
+
+# ---------------------------------------------------------------------- the item-item graph
+
+def unit_rows(feature, num_item):
+    """The rows of a modality as unit vectors: a dense tensor, or for a ``WordFeature`` the sparse
+    (COO, coalesced) bag of words [I, vocab]; an all-zero row stays zero."""
+    from DataLoad import WordFeature
+    if not isinstance(feature, WordFeature):
+        return torch.nn.functional.normalize(as_tensor(feature), dim=1)
+    pairs = torch.stack([feature.item_index, feature.word_id])
+    bag = torch.sparse_coo_tensor(pairs, torch.ones(pairs.shape[1]), (num_item, feature.vocab_size),
+                                  check_invariants=True).coalesce()
+    rows, values = bag.indices()[0], bag.values()
+    norm = torch.zeros(num_item).index_add_(0, rows, values * values).sqrt()
+    return torch.sparse_coo_tensor(bag.indices(), values / norm[rows], bag.shape, check_invariants=True).coalesce()
+
+
+def _similarity_block(unit, start, stop):
+    """Cosine similarities of items ``start..stop`` with every item, [stop - start, I]; a sparse
+    ``unit`` is CSR here (its block of rows dense, then one sparse product)."""
+    if unit.layout == torch.strided:
+        return unit[start:stop] @ unit.t()
+    crow, col, val = unit.crow_indices(), unit.col_indices(), unit.values()
+    lo, hi = int(crow[start]), int(crow[stop])
+    row_of = torch.repeat_interleave(torch.arange(stop - start), crow[start + 1:stop + 1] - crow[start:stop])
+    block = torch.zeros(stop - start, unit.shape[1])
+    block[row_of, col[lo:hi]] = val[lo:hi]
+    return spmm(unit, block.t().contiguous()).t().contiguous()
+
+
+def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
+    """[I, k] ids of each item's ``k`` most cosine-similar items, itself first.
+
+    Computed in blocks of ``block_floats / I`` items, so the similarity matrix is never held
+    whole (peak: one block plus the unit rows; measured in bench/RESULTS.md).
+    """
+    unit = unit_rows(feature, num_item)
+    if unit.is_sparse:
+        with _quiet_csr():
+            unit = unit.to_sparse_csr()
+    out = torch.empty(num_item, k, dtype=torch.long)
+    step = max(1, block_floats // num_item)
+    for start in range(0, num_item, step):
+        stop = min(start + step, num_item)
+        sim = _similarity_block(unit, start, stop)
+        sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
+        out[start:stop] = sim.topk(k, dim=1).indices
+    return out
+
+
+def normalized_knn(indices, num_item):
+    """``Ŝ = D^-1/2 S D^-1/2`` of the binary kNN graph ``S[i, indices[i]] = 1`` as COO, ``D`` its
+    row sums (the authors' normalisation; every row has ``k`` entries)."""
+    rows = torch.arange(num_item).repeat_interleave(indices.shape[1])
+    cols = indices.reshape(-1)
+    inv_sqrt = torch.bincount(rows, minlength=num_item).float().pow(-0.5)
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), inv_sqrt[rows] * inv_sqrt[cols],
+                                   (num_item, num_item), check_invariants=True).coalesce()
+
+
+def modality_weights(num_modalities, image_weight):
+    """``w`` on the first modality, ``(1 - w)/(M - 1)`` on each other one; 1 for a single modality."""
+    if num_modalities == 1:
+        return [1.0]
+    return [image_weight] + [(1.0 - image_weight) / (num_modalities - 1)] * (num_modalities - 1)
+
+
+def item_graph(features, num_item, k, image_weight=0.1, cache_dir=None):
+    """``S`` (see the module docstring) as sparse CSR [I, I], from each modality's kNN graph
+    (read from / written to ``cache_dir`` when building it is slow, see ``cached_knn``)."""
+    return combine_knn([cached_knn(m, f, num_item, k, cache_dir) for m, f in features.items()], num_item,
+                       image_weight)
+
+
+def combine_knn(indices, num_item, image_weight=0.1):
+    """``S = Σ_m w_m Ŝ_m`` as CSR from each modality's ``knn_indices`` (in modality order)."""
+    parts = [w * normalized_knn(ids, num_item) for w, ids in zip(modality_weights(len(indices), image_weight), indices)]
+    graph = torch.sparse_coo_tensor(torch.cat([p.indices() for p in parts], dim=1),
+                                    torch.cat([p.values() for p in parts]), (num_item, num_item), check_invariants=True)
+    with _quiet_csr():
+        return graph.coalesce().to_sparse_csr()
+
+
+def feature_digest(feature, k):
+    """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from."""
+    from DataLoad import WordFeature
+    h = hashlib.sha256(f'format {CACHE_FORMAT} k {k} '.encode())
+    if isinstance(feature, WordFeature):
+        h.update(f'words {feature.vocab_size} '.encode())
+        for t in (feature.item_index, feature.word_id):
+            h.update(np.ascontiguousarray(t.numpy(), dtype=np.int64).tobytes())
+    else:
+        arr = np.ascontiguousarray(feature, dtype=np.float32)
+        h.update(f'dense {arr.shape} '.encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def cached_knn(name, feature, num_item, k, cache_dir):
+    """``knn_indices`` of one modality, from ``<cache_dir>/freedom_knn_<name>_k<k>.pt`` when that file
+    was built from the same content (digest, shape and range checked), else built; a build slower
+    than ``CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
+    path = None if cache_dir is None else os.path.join(cache_dir, f'freedom_knn_{name}_k{k}.pt')
+    digest = feature_digest(feature, k) if path else None
+    if path and os.path.isfile(path):
+        try:
+            saved = torch.load(path, map_location='cpu', weights_only=True)
+            indices = saved['indices']
+            if (saved['digest'] == digest and indices.dtype == torch.long and tuple(indices.shape) == (num_item, k)
+                    and int(indices.min()) >= 0 and int(indices.max()) < num_item):
+                return indices
+        except Exception:   # unreadable or of another layout: rebuilt below, like a stale one
+            pass
+        print(f'note: {path} does not match this dataset; rebuilding it', file=sys.stderr)
+    started = time.time()
+    indices = knn_indices(feature, num_item, k)
+    if path and time.time() - started > CACHE_AFTER_S:
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f'.freedom_knn_{name}-')
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                torch.save({'digest': digest, 'indices': indices}, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            print(f'note: {path}: kNN graph not cached ({e.strerror or e})', file=sys.stderr)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return indices
+
+
+# ---------------------------------------------------------------------- degree-sensitive pruning
+
+def prune_weights(users, items, num_user, num_item):
+    """``1/√(deg_u deg_i)`` of every training edge (full-graph degrees)."""
+    deg_u = torch.bincount(users, minlength=num_user).float()
+    deg_i = torch.bincount(items, minlength=num_item).float()
+    return (deg_u[users] * deg_i[items]).rsqrt()
+
+
+def pruned_adjacency(users, items, weights, dropout, num_user, num_item):
+    """``Â_p``: ``⌊(1 - ρ) E⌋`` edges drawn without replacement ∝ ``weights`` (torch's RNG),
+    renormalised by their own degrees."""
+    keep = torch.multinomial(weights, max(1, int(len(weights) * (1.0 - dropout))), replacement=False)
+    return normalized_adjacency(torch.stack([users[keep], items[keep]], dim=1), num_user, num_item)
+
+
+# ---------------------------------------------------------------------- the model
+
+class FREEDOM(nn.Module):
+    """FREEDOM over a fixed user-item graph and item-item graph.
+
+    Args:
+        num_user, num_item: sizes.
+        features: modality -> float array [num_item, f] or ``DataLoad.WordFeature`` (at least one).
+        train: [E, 2] training (user, item) pairs, the edges that are pruned.
+        adj: ``Â`` of the full training graph, sparse CSR (evaluation).
+        item_adj: ``S``, the item-item graph (``item_graph``), sparse CSR [I, I].
+        dim_latent: ``d`` (64).
+        num_layer: ``L`` (2), user-item layers.
+        dropout: ``ρ``, the share of edges pruned each epoch (0.8); 0 keeps the full graph.
+        reg_weight: ``λ`` of the modality BPR terms (``--weight_decay``, 1e-4).
+        num_item_layer: ``L_mm`` (1), item-item layers.
+    """
+
+    needs_negatives = True
+
+    def __init__(self, num_user, num_item, features, train, adj, item_adj, dim_latent=64, num_layer=2,
+                 dropout=0.8, reg_weight=1e-4, num_item_layer=1):
+        super().__init__()
+        if not features:
+            raise ValueError('FREEDOM needs at least one modality')
+        self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
+        self.dropout, self.reg_weight = dropout, reg_weight
+        self.modalities = list(features)
+        self.register_buffer('adj', adj, persistent=False)
+        self.register_buffer('item_adj', item_adj, persistent=False)
+        with _quiet_csr():
+            self.register_buffer('item_adj_t', item_adj.to_sparse_coo().t().coalesce().to_sparse_csr(),
+                                 persistent=False)
+        users = torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long)
+        items = torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long)
+        self.register_buffer('edge_users', users, persistent=False)
+        self.register_buffer('edge_items', items, persistent=False)
+        self.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)
+        self.train_adj = None       # Â_p of the current epoch, drawn by on_epoch_start
+
+        self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
+        self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))
+        nn.init.xavier_uniform_(self.embedding_user)
+        nn.init.xavier_uniform_(self.embedding_item)
+        self.word_means, dense = item_feature_modules(features, num_item)
+        self.feature_tables = nn.ParameterDict({m: nn.Parameter(f.clone()) for m, f in dense.items()})
+        self.transforms = nn.ModuleDict()
+        for m in self.modalities:
+            width = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
+            self.transforms[m] = nn.Linear(width, dim_latent)
+
+    def on_epoch_start(self):
+        """Draw this epoch's pruned graph ``Â_p`` (called by ``Train.train_epoch``)."""
+        if self.dropout > 0:
+            self.train_adj = pruned_adjacency(self.edge_users, self.edge_items, self.edge_weights, self.dropout,
+                                              self.num_user, self.num_item)
+        else:
+            self.train_adj = self.adj
+
+    def item_item(self):
+        """``h = S^{L_mm} E_i`` [I, d]."""
+        h = self.embedding_item
+        for _ in range(self.num_item_layer):
+            h = _RowMeanProduct.apply(h, self.item_adj, self.item_adj_t)
+        return h
+
+    def forward(self):
+        """``(z_user [U, d], z_item [I, d])`` over the full user-item graph (evaluation)."""
+        z = propagate_layers(self.adj, torch.cat([self.embedding_user, self.embedding_item]), self.num_layer)
+        return z[:self.num_user], z[self.num_user:] + self.item_item()
+
+    def modality_items(self, m, items):
+        """``T_m F_m`` at the rows ``items``."""
+        table = self.word_means[m]() if m in self.word_means else self.feature_tables[m]
+        return self.transforms[m](take_rows(table, items))
+
+    def loss(self, users, pos, neg):
+        """``BPR(z_u, z_i) + λ Σ_m BPR(z_u, T_m F_m)`` on this epoch's pruned graph; the loss and its parts."""
+        if self.train_adj is None:
+            raise RuntimeError('FREEDOM.loss before on_epoch_start: no pruned graph drawn yet')
+        items = torch.cat([pos, neg])
+        nodes = torch.cat([users, items + self.num_user])
+        x0 = torch.cat([self.embedding_user, self.embedding_item])
+        z = propagate_layers(self.train_adj, x0, self.num_layer, rows=nodes)
+        z_user, z_items = z[:len(users)], z[len(users):] + take_rows(self.item_item(), items)
+        z_pos, z_neg = z_items.split(len(pos))
+        bpr = bpr_loss(z_user, z_pos, z_neg)
+        parts = {'bpr': bpr.item()}
+        modality = 0.0
+        for m in self.modalities:
+            t_pos, t_neg = self.modality_items(m, items).split(len(pos))
+            term = bpr_loss(z_user, t_pos, t_neg)
+            parts[f'bpr_{m}'] = term.item()
+            modality = modality + term
+        return bpr + self.reg_weight * modality, parts

@@ -1,0 +1,61 @@
+"""LightGCN (He et al., SIGIR 2020) trained with BPR: the ID-only graph baseline (SPEC 6).
+
+With ``E⁰ = [E_u ; E_i]`` (normal, std 0.1) and ``Â = D^-1/2 A D^-1/2`` (SPEC 3.1):
+
+    E^{k+1} = Â E^k,   [z_u ; z_i] = mean(E⁰, ..., E^L),   s(u, i) = z_u · z_i
+
+Loss over a batch of B triples (user, positive, sampled negative):
+
+    BPR = -mean log σ(s(u, i⁺) - s(u, i⁻))
+    reg = ½ (‖E⁰_u‖² + ‖E⁰_{i⁺}‖² + ‖E⁰_{i⁻}‖²) / B        (the layer-0 rows of the batch)
+    L   = BPR + λ · reg
+
+The propagation is ``BaseModel.propagate_layers``, SLMRec's fast path (the
+last layer for the batch's rows alone).
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from BaseModel import propagate_layers, take_rows
+
+INIT_STD = 0.1
+
+
+def bpr_loss(user, pos, neg):
+    """``-mean log σ(u·p - u·n)`` over the rows (SPEC 6), as ``-logsigmoid`` (finite for large gaps)."""
+    return -F.logsigmoid((user * pos).sum(1) - (user * neg).sum(1)).mean()
+
+
+class LightGCN(nn.Module):
+    """LightGCN over a fixed user-item graph.
+
+    Args:
+        num_user, num_item: sizes.
+        adj: ``Â``, the normalised bipartite adjacency as sparse CSR [(U+I), (U+I)].
+        dim_latent: ``d`` (64).
+        num_layer: ``L`` (3).
+        reg_weight: ``λ`` (``--weight_decay``, 1e-4): the loss coefficient, not an Adam decay.
+    """
+
+    needs_negatives = True
+
+    def __init__(self, num_user, num_item, adj, dim_latent=64, num_layer=3, reg_weight=1e-4):
+        super().__init__()
+        self.num_user, self.num_item, self.num_layer, self.reg_weight = num_user, num_item, num_layer, reg_weight
+        self.register_buffer('adj', adj, persistent=False)
+        self.embedding = nn.Parameter(torch.empty(num_user + num_item, dim_latent))
+        nn.init.normal_(self.embedding, std=INIT_STD)
+
+    def forward(self):
+        """``(z_user [U, d], z_item [I, d])``, the layer means over the whole graph."""
+        z = propagate_layers(self.adj, self.embedding, self.num_layer)
+        return z[:self.num_user], z[self.num_user:]
+
+    def loss(self, users, pos, neg):
+        """BPR plus the layer-0 regulariser (SPEC 6); returns the loss and its parts."""
+        nodes = torch.cat([users, pos + self.num_user, neg + self.num_user])
+        z_user, z_pos, z_neg = propagate_layers(self.adj, self.embedding, self.num_layer, rows=nodes).split(len(users))
+        bpr = bpr_loss(z_user, z_pos, z_neg)
+        reg = 0.5 * take_rows(self.embedding, nodes).pow(2).sum() / len(users)
+        return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
