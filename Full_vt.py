@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+import distributed
+
 METRICS = ('precision', 'recall', 'ndcg')
 
 
@@ -129,7 +131,7 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
         item_block = _round_up(item_block, GROUP)
         width = _round_up(num_item, item_block)
     rows_per_chunk = max(1, -(-eval_batch // workers))
-    starts = list(range(0, n_users, rows_per_chunk))
+    starts = distributed.my_chunks(list(range(0, n_users, rows_per_chunk)))     # all of them in one process
     n_top = min(max_k, num_item)
 
     def score(my_starts):
@@ -174,7 +176,7 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
                     done.result()
         finally:        # per thread with OpenMP (this build), process-wide with torch's native pool
             torch.set_num_threads(threads)
-    sums = values.sum(2) / max(n_users, 1)
+    sums = distributed.sum_over_ranks(values).sum(2) / max(n_users, 1)
     return {k: {m: float(sums[i, j]) for j, m in enumerate(METRICS)} for i, k in enumerate(topk)}
 
 
