@@ -122,3 +122,99 @@ def test_ranks_draw_the_random_numbers_of_one_process(steps, name):
     one, rank0, rank1, _ = steps[name]
     assert torch.equal(rank0['rng'], one['rng']) and torch.equal(rank1['rng'], one['rng'])
     assert rank0['steps'][1]['loss'] == pytest.approx(one['steps'][1]['loss'], rel=1e-5)
+
+
+# ---------------------------------------------------------------- whole runs through main.py
+
+RUN_FLAGS = ['--ssl_task', 'FD', '--batch_size', '37', '--num_epoch', '3', '--dim_latent', '16', '--num_layer', '2',
+             '--no-progress', '--dist_timeout', '20']
+
+
+def _files(folder, tag):
+    return ['--save_file', str(folder / f'{tag}.jsonl'), '--checkpoint', str(folder / f'{tag}.last.pt'),
+            '--PATH_weight_save', str(folder / f'{tag}.best.pt')]
+
+
+def _torchrun_main(data, folder, tag, *extra):
+    return TORCHRUN + [os.path.join(ROOT, 'main.py'), '--data_path', data, *RUN_FLAGS, *_files(folder, tag), *extra]
+
+
+def _result(folder, tag):
+    lines = (folder / f'{tag}.jsonl').read_text().splitlines()
+    assert len(lines) == 1          # rank 0 alone appends the results line
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope='module')
+def two_rank_run(data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('run2')
+    job = subprocess.run(_torchrun_main(data, folder, 'full'), env=ENV, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    return folder, job.stdout
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_one_process_run(data, two_rank_run, tmp_path):
+    import main
+    folder, stdout = two_rank_run
+    assert main.main(['--data_path', data, *RUN_FLAGS, *_files(tmp_path, 'one')]) == 0
+    one, two = _result(tmp_path, 'one'), _result(folder, 'full')
+    assert two['processes'] == 2 and one['processes'] == 1
+    assert (two['best_epoch'], two['epochs_run']) == (one['best_epoch'], 3)
+    for split in ('val', 'test'):
+        for k, metrics in one[split].items():
+            assert two[split][k] == pytest.approx(metrics, abs=1e-12), (split, k)
+    losses = [torch.load(f / f'{t}.last.pt', weights_only=True)['state']['history'] for f, t in
+              ((tmp_path, 'one'), (folder, 'full'))]
+    assert [h['loss'] for h in losses[1]] == pytest.approx([h['loss'] for h in losses[0]], rel=1e-5)
+    assert stdout.count('Val ') == 3 + 1           # rank 0 alone prints: three evaluations and the summary
+
+
+def _pid_of_rank(agent, rank):
+    """The worker of torchrun process ``agent`` whose environment says RANK=rank."""
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                env = f.read().split(b'\0')
+        except OSError:
+            continue
+        if parent == agent and f'RANK={rank}'.encode() in env:
+            return int(entry)
+    return None
+
+
+@pytest.mark.slow
+def test_killed_rank_ends_the_job_and_resume_completes_the_run(data, two_rank_run, tmp_path):
+    folder, _ = two_rank_run
+    env = dict(ENV, PYTHONUNBUFFERED='1')
+    job = subprocess.Popen(_torchrun_main(data, tmp_path, 'killed'), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    checkpoint = tmp_path / 'killed.last.pt'
+    try:
+        for line in job.stdout:                 # epoch 1 evaluated: its checkpoint follows, then epoch 2
+            if line.startswith('epoch    1  Test'):
+                break
+        deadline = time.time() + 60
+        while not checkpoint.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        victim = _pid_of_rank(job.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        killed = time.time()
+        output = job.communicate(timeout=60)[0]
+    finally:
+        job.kill()
+    assert job.returncode != 0 and time.time() - killed < 20      # within --dist_timeout
+    assert 'SIGKILL' in output                                      # torchrun names the rank that died
+    assert not (tmp_path / 'killed.jsonl').exists()
+    state = torch.load(checkpoint, weights_only=True)['state']       # intact
+    assert 1 <= state['epoch'] < 3
+    resumed = subprocess.run(_torchrun_main(data, tmp_path, 'killed', '--resume'), env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f'resumed from {checkpoint} after epoch {state["epoch"]}' in resumed.stdout
+    full, done = _result(folder, 'full'), _result(tmp_path, 'killed')
+    assert (done['best_epoch'], done['val'], done['test']) == (full['best_epoch'], full['val'], full['test'])
