@@ -85,6 +85,15 @@ def setup(use_cuda, timeout_s):
     return device
 
 
+def lost_peer(error):
+    """One line for a collective that failed because another rank died or hung (``--dist_timeout``), else None."""
+    if not active() or not (isinstance(error, dist.DistError) or 'gloo' in str(error)):
+        return None
+    lines = str(error).strip().splitlines()
+    return (f'rank {rank()}: another process stopped answering ({lines[-1] if lines else type(error).__name__}); '
+            f'it failed, was killed, or hung for longer than --dist_timeout')
+
+
 def cleanup():
     if active():
         dist.destroy_process_group()

@@ -399,6 +399,12 @@ def main(argv=None):
         if distributed.is_main():               # every rank meets the same bad input
             print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as e:                   # torch.distributed's errors are RuntimeErrors
+        message = distributed.lost_peer(e)
+        if message is None:
+            raise
+        print(f'error: {message}', file=sys.stderr)
+        return 1
     finally:
         distributed.cleanup()
 

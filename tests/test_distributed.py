@@ -127,7 +127,7 @@ def test_ranks_draw_the_random_numbers_of_one_process(steps, name):
 # ---------------------------------------------------------------- whole runs through main.py
 
 RUN_FLAGS = ['--ssl_task', 'FD', '--batch_size', '37', '--num_epoch', '3', '--dim_latent', '16', '--num_layer', '2',
-             '--no-progress', '--dist_timeout', '20']
+             '--no-progress', '--dist_timeout', '20', '--eval_batch', '16']    # chunks of 16 users: the ranks share 7
 
 
 def _files(folder, tag):
@@ -218,3 +218,30 @@ def test_killed_rank_ends_the_job_and_resume_completes_the_run(data, two_rank_ru
     assert f'resumed from {checkpoint} after epoch {state["epoch"]}' in resumed.stdout
     full, done = _result(folder, 'full'), _result(tmp_path, 'killed')
     assert (done['best_epoch'], done['val'], done['test']) == (full['best_epoch'], full['val'], full['test'])
+
+
+@pytest.mark.slow
+def test_hung_rank_fails_the_job_after_the_timeout(data, tmp_path):
+    """Rank 1 stops (SIGSTOP) mid-epoch: rank 0's next collective gives up after --dist_timeout with one line."""
+    command = _torchrun_main(data, tmp_path, 'hung', '--num_epoch', '5', '--dist_timeout', '4')
+    job = subprocess.Popen(command, env=dict(ENV, PYTHONUNBUFFERED='1'), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    victim = None
+    try:
+        for line in job.stdout:
+            if line.startswith('epoch    1  Test'):
+                break
+        time.sleep(0.2)
+        victim = _pid_of_rank(job.pid, 1)
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.time()
+        for line in job.stdout:
+            if line.startswith('error: rank 0: another process stopped answering'):
+                break
+        waited = time.time() - stopped
+        os.kill(victim, signal.SIGCONT)            # let torchrun's SIGTERM end it at once
+        job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert 'hung for longer than --dist_timeout' in line and 3 <= waited < 30     # the collective may have begun before the stop
+    assert job.returncode != 0
