@@ -243,7 +243,10 @@ def set_rng_state(state, sampler_rng):
     sampler_rng.bit_generator.state = state['numpy']
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        if distributed.active():    # every rank's GPU drew what rank 0's, cuda:0, drew
+            torch.cuda.set_rng_state(state['cuda'][0])
+        else:
+            torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def keep_freed_memory():
