@@ -15,7 +15,7 @@ rank steps with the gradient of the one-process loss (to float rounding):
 
 * BPR models (``needs_negatives``: a mean over the batch's pairs plus terms
   that do not depend on the batch) get rows ``lo:hi`` of the global batch,
-  negatives included, and their loss is weighted by ``(hi - lo) / n``
+  negatives included, and their loss is weighted by ``W (hi - lo) / n``
   (``row_share``), which is exact also when the last batch splits unevenly;
 * in-batch models (SLMRec) get the whole global batch: each rank computes its
   forward as one process does (so FD's dropout masks and FM's branch draw,
