@@ -127,7 +127,7 @@ def test_ranks_draw_the_random_numbers_of_one_process(steps, name):
 # ---------------------------------------------------------------- whole runs through main.py
 
 RUN_FLAGS = ['--ssl_task', 'FD', '--batch_size', '37', '--num_epoch', '3', '--dim_latent', '16', '--num_layer', '2',
-             '--no-progress', '--dist_timeout', '20', '--eval_batch', '16']    # chunks of 16 users: the ranks share 7
+             '--no-progress', '--dist_timeout', '120', '--eval_batch', '16']    # chunks of 16 users: the ranks share 7
 
 
 def _files(folder, tag):
@@ -149,7 +149,7 @@ def _result(folder, tag):
 def two_rank_run(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp('run2')
     job = subprocess.run(_torchrun_main(data, folder, 'full'), env=ENV, capture_output=True, text=True, timeout=300)
-    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-3000:]
     return folder, job.stdout
 
 
@@ -207,7 +207,7 @@ def test_killed_rank_ends_the_job_and_resume_completes_the_run(data, two_rank_ru
         output = job.communicate(timeout=60)[0]
     finally:
         job.kill()
-    assert job.returncode != 0 and time.time() - killed < 20      # within --dist_timeout
+    assert job.returncode != 0 and time.time() - killed < 60      # torchrun stops rank 0 at once
     assert 'SIGKILL' in output                                      # torchrun names the rank that died
     assert not (tmp_path / 'killed.jsonl').exists()
     state = torch.load(checkpoint, weights_only=True)['state']       # intact
@@ -223,7 +223,7 @@ def test_killed_rank_ends_the_job_and_resume_completes_the_run(data, two_rank_ru
 @pytest.mark.slow
 def test_hung_rank_fails_the_job_after_the_timeout(data, tmp_path):
     """Rank 1 stops (SIGSTOP) mid-epoch: rank 0's next collective gives up after --dist_timeout with one line."""
-    command = _torchrun_main(data, tmp_path, 'hung', '--num_epoch', '5', '--dist_timeout', '4')
+    command = _torchrun_main(data, tmp_path, 'hung', '--num_epoch', '5', '--dist_timeout', '8')
     job = subprocess.Popen(command, env=dict(ENV, PYTHONUNBUFFERED='1'), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     victim = None
@@ -243,5 +243,6 @@ def test_hung_rank_fails_the_job_after_the_timeout(data, tmp_path):
         job.communicate(timeout=60)
     finally:
         job.kill()
-    assert 'hung for longer than --dist_timeout' in line and 3 <= waited < 30     # the collective may have begun before the stop
+    # The collective may have begun a little before the stop; a loaded machine adds its delays.
+    assert 'hung for longer than --dist_timeout' in line and 6 <= waited < 60
     assert job.returncode != 0
