@@ -385,7 +385,8 @@ def main(argv=None):
     p.add_argument('--epoch_scale', type=float, default=None,
                    help='scale of the data for the epoch timings (default: --scale on CUDA, 0.1 on CPU)')
     p.add_argument('--torchrun', action=argparse.BooleanOptionalAction, default=None,
-                   help='also time main.py epochs in 1 and 2 CPU processes, at --epoch_scale (default: on unless --quick)')
+                   help='also time main.py epochs in 1 and 2 CPU processes, at --epoch_scale '
+                        '(default: on unless --quick)')
     p.add_argument('--only', default=None, help='comma list of slmrec,mmgcn,eval,sampling')
     p.add_argument('--no-cuda', dest='no_cuda', action='store_true')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'), help='folder for the JSON results')
