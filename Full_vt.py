@@ -16,6 +16,8 @@ users and works on chunks of ``eval_batch`` users, so memory stays bounded;
 import numpy as np
 import torch
 
+import distributed
+
 METRICS = ('precision', 'recall', 'ndcg')
 
 
@@ -121,7 +123,7 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     buffer = torch.empty((min(eval_batch, n_users), width), device=device, dtype=z_user.dtype)
     buffer[:, num_item:] = -torch.inf           # the products fill the rest, at every chunk
     group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
-    for start in range(0, n_users, eval_batch):
+    for start in distributed.my_chunks(list(range(0, n_users, eval_batch))):    # all of them in one process
         chunk = np.arange(start, min(start + eval_batch, n_users))
         users = index.users[chunk]
         u = z_user[torch.as_tensor(users, device=device)]
@@ -142,7 +144,7 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
             idcg = idcg_table[torch.clamp(n_pos, max=k).long() - 1]
             per_k.append(torch.stack([hit_k / k, hit_k / n_pos, (hits[:, :k] * disc[:k]).sum(1) / idcg]))
         values[:, :, chunk] = torch.stack(per_k).cpu().numpy()
-    sums = values.sum(2) / max(n_users, 1)
+    sums = distributed.sum_over_ranks(values).sum(2) / max(n_users, 1)
     return {k: {m: float(sums[i, j]) for j, m in enumerate(METRICS)} for i, k in enumerate(topk)}
 
 

@@ -7,6 +7,8 @@ import math
 
 from tqdm import tqdm
 
+import distributed
+
 
 class Divergence(RuntimeError):
     """The loss became NaN or Inf."""
@@ -28,7 +30,7 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
                leave=False, disable=not show_bar, dynamic_ncols=True)
     for batch in bar:
         loss, parts = model.loss(*(t.to(device) for t in batch))
-        value = loss.item()
+        value, parts = distributed.global_values(loss, parts)     # the global batch's, under torchrun
         if not math.isfinite(value):
             raise Divergence(f'loss is {value} at epoch {epoch}, batch {steps + 1}')
         optimizer.zero_grad(set_to_none=True)

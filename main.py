@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+import distributed
+
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
 BASELINES = ('LightGCN', 'VBPR', 'FREEDOM')   # SPEC 6, built by build_baseline
@@ -116,6 +118,8 @@ def build_parser():
     a('--config', default=None, metavar='FILE.yaml',
       help='YAML mapping of flag names (dest, e.g. l_r, topK, no_cuda) to values; flags on the command line '
            'override it')
+    a('--dist_timeout', type=float, default=300,
+      help='under torchrun: seconds a rank waits for the others before the job fails (default 300)')
     return p
 
 
@@ -195,6 +199,7 @@ def parse_args(argv=None):
               (args.dropout_rate is None or 0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
               (args.knn_k >= 1, '--knn_k must be >= 1'),
               (0 <= args.mm_image_weight <= 1, '--mm_image_weight must be in [0, 1]'),
+              (args.dist_timeout > 0, '--dist_timeout must be positive'),
               (args.temp > 0 and args.ssl_temp > 0, '--temp and --ssl_temp must be positive'),
               (args.has_id or args.model_name == 'MMGCN', '--has_id False applies to MMGCN only')]
     for ok, message in checks:
@@ -347,7 +352,10 @@ def set_rng_state(state, sampler_rng):
     sampler_rng.bit_generator.state = state['numpy']
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        if distributed.active():    # every rank's GPU drew what rank 0's, cuda:0, drew
+            torch.cuda.set_rng_state(state['cuda'][0])
+        else:
+            torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def keep_freed_memory():
@@ -386,21 +394,24 @@ def run(args):
     name = run_name(args)
     best_path = args.PATH_weight_save or os.path.join('runs', f'{name}.best.pt')
     ckpt_path = args.checkpoint or os.path.join('runs', f'{name}.last.pt')
-    check_writable(args.save_file, 'results file')
-    check_writable(best_path, 'best-model file')
-    check_writable(ckpt_path, 'checkpoint')
-    if args.export_topk:
-        check_writable(args.export_topk, 'top-K export')
-    if args.tensorboard:
-        check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
+    if distributed.is_main():                    # rank 0 alone writes files (SPEC 7)
+        check_writable(args.save_file, 'results file')
+        check_writable(best_path, 'best-model file')
+        check_writable(ckpt_path, 'checkpoint')
+        if args.export_topk:
+            check_writable(args.export_topk, 'top-K export')
+        if args.tensorboard:
+            check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
 
     keep_freed_memory()
     if args.num_workers > 0:
         torch.set_num_threads(max(1, min(args.num_workers, os.cpu_count() or 1)))
-    device = torch.device('cuda' if torch.cuda.is_available() and not args.no_cuda else 'cpu')
+    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    device = distributed.setup(use_cuda, args.dist_timeout) or torch.device('cuda' if use_cuda else 'cpu')
     sampler_rng = seed_everything(args.seed)
 
-    folder = resolve_data(args)
+    with distributed.main_first():              # one rank prepares a dataset on first use
+        folder = resolve_data(args)
     data = load_dataset(folder)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     print(data.summary())
@@ -418,9 +429,13 @@ def run(args):
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2, 6: the others' is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
+    uneven = distributed.check_batches(len(data.train), args.batch_size)
+    if uneven:
+        raise InputError(uneven)
     indptr, items = data.train_csr()
     indexes = {'val': SplitIndex(data.val, indptr, items), 'test': SplitIndex(data.test, indptr, items)}
     key = args.topK[0]
+    trainer = distributed.wrap(model, device)   # the model itself in one process
 
     state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
              'bad_evals': 0, 'history': []}
@@ -439,7 +454,7 @@ def run(args):
         tqdm.write(f'epoch {epoch:4d}  Test  {format_metrics(metrics["test"])}')
         return metrics
 
-    board = open_board(args.tensorboard, name, state)
+    board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
     status = 'done'
     if args.num_epoch == 0:
         metrics = evaluate(0)
@@ -450,7 +465,8 @@ def run(args):
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
-            loss, loss_parts = train_epoch(model, sampler, optimizer, device, epoch, show_bar=args.progress)
+            loss, loss_parts = train_epoch(trainer, sampler, optimizer, device, epoch,
+                                           show_bar=args.progress and distributed.is_main())
             tqdm.write(f'epoch {epoch:4d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)')
             metrics = evaluate(epoch)
             seconds = time.time() - t0
@@ -460,14 +476,16 @@ def run(args):
             if recall > state['best_recall']:
                 state.update(best_epoch=epoch, best_val=metrics['val'], best_test=metrics['test'],
                              best_recall=recall, bad_evals=0)
-                atomic_save(model.state_dict(), best_path)
+                if distributed.is_main():
+                    atomic_save(model.state_dict(), best_path)
             else:
                 state['bad_evals'] += 1
             state['epoch'] = epoch
             state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall, 'loss_parts': loss_parts,
                                      'val': metrics['val'], 'seconds': round(seconds, 3)})
-            atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
+            if distributed.is_main():           # every rank's RNG states are rank 0's
+                atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                             'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
         if state['bad_evals'] >= args.patience:
             print(f'early stop: no validation improvement in {args.patience} evaluations')
     except Divergence as e:
@@ -476,17 +494,18 @@ def run(args):
 
     if board:
         board.close(args, state)
-    if args.export_topk:
+    if args.export_topk and distributed.is_main():
         export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
     summary(state, key, status)
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
-              'wall_time_s': round(wall, 2), 'device': str(device),
+              'wall_time_s': round(wall, 2), 'device': str(device), 'processes': distributed.world_size(),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
               'data': data.summary(), 'history': state['history']}
-    with open(args.save_file, 'a') as f:
-        f.write(json.dumps(record, default=str) + '\n')
+    if distributed.is_main():
+        with open(args.save_file, 'a') as f:
+            f.write(json.dumps(record, default=str) + '\n')
     return EXIT_DIVERGED if status == 'diverged' else 0
 
 
@@ -567,8 +586,17 @@ def main(argv=None):
     try:
         return run(parse_args(argv))
     except (DataError, InputError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        if distributed.is_main():               # every rank meets the same bad input
+            print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as e:                   # torch.distributed's errors are RuntimeErrors
+        message = distributed.lost_peer(e)
+        if message is None:
+            raise
+        print(f'error: {message}', file=sys.stderr)
+        return 1
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == '__main__':

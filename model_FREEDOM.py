@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, item_feature_modules, normalized_adjacency, \
-    propagate_layers, spmm, take_rows
+    propagate_layers, take_rows
 from model_LightGCN import bpr_loss
 
 SIMILARITY_FLOATS = 2 ** 24     # one block of the similarity matrix: 64 MB of float32, whatever the item count
@@ -72,7 +72,7 @@ def _similarity_block(unit, start, stop):
     row_of = torch.repeat_interleave(torch.arange(stop - start), crow[start + 1:stop + 1] - crow[start:stop])
     block = torch.zeros(stop - start, unit.shape[1])
     block[row_of, col[lo:hi]] = val[lo:hi]
-    return spmm(unit, block.t().contiguous()).t().contiguous()
+    return torch.sparse.mm(unit, block.t().contiguous()).t().contiguous()
 
 
 def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import distributed
 from BaseModel import check_symmetric, item_feature_modules, propagate_layers, take_rows
 from model_MMGCN import MMGCN
 
@@ -38,9 +39,14 @@ FM_VIEWS = ('official', 'clean')
 
 
 def info_nce(a, b, temp):
-    """``CE(a bᵀ / temp, diag)``: row r of ``a`` should pick row r of ``b`` (one direction)."""
-    logits = (a / temp) @ b.t()       # scaling a (n x d) is cheaper than scaling the n x n logits
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    """``CE(a bᵀ / temp, diag)``: row r of ``a`` should pick row r of ``b`` (one direction).
+
+    Under torchrun each rank scores its share of the rows of ``a`` against all of ``b`` and
+    returns ``W ·`` its share of the mean (``distributed.row_share``; SPEC 7).
+    """
+    lo, hi, weight = distributed.row_share(len(a))
+    logits = (a[lo:hi] / temp) @ b.t()       # scaling a (n x d) is cheaper than scaling the n x n logits
+    return weight * F.cross_entropy(logits, torch.arange(lo, hi, device=a.device))
 
 
 def fac_widths(num_modalities, dim):

@@ -13,11 +13,19 @@ References, written the way the official codes work:
   * MMGCN step: PyG ``MessagePassing`` over ``edge_index`` (one message per edge);
   * evaluation: a Python loop over users;
   * negative sampling: per-sample rejection against a Python set of the user's items.
+
+``--torchrun`` (on unless --quick) times main.py's training epoch in one
+process and in 2 CPU processes under torchrun (the "reference" column is the
+one process).  On a 2-core machine the two ranks share the cores the one
+process had: the figure shows the cost of data parallelism (a full-graph
+propagation on every rank, gradient all-reduce), not a speed-up.
 """
 import argparse
 import json
 import os
 import random
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -478,6 +486,38 @@ def bench_fast_eval(data, device, args):
     report('fast path: blocked top-k (evaluation)', fast, plain, 'reference: one product, one topk')
 
 
+def _main_epoch_seconds(command, epochs):
+    """Run main.py; the training time of its last epoch as printed ('epoch    N  loss x  (Ts)')."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
+    seconds = re.findall(rf'^epoch +{epochs}  loss \S+  \(([0-9.]+)s\)$', done.stdout, re.M)
+    return float(seconds[-1])
+
+
+def bench_torchrun(folder, args):
+    """Epoch time of main.py under torchrun, 2 CPU ranks of T/2 threads each, against one process of T
+    threads and one of T/2 threads (a rank's share); the second epoch of each run (the first warms up)."""
+    out = os.path.join(args.out, 'torchrun')
+    os.makedirs(out, exist_ok=True)
+    threads = torch.get_num_threads()
+    half = max(1, threads // 2)
+    for model in ('SLMRec', 'MMGCN'):
+        flags = [os.path.join(ROOT, 'main.py'), '--data_path', folder, '--model_name', model, '--num_epoch', '2',
+                 '--no-progress', '--no-cuda', '--save_file', os.path.join(out, 'results.jsonl'),
+                 '--checkpoint', os.path.join(out, 'last.pt'), '--PATH_weight_save', os.path.join(out, 'best.pt')]
+        two = _main_epoch_seconds([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                   '--nproc_per_node', '2', *flags, '--num_workers', str(half)], 2)
+        for n in (threads, half):
+            one = _main_epoch_seconds([sys.executable, *flags, '--num_workers', str(n)], 2)
+            name = f'{model} epoch, 2 ranks vs 1 proc x{n}'
+            note = f'2 ranks x {half} threads on {os.cpu_count()} cores: overhead, not speed-up'
+            report(name, (two, float('nan'), None), (one, float('nan'), None), note)   # no peak: other processes
+
+
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='small data, no epochs: under a minute')
@@ -493,6 +533,9 @@ def main(argv=None):
                    help='also time whole epochs (default: on unless --quick)')
     p.add_argument('--epoch_scale', type=float, default=None,
                    help='scale of the data for the epoch timings (default: --scale on CUDA, 0.1 on CPU)')
+    p.add_argument('--torchrun', action=argparse.BooleanOptionalAction, default=None,
+                   help='also time main.py epochs in 1 and 2 CPU processes, at --epoch_scale '
+                        '(default: on unless --quick)')
     p.add_argument('--only', default=None,
                    help='comma list of slmrec,mmgcn,eval,sampling and fastpaths (= fast-slmrec,fast-mmgcn,'
                         'fast-eval: each fast path against the same code with that path plain); '
@@ -504,6 +547,7 @@ def main(argv=None):
     keep_freed_memory()                    # as main.py does; both paths run under it
     scale = args.scale if args.scale is not None else (0.03 if args.quick else 1.0)
     args.epochs = (not args.quick) if args.epochs is None else args.epochs
+    args.torchrun = (not args.quick) if args.torchrun is None else args.torchrun
     device = torch.device('cuda' if torch.cuda.is_available() and not args.no_cuda else 'cpu')
     global JSON_LINES
     JSON_LINES = args.json
@@ -524,11 +568,14 @@ def main(argv=None):
                     ('fast-mmgcn', bench_fast_mmgcn), ('fast-eval', bench_fast_eval)):
         if key in only:
             fn(data, device, args)
-    if args.epochs:
+    if args.epochs or args.torchrun:
         epoch_scale = args.epoch_scale or (scale if device.type == 'cuda' else min(scale, 0.1))
-        epoch_data = data if epoch_scale == scale else load_dataset(
-            synthetic_like(f'bench_{args.like}_{epoch_scale:g}', args.like, epoch_scale))
-        bench_epochs(epoch_data, device, args)
+        epoch_folder = folder if epoch_scale == scale else synthetic_like(
+            f'bench_{args.like}_{epoch_scale:g}', args.like, epoch_scale)
+        if args.epochs:
+            bench_epochs(data if epoch_folder == folder else load_dataset(epoch_folder), device, args)
+        if args.torchrun:
+            bench_torchrun(epoch_folder, args)
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, f'{name}_{device.type}.json')
     with open(out, 'w') as f:
