@@ -22,6 +22,7 @@ restricted unpickler.
 import json
 import os
 import pickle
+import stat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +60,35 @@ def describe(error, limit=200):
 
 # --------------------------------------------------------------------------
 # Safe loading
+
+def check_regular(path):
+    """Raise DataError unless ``path`` is a regular file (a FIFO or a device would hang or never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(path, 'file not found') from None
+    except OSError as e:
+        raise DataError(path, f'cannot read ({e.strerror or e})') from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(path, 'not a regular file')
+    return st.st_size
+
+
+def read_regular(path, limit):
+    """The bytes of the regular file ``path``, refused above ``limit`` bytes."""
+    check_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+        with os.fdopen(fd, 'rb') as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):   # swapped since the check
+                raise DataError(path, 'not a regular file')
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise DataError(path, f'cannot read ({e.strerror or e})') from None
+    if len(data) > limit:
+        raise DataError(path, f'larger than {limit} bytes')
+    return data
+
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only what the legacy split/dict files hold (SPEC 1.4)."""

@@ -13,6 +13,7 @@ no-op unless ``--force``.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,96 @@ LIKE = {
 
 
 # --------------------------------------------------------------------------
+# Where a dataset goes, and what may be replaced there
+
+PLAIN_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
+SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec')
+PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
+
+
+def dataset_folder(name, root=DATA_ROOT):
+    """The folder of ``--name``: a plain name under ``root``, or a path (it contains a '/').
+
+    A plain name is letters, digits, '_', '-' and '.', not starting with '.'
+    (hidden names are this script's temporary folders, and '.'/'..' are not
+    datasets).
+    """
+    if '/' in name or os.sep in name:
+        return os.path.abspath(name)
+    if not PLAIN_NAME.fullmatch(name):
+        raise DataError('--name', f'{name!r} is not a plain name (letters, digits, _, - and ., not starting '
+                                  f'with .) nor a path')
+    return os.path.join(root, name)
+
+
+def is_ours(folder):
+    """True when ``folder`` holds a meta.json that this script wrote."""
+    from DataLoad import read_regular
+    try:
+        meta = json.loads(read_regular(os.path.join(folder, 'meta.json'), 1 << 20))
+    except (DataError, ValueError):
+        return False
+    source = meta.get('source') if isinstance(meta, dict) else None
+    return isinstance(source, dict) and source.get('kind') in SOURCE_KINDS
+
+
+def claim_folder(name, force, root=DATA_ROOT):
+    """(folder, ready) for dataset ``name``; ``ready``: ours already and no --force.
+
+    Nothing this script did not write is ever replaced: an existing folder is
+    replaced only when it holds our meta.json (and --force) or is empty.
+    Temporary folders left by an interrupted run for the same folder go first.
+    """
+    folder = dataset_folder(name, root)
+    remove_partials(folder)
+    if os.path.islink(folder):
+        raise DataError(folder, 'is a symbolic link; refusing to replace it')
+    if os.path.lexists(folder):
+        if not os.path.isdir(folder):
+            raise DataError(folder, 'exists and is not a folder; refusing to replace it')
+        if is_ours(folder):
+            return folder, not force
+        if os.listdir(folder):
+            raise DataError(folder, 'exists and was not written by prepare_data.py (no meta.json of ours); '
+                                    'refusing to replace it')
+    return folder, False
+
+
+def remove_partials(folder):
+    """Remove the temporary siblings ``.<name>-XXXXXXXX`` of ``folder`` whose writer is gone."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    pattern = re.compile(re.escape(f'.{base}-') + r'[a-z0-9_]{8}')
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        tmp = os.path.join(parent, entry)
+        marker = os.path.join(tmp, PARTIAL_MARKER)
+        if not pattern.fullmatch(entry) or os.path.islink(tmp) or not os.path.isfile(marker):
+            continue
+        try:
+            with open(marker) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------
 # Writing a folder
 
 def split_rows(split, num_user):
@@ -59,6 +150,8 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
     try:
+        with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
+            f.write(str(os.getpid()))
         train_off = np.stack([train[:, 0], train[:, 1] + num_user], axis=1).astype(np.int64)
         np.save(os.path.join(tmp, 'train.npy'), train_off)
         np.save(os.path.join(tmp, 'val_full.npy'), split_rows(val, num_user), allow_pickle=True)
@@ -85,8 +178,14 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 'num_test': int(sum(len(v) for v in test.values())), **meta}
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
+        os.unlink(os.path.join(tmp, PARTIAL_MARKER))
+        if os.path.lexists(folder):
+            if os.path.isdir(folder) and not os.path.islink(folder) and is_ours(folder):
+                shutil.rmtree(folder)
+            elif os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+            else:
+                raise DataError(folder, 'exists and was not written by prepare_data.py; refusing to replace it')
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -121,8 +220,8 @@ def split_by_order(user_items, min_each=0):
 def synthetic(name, like='none', scale=1.0, seed=0, num_user=None, num_item=None, inter_per_user=None,
               latent_dim=16, noise=0.5, vocab=2000, force=False, root=DATA_ROOT):
     """A dataset whose item features are noisy projections of the latent tastes that drive interactions."""
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     spec = LIKE[like.lower()]
     users0, items0, inter0 = spec['sizes']
@@ -268,8 +367,8 @@ def movielens(name, min_inter=10, force=False, root=DATA_ROOT, source_folder=Non
     ``embed`` (list of str -> float array) replaces the sentence encoder.
     """
     spec = ML_SOURCES[name]
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     if source_folder is None:
         source_folder, version = package_folder(spec['package'], spec['folder'])
@@ -399,8 +498,8 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     when given.  With timestamps the split is chronological, else random (``seed``).
     """
     from DataLoad import load_matrix
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     rows = _read_table(inter_path)
     width = {len(r) for r in rows}
@@ -461,8 +560,8 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
     """The MMRec layout: ``<name>.inter`` (userID, itemID, ..., x_label 0/1/2) plus
     ``image_feat.npy`` / ``text_feat.npy`` with one row per item id."""
     from DataLoad import load_matrix
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     inters = [f for f in sorted(os.listdir(source)) if f.endswith('.inter')] if os.path.isdir(source) else []
     if len(inters) != 1:
@@ -540,13 +639,14 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    root = DATA_ROOT
     try:
         if args.source == 'synthetic':
-            name = args.name or f'synthetic_{args.like}_{args.scale:g}'
+            name = args.name if args.name is not None else f'synthetic_{args.like}_{args.scale:g}'
             folder = synthetic(name, args.like, args.scale, args.seed, args.num_user, args.num_item,
-                               args.inter_per_user, force=args.force)
+                               args.inter_per_user, force=args.force, root=root)
         elif args.source in ML_SOURCES:
-            folder = movielens(args.source, args.min_inter, args.force)
+            folder = movielens(args.source, args.min_inter, args.force, root=root)
         elif args.source == 'csv':
             feature_paths = {}
             for spec in args.feature:
@@ -555,13 +655,16 @@ def main(argv=None):
                     raise DataError(spec, 'expected --feature NAME=PATH')
                 feature_paths[name] = path
             folder = import_csv(args.name, args.inter, feature_paths, args.min_inter, args.item_list, args.seed,
-                                args.force)
+                                args.force, root=root)
         else:
-            folder = import_mmrec(args.name, args.folder, args.force)
+            folder = import_mmrec(args.name, args.folder, args.force, root=root)
         print(f'dataset ready: {folder}')
     except DataError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('interrupted: nothing was written', file=sys.stderr)
+        return 130
     return 0
 
 

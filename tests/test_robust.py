@@ -1,0 +1,93 @@
+"""Issue 19: every bad input a one-line error (exit 2), nothing deleted that the project did not make,
+divergence caught on parameters and scores, interruptions harmless."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import prepare_data
+from DataLoad import DataError, load_dataset
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# ---------------------------------------------------------------- prepare_data --name
+
+def _tree(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+@pytest.mark.parametrize('name', ['', '.', '..', '.hidden', 'a b', 'x*', 'é'])
+def test_prepare_name_must_be_plain(name, tmp_path, monkeypatch, capsys):
+    data_root = tmp_path / 'Data'
+    data_root.mkdir()
+    (data_root / 'README.md').write_text('tracked')
+    monkeypatch.setattr(prepare_data, 'DATA_ROOT', str(data_root))
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match='--name'):
+        prepare_data.synthetic(name, num_user=20, num_item=30, root=str(data_root))
+    argv = ['synthetic', '--num_user', '20', '--num_item', '30', '--name', name]
+    assert prepare_data.main(argv) == 2
+    _one_line_error(capsys, '--name')
+    assert _tree(tmp_path) == before
+
+
+def test_prepare_never_replaces_a_foreign_folder(tmp_path, capsys):
+    foreign = tmp_path / 'mine'
+    foreign.mkdir()
+    (foreign / 'thesis.tex').write_text('precious')
+    for force in ([], ['--force']):
+        assert prepare_data.main(['synthetic', '--num_user', '20', '--num_item', '30', '--name', str(foreign),
+                                  *force]) == 2
+        _one_line_error(capsys, str(foreign), 'not written by prepare_data.py')
+        assert _tree(foreign) == ['thesis.tex']
+    # A foreign meta.json (not ours) does not make it ours; a published folder under Data/ neither.
+    (foreign / 'meta.json').write_text('{"num_user": 3}')
+    assert prepare_data.main(['synthetic', '--num_user', '20', '--num_item', '30', '--name', str(foreign),
+                              '--force']) == 2
+    assert (foreign / 'thesis.tex').read_text() == 'precious'
+    with pytest.raises(DataError, match='not written by prepare_data.py'):
+        prepare_data.synthetic('mine', num_user=20, num_item=30, root=str(tmp_path))
+    with pytest.raises(DataError, match='not written by prepare_data.py'):
+        prepare_data.write_dataset(str(foreign), 1, 1, np.array([[0, 0]]), {}, {}, [], {})
+    assert (foreign / 'thesis.tex').read_text() == 'precious'
+
+
+def test_prepare_path_of_our_own_folder_is_replaced_only_with_force(tmp_path):
+    path = str(tmp_path / 'out' / 'syn')
+    folder = prepare_data.synthetic(path, num_user=20, num_item=30, seed=1, root=str(tmp_path / 'Data'))
+    assert folder == path and load_dataset(path).num_user == 20
+    mtime = os.path.getmtime(os.path.join(path, 'meta.json'))
+    prepare_data.synthetic(path, num_user=25, num_item=30, root=str(tmp_path / 'Data'))
+    assert os.path.getmtime(os.path.join(path, 'meta.json')) == mtime           # no-op without --force
+    prepare_data.synthetic(path, num_user=25, num_item=30, force=True, root=str(tmp_path / 'Data'))
+    assert load_dataset(path).num_user == 25
+    assert not os.path.exists(tmp_path / 'Data')
+
+
+def test_prepare_removes_its_own_stale_partials_only(tmp_path):
+    root = tmp_path / 'Data'
+    root.mkdir()
+    dead = root / '.syn-abcd1234'                 # an interrupted write of ours: marker with a dead pid
+    dead.mkdir()
+    (dead / prepare_data.PARTIAL_MARKER).write_text('999999999')
+    (dead / 'train.npy').write_bytes(b'partial')
+    live = root / '.syn-live0000'                 # a write in progress (this process's parent is alive)
+    live.mkdir()
+    (live / prepare_data.PARTIAL_MARKER).write_text(str(os.getppid()))
+    foreign = root / '.syn-notours1'              # same name pattern, no marker: not ours
+    foreign.mkdir()
+    (foreign / 'x').write_text('keep')
+    prepare_data.synthetic('syn', num_user=20, num_item=30, root=str(root))
+    assert sorted(os.listdir(root)) == ['.syn-live0000', '.syn-notours1', 'syn']
+    assert not os.path.exists(os.path.join(root, 'syn', prepare_data.PARTIAL_MARKER))
