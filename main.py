@@ -212,6 +212,9 @@ def load_weights(model, path):
         state = state['model']
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f'{path}: expected a state dict of tensors')
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise InputError(f'{path}: non-finite weights in {bad!r}')
     try:
         if is_official_state_dict(state):
             if not hasattr(model, 'official_key_map'):
@@ -318,10 +321,10 @@ def run(args):
         return metrics
 
     status = 'done'
-    if args.num_epoch == 0:
-        metrics = evaluate(0)
-        state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
     try:
+        if args.num_epoch == 0:
+            metrics = evaluate(0)
+            state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
@@ -343,7 +346,8 @@ def run(args):
             print(f'early stop: no validation improvement in {args.patience} evaluations')
     except Divergence as e:
         status = 'diverged'
-        print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
+        kept = f'the best model so far is kept in {best_path}' if state['best_epoch'] else 'no best model was saved'
+        print(f'training diverged: {e}; {kept}', file=sys.stderr)
 
     wall = time.time() - started
     summary(state, key, status)

@@ -91,3 +91,74 @@ def test_prepare_removes_its_own_stale_partials_only(tmp_path):
     prepare_data.synthetic('syn', num_user=20, num_item=30, root=str(root))
     assert sorted(os.listdir(root)) == ['.syn-live0000', '.syn-notours1', 'syn']
     assert not os.path.exists(os.path.join(root, 'syn', prepare_data.PARTIAL_MARKER))
+
+
+# ---------------------------------------------------------------- divergence beyond the loss
+
+def _train_argv(folder, tmp_path, *flags, tag='run'):
+    return ['--data_path', folder, '--no-progress', '--dim_latent', '16', '--save_file', str(tmp_path / f'{tag}.jsonl'),
+            '--checkpoint', str(tmp_path / f'{tag}.last.pt'), '--PATH_weight_save', str(tmp_path / f'{tag}.best.pt'),
+            *flags]
+
+
+def _last_record(tmp_path, tag='run'):
+    return json.loads((tmp_path / f'{tag}.jsonl').read_text().splitlines()[-1])
+
+
+@pytest.mark.parametrize('l_r', ['1e30', '1e38'])
+def test_huge_learning_rate_diverges_without_a_best_model(l_r, tiny_plain, tmp_path, capsys):
+    # One step per epoch (batch > pairs): the loss is finite at every step, the weights or scores are not.
+    code = main.main(_train_argv(tiny_plain, tmp_path, '--l_r', l_r, '--batch_size', '100000', '--num_epoch', '3'))
+    assert code == main.EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert 'training diverged' in err and 'no best model was saved' in err
+    assert _last_record(tmp_path)['status'] == 'diverged' and _last_record(tmp_path)['best_epoch'] is None
+    assert not (tmp_path / 'run.best.pt').exists()
+
+
+def test_parameter_check_names_the_parameter():
+    from Train import Divergence, check_finite_parameters
+    model = torch.nn.Linear(2, 2)
+    check_finite_parameters(model, 'now')
+    with torch.no_grad():
+        model.bias[1] = float('inf')
+    with pytest.raises(Divergence, match='parameter bias is non-finite now'):
+        check_finite_parameters(model, 'now')
+
+
+def test_score_check_against_the_plain_product():
+    from Full_vt import check_finite_scores
+    from Train import Divergence
+    big = 1e20
+    u = torch.tensor([[big, 0.0], [0.0, 1.0]])
+    check_finite_scores(u, torch.tensor([[0.0, big], [1.0, 1.0]]))      # bound fails, every product is finite
+    assert torch.isfinite(u @ torch.tensor([[0.0, big], [1.0, 1.0]]).t()).all()
+    with pytest.raises(Divergence, match='overflows'):
+        check_finite_scores(u, torch.tensor([[big, 0.0]]))              # 1e40 > float32 max
+    with pytest.raises(Divergence, match='non-finite item representation'):
+        check_finite_scores(u, torch.tensor([[float('nan'), 0.0]]))
+
+
+def test_huge_loaded_weights_diverge_in_evaluation(tiny_plain, tmp_path, capsys):
+    assert main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '1', '--batch_size', '512')) == 0
+    state = torch.load(tmp_path / 'run.best.pt', weights_only=True)
+    torch.save({k: v * 1e19 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / 'huge.pt')
+    code = main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '0', '--PATH_weight_load',
+                                 str(tmp_path / 'huge.pt'), tag='eval'))
+    assert code == main.EXIT_DIVERGED and 'non-finite' in capsys.readouterr().err
+    assert _last_record(tmp_path, 'eval')['val'] is None
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf')])
+def test_non_finite_loaded_weights_are_a_one_line_error(value, tiny_plain, tmp_path, capsys):
+    assert main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '1', '--batch_size', '512')) == 0
+    state = torch.load(tmp_path / 'run.best.pt', weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key][0] = value
+    torch.save(state, tmp_path / 'nan.pt')
+    capsys.readouterr()
+    code = main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '0', '--PATH_weight_load',
+                                 str(tmp_path / 'nan.pt'), tag='eval'))
+    assert code == 2
+    _one_line_error(capsys, 'nan.pt', 'non-finite weights', key)
+    assert not (tmp_path / 'eval.jsonl').exists()
