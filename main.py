@@ -10,6 +10,7 @@ JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
 2 bad input or arguments, 3 training diverged (NaN/Inf loss).
 """
 import argparse
+import errno
 import json
 import os
 import random
@@ -193,6 +194,41 @@ def atomic_save(obj, path):
         raise
 
 
+def append_results_line(path, record):
+    """Append ``record`` as one JSON line in a single write on an O_APPEND descriptor.
+
+    A failed or short write (a full disk) truncates the file back to its old
+    size and is an ``InputError``; a last line left unterminated by an older
+    failure gets its newline first, so the new record is never glued to it.
+    """
+    line = (json.dumps(record, default=str) + '\n').encode()
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f'{path}: cannot write the results file ({e.strerror or e})') from None
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b'\n':
+            line = b'\n' + line
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f'short write, {written} of {len(line)} bytes')
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+                if not existed:
+                    os.unlink(path)
+            except OSError:
+                pass
+            raise InputError(f'{path}: cannot append the results line ({e.strerror or e}); '
+                             f'the file is left as it was') from None
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint_file(path, what):
     from DataLoad import describe
     if not os.path.isfile(path):
@@ -356,8 +392,7 @@ def run(args):
               'wall_time_s': round(wall, 2), 'device': str(device),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
               'data': data.summary()}
-    with open(args.save_file, 'a') as f:
-        f.write(json.dumps(record, default=str) + '\n')
+    append_results_line(args.save_file, record)
     return EXIT_DIVERGED if status == 'diverged' else 0
 
 

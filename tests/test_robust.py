@@ -162,3 +162,43 @@ def test_non_finite_loaded_weights_are_a_one_line_error(value, tiny_plain, tmp_p
     assert code == 2
     _one_line_error(capsys, 'nan.pt', 'non-finite weights', key)
     assert not (tmp_path / 'eval.jsonl').exists()
+
+
+# ---------------------------------------------------------------- the results line
+
+def _failing_write(monkeypatch, target, short=False):
+    real = os.write
+
+    def write(fd, data):
+        if os.path.realpath(f'/proc/self/fd/{fd}') != os.path.realpath(target):
+            return real(fd, data)
+        if short:
+            return real(fd, data[:len(data) // 2])
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(os, 'write', write)
+
+
+@pytest.mark.parametrize('short', [False, True])
+def test_full_disk_leaves_the_results_file_as_it_was(short, tmp_path, monkeypatch, capsys):
+    results = tmp_path / 'r.jsonl'
+    results.write_bytes(b'{"run": "old"}\n')
+    _failing_write(monkeypatch, results, short)
+    with pytest.raises(main.InputError, match='r.jsonl: cannot append the results line .*left as it was'):
+        main.append_results_line(str(results), {'run': 'new'})
+    assert results.read_bytes() == b'{"run": "old"}\n'
+
+
+def test_results_line_is_not_glued_to_a_partial_one(tmp_path):
+    results = tmp_path / 'r.jsonl'
+    results.write_bytes(b'{"run": "old"}\n{"run": "cut sh')
+    main.append_results_line(str(results), {'run': 'new'})
+    assert results.read_bytes().splitlines()[-1] == b'{"run": "new"}'
+
+
+def test_full_disk_at_the_end_of_a_run_is_one_line(tiny_plain, tmp_path, monkeypatch, capsys):
+    results = tmp_path / 'run.jsonl'
+    _failing_write(monkeypatch, results)
+    code = main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '1', '--batch_size', '512'))
+    assert code == 2
+    _one_line_error(capsys, 'run.jsonl', 'No space left on device')
+    assert not results.exists()
