@@ -19,6 +19,7 @@ restricted unpickler.
     from DataLoad import load_dataset
     data = load_dataset('Data/tiktok_small')
 """
+import argparse
 import json
 import os
 import pickle
@@ -56,6 +57,16 @@ def describe(error, limit=200):
     """'TypeName: first line of the message', for one-line error reports."""
     lines = str(error).strip().splitlines()
     return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``error: <flag>: <problem> (see --help)``, exit 2."""
+
+    def error(self, message):
+        message = ' '.join(message.split())
+        if message.startswith('argument '):
+            message = message[len('argument '):]
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
 # --------------------------------------------------------------------------

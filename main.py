@@ -12,6 +12,7 @@ JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
 import argparse
 import errno
 import json
+import math
 import os
 import random
 import sys
@@ -51,8 +52,9 @@ def str2bool(value):
 
 def build_parser():
     per_model = '; '.join(f'{m}: ' + ', '.join(f'{k}={v}' for k, v in d.items()) for m, d in MODEL_DEFAULTS.items())
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                epilog=f'Defaults of flags marked "per model": {per_model}.')
+    from DataLoad import OneLineParser
+    p = OneLineParser(description=__doc__.split('\n\n')[0],
+                      epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
     a('--model_name', default='SLMRec', choices=MODELS, help='model to train (default SLMRec)')
     a('--data_path', default='ml100k', help='dataset folder under Data/ or a path (default ml100k, '
@@ -101,18 +103,45 @@ def parse_args(argv=None):
     for key, value in MODEL_DEFAULTS[args.model_name].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    checks = [(args.batch_size > 0, '--batch_size must be positive'), (args.num_epoch >= 0, '--num_epoch must be >= 0'),
-              (args.num_layer >= 1, '--num_layer must be >= 1'), (args.dim_latent >= 2, '--dim_latent must be >= 2'),
-              (all(k > 0 for k in args.topK), '--topK values must be positive'),
-              (args.patience > 0, '--patience must be positive'), (args.eval_batch > 0, '--eval_batch must be positive'),
-              (0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
-              (args.temp > 0 and args.ssl_temp > 0, '--temp and --ssl_temp must be positive'),
-              (args.has_id or args.model_name == 'MMGCN', '--has_id False applies to MMGCN only')]
-    for ok, message in checks:
-        if not ok:
-            raise InputError(message)
+    validate_args(args)
     args.topK = list(dict.fromkeys(args.topK))
     return args
+
+
+MAX_DIM, MAX_LAYER, MAX_TOPK, MAX_SEED = 4096, 32, 10000, 2 ** 32 - 1
+
+
+def validate_args(args):
+    """Every numeric flag inside its domain, else ``InputError`` naming the flag (one place for all of them).
+
+    Non-finite floats are refused here (``--l_r inf`` is bad input, not a
+    divergence); the upper bounds on sizes keep a typo from allocating the machine away.
+    """
+    finite = {k: math.isfinite(getattr(args, k)) for k in ('l_r', 'weight_decay', 'ssl_alpha', 'ssl_temp', 'temp',
+                                                             'dropout_rate')}
+    checks = [
+        (finite['l_r'] and args.l_r > 0, '--l_r', 'must be a positive finite number'),
+        (finite['weight_decay'] and args.weight_decay >= 0, '--weight_decay', 'must be a finite number >= 0'),
+        (args.batch_size > 0, '--batch_size', 'must be positive'),
+        (args.num_epoch >= 0, '--num_epoch', 'must be >= 0'),
+        (args.num_workers >= 0, '--num_workers', 'must be >= 0'),
+        (2 <= args.dim_latent <= MAX_DIM, '--dim_latent', f'must be in [2, {MAX_DIM}]'),
+        (1 <= args.num_layer <= MAX_LAYER, '--num_layer', f'must be in [1, {MAX_LAYER}]'),
+        (all(1 <= k <= MAX_TOPK for k in args.topK), '--topK', f'values must be in [1, {MAX_TOPK}]'),
+        (0 <= args.seed <= MAX_SEED, '--seed', f'must be in [0, 2**32 - 1]'),
+        (args.patience > 0, '--patience', 'must be positive'),
+        (args.eval_batch > 0, '--eval_batch', 'must be positive'),
+        (finite['dropout_rate'] and 0 <= args.dropout_rate < 1, '--dropout_rate', 'must be in [0, 1)'),
+        (finite['temp'] and args.temp > 0, '--temp', 'must be a positive finite number'),
+        (finite['ssl_temp'] and args.ssl_temp > 0, '--ssl_temp', 'must be a positive finite number'),
+        (finite['ssl_alpha'] and args.ssl_alpha >= 0, '--ssl_alpha', 'must be a finite number >= 0'),
+        (args.has_id or args.model_name == 'MMGCN', '--has_id', 'False applies to MMGCN only'),
+    ]
+    for ok, flag, problem in checks:
+        if not ok:
+            value = getattr(args, flag[2:])
+            shown = ' '.join(map(str, value)) if isinstance(value, list) else value
+            raise InputError(f'{flag}: {problem}, got {shown}')
 
 
 def run_name(args):

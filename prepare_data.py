@@ -604,7 +604,8 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
 # Command line
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    from DataLoad import OneLineParser
+    parser = OneLineParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='source', required=True)
     syn = sub.add_parser('synthetic', help='a generated dataset with planted multimodal signal')

@@ -202,3 +202,46 @@ def test_full_disk_at_the_end_of_a_run_is_one_line(tiny_plain, tmp_path, monkeyp
     assert code == 2
     _one_line_error(capsys, 'run.jsonl', 'No space left on device')
     assert not results.exists()
+
+
+# ---------------------------------------------------------------- the command line
+
+def _main_code(argv):
+    """main.main's exit status, argparse's SystemExit included."""
+    try:
+        return main.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+BAD_FLAGS = [
+    ['--l_r', '-0.1'], ['--l_r', '0'], ['--l_r', 'nan'], ['--l_r', 'inf'], ['--l_r', '1e400'],
+    ['--weight_decay', '-1'], ['--weight_decay', 'nan'], ['--weight_decay', 'inf'],
+    ['--seed', '-1'], ['--seed', '4294967296'], ['--seed', str(10 ** 30)],
+    ['--batch_size', '0'], ['--num_epoch', '-1'], ['--num_workers', '-1'], ['--dim_latent', '1'],
+    ['--dim_latent', str(10 ** 12)], ['--num_layer', '0'], ['--num_layer', '1000'], ['--topK', '0'],
+    ['--topK', '10', str(10 ** 18)], ['--patience', '0'], ['--eval_batch', '0'], ['--dropout_rate', '1'],
+    ['--dropout_rate', 'nan'], ['--temp', '0'], ['--temp', 'inf'], ['--ssl_temp', 'nan'], ['--ssl_alpha', '-1'],
+    ['--ssl_alpha', 'inf'], ['--has_id', 'False'],
+]
+
+
+@pytest.mark.parametrize('flags', BAD_FLAGS, ids=lambda f: ' '.join(f)[:30])
+def test_numeric_flags_outside_their_domain(flags, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _main_code(['--data_path', str(tmp_path / 'none'), *flags]) == 2
+    _one_line_error(capsys, flags[0])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('flags', [['--l_r', 'x'], ['--seed', '1.5'], ['--bogus'], ['--topK'], ['--model_name', 'X'],
+                                   ['--concat', 'maybe'], ['--batch_size']])
+def test_argparse_errors_are_one_line(flags, capsys):
+    assert _main_code(flags) == 2
+    err = _one_line_error(capsys)
+    assert err.endswith('--help)') and 'usage' not in err
+
+
+def test_prepare_argparse_errors_are_one_line(capsys):
+    assert pytest.raises(SystemExit, prepare_data.main, ['csv', '--inter', 'x']).value.code == 2
+    assert _one_line_error(capsys, '--name').endswith('--help)')
