@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import stat
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -340,8 +341,14 @@ def _check_items(items, num_user, num_item, path, where):
     return items - num_user
 
 
-def load_dataset(folder, modalities=None):
-    """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order."""
+def load_dataset(folder, modalities=None, require_val=True):
+    """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order.
+
+    Validation and test pairs that are also training pairs are dropped, with
+    one warning line per file on stderr; an empty test split is an error, and
+    so is an empty validation split when ``require_val`` (training selects its
+    best epoch on it; evaluation alone does not need it).
+    """
     folder = os.path.normpath(folder)
     name = os.path.basename(folder)
     if not os.path.isdir(folder):
@@ -396,9 +403,9 @@ def load_dataset(folder, modalities=None):
 
     trained_users = np.zeros(num_user, dtype=bool)
     trained_users[train[:, 0]] = True
-    splits = []
-    for path, raw in ((val_path, val_raw), (test_path, test_raw)):
-        split = {}
+    splits, warnings = [], []
+    for path, raw, what in ((val_path, val_raw, 'validation'), (test_path, test_raw, 'test')):
+        split, dropped = {}, 0
         for u, its in raw.items():
             if u < 0 or u >= num_user:
                 raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
@@ -407,7 +414,19 @@ def load_dataset(folder, modalities=None):
                 continue
             if not trained_users[u]:
                 raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
-            split[u] = its
+            # A training item is masked out in ranking: kept here it would be a positive never found.
+            in_train = np.isin(u * num_item + its, keys, assume_unique=True)
+            dropped += int(in_train.sum())
+            if in_train.all():
+                continue
+            split[u] = its[~in_train]
+        if not split and (what == 'test' or require_val):
+            also = f' ({dropped} pairs dropped as training pairs)' if dropped else ''
+            raise DataError(path, f'the {what} split is empty{also}: nothing to '
+                                  f'{"select the best epoch by" if what == "validation" else "evaluate"}')
+        if dropped:
+            warnings.append(f'warning: {path}: dropped {dropped} {what} pairs that are also training pairs '
+                            f'(training items are masked out in ranking)')
         splits.append(split)
 
     uid_path = os.path.join(folder, 'user_item_dict.npy')
@@ -432,6 +451,8 @@ def load_dataset(folder, modalities=None):
             features[m] = feat
         else:
             features[m] = _load_words(words[m], num_item)
+    for line in warnings:       # only for a dataset that loads: an error stays the one line
+        print(line, file=sys.stderr)
     return Dataset(name, folder, num_user, num_item, train, splits[0], splits[1], features)
 
 
@@ -462,7 +483,8 @@ class TrainSampler:
     keys and redrawn, so there is no per-sample scan of the item set.
     """
 
-    def __init__(self, train, num_item, batch_size, rng):
+    def __init__(self, train, num_item, batch_size, rng, source='train.npy'):
+        self.source = source
         self.users = torch.from_numpy(train[:, 0].astype(np.int64))
         self.items = torch.from_numpy(train[:, 1].astype(np.int64))
         self.keys = np.sort(train[:, 0].astype(np.int64) * num_item + train[:, 1])
@@ -488,8 +510,8 @@ class TrainSampler:
     def batches(self, negatives):
         """Yield (users, items[, negatives]) LongTensors for one epoch."""
         if negatives and self.user_counts.max() >= self.num_item:
-            raise ValueError(f'user {int(self.user_counts.argmax())} has interacted with every item: '
-                             f'no negative to sample')
+            raise DataError(self.source, f'user {int(self.user_counts.argmax())} has interacted with every item: '
+                                         f'no negative to sample')
         order = torch.from_numpy(self.rng.permutation(len(self.users)))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]

@@ -352,7 +352,7 @@ def run(args):
     sampler_rng = seed_everything(args.seed)
 
     folder = resolve_data(args)
-    data = load_dataset(folder)
+    data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     print(data.summary())
     model = build_model(args, data)
@@ -361,7 +361,8 @@ def run(args):
     model.to(device)
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2: MMGCN's is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
-    sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
+    sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng,
+                           source=os.path.join(folder, 'train.npy'))
     indptr, items = data.train_csr()
     indexes = {'val': SplitIndex(data.val, indptr, items), 'test': SplitIndex(data.test, indptr, items)}
     key = args.topK[0]

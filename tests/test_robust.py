@@ -245,3 +245,53 @@ def test_argparse_errors_are_one_line(flags, capsys):
 def test_prepare_argparse_errors_are_one_line(capsys):
     assert pytest.raises(SystemExit, prepare_data.main, ['csv', '--inter', 'x']).value.code == 2
     assert _one_line_error(capsys, '--name').endswith('--help)')
+
+
+# ---------------------------------------------------------------- issue 14's boundary defects
+
+def test_user_with_every_item_is_a_one_line_error(tmp_path, capsys):
+    from conftest import write_split
+    folder = tmp_path / 'full'
+    folder.mkdir()
+    # user 0 has both items in training: MMGCN's BPR has no negative for it
+    np.save(folder / 'train.npy', np.array([[0, 2], [0, 3], [1, 2]]))
+    write_split(folder / 'val_full.npy', [[1, 3]])
+    write_split(folder / 'test_full.npy', [[1, 3]])
+    np.save(folder / 'feat_v.npy', np.eye(2, 3, dtype=np.float32))
+    (folder / 'meta.json').write_text(json.dumps({'modalities': [{'name': 'v', 'file': 'feat_v.npy'}]}))
+    code = main.main(_train_argv(str(folder), tmp_path, '--model_name', 'MMGCN', '--num_epoch', '1'))
+    assert code == 2
+    _one_line_error(capsys, 'train.npy', 'user 0 has interacted with every item')
+    assert not (tmp_path / 'run.jsonl').exists() and not (tmp_path / 'run.last.pt').exists()
+
+
+def test_split_pairs_that_are_training_pairs_are_dropped_with_one_warning(hand_folder, capsys):
+    from conftest import write_split
+    # hand_folder: user 0 trains on items 0, 1 (raw 2, 3), user 1 on items 1, 2 (raw 3, 4)
+    write_split(hand_folder / 'val_full.npy', [[0, 4, 2], [1, 2, 3, 4]])   # 1 + 2 training pairs
+    data = load_dataset(str(hand_folder))
+    assert {u: v.tolist() for u, v in data.val.items()} == {0: [2], 1: [0]}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'warning: {hand_folder / "val_full.npy"}: dropped 3 validation pairs that are also training '
+                   f'pairs (training items are masked out in ranking)']
+    from Full_vt import SplitIndex, rank_metrics
+    indptr, items = data.train_csr()
+    index = SplitIndex(data.val, indptr, items)
+    assert index.pos_count.tolist() == [1, 1]          # a positive that ranking masks would cap recall below 1
+
+
+@pytest.mark.parametrize('split', ['val_full.npy', 'test_full.npy'])
+@pytest.mark.parametrize('rows', [[], [[0], [1]], [[0, 2, 3], [1, 3]]], ids=['no rows', 'no items', 'fully masked'])
+def test_empty_or_fully_masked_split_is_refused(split, rows, hand_folder, tmp_path, capsys):
+    from conftest import write_split
+    write_split(hand_folder / split, rows)
+    what = 'validation' if split == 'val_full.npy' else 'test'
+    with pytest.raises(DataError, match=f'{split}: the {what} split is empty'):
+        load_dataset(str(hand_folder))
+    code = main.main(_train_argv(str(hand_folder), tmp_path, '--num_epoch', '1'))
+    assert code == 2
+    _one_line_error(capsys, split, 'split is empty')
+    assert not (tmp_path / 'run.jsonl').exists()
+    if what == 'validation':        # evaluation alone needs no validation split
+        assert load_dataset(str(hand_folder), require_val=False).val == {}
+        assert main.main(_train_argv(str(hand_folder), tmp_path, '--num_epoch', '0', tag='eval')) == 0
