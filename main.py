@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -86,6 +87,8 @@ def build_parser():
     a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
     a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
     a('--resume', action='store_true', help='continue the run from --checkpoint')
+    a('--resume_override', action='store_true',
+      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply)')
     a('--save_file', default='results.jsonl', help='results file: one JSON line appended per run')
     a('--ssl_task', default='FAC', choices=('FAC', 'FD', 'FM', 'FD+FM', 'none'), help='SLMRec self-supervised task')
     a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
@@ -207,10 +210,60 @@ def check_writable(path, what):
         raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
 
 
+def check_outputs(outputs):
+    """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed."""
+    seen = {}
+    for path, what in outputs:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f'{path}: the {what} and the {seen[real]} are the same file; give each its own path')
+        seen[real] = what
+    for path, what in outputs:
+        check_writable(path, what)
+        remove_stale_temporaries(path)
+
+
+def _temporary_prefix(path):
+    return f'.{os.path.basename(path)}-'
+
+
+def remove_stale_temporaries(path):
+    """Remove what atomic_save left beside ``path`` when killed: ``.<name>-<pid>-XXXXXXXX`` of a process
+    that is gone (or ``.<name>-XXXXXXXX``, the pattern before the pid was added); nothing else."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + r'(?:(\d+)-)?[a-z0-9_]{8}')
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        tmp = os.path.join(folder, entry)
+        if not match or os.path.islink(tmp) or not os.path.isfile(tmp):
+            continue
+        pid = int(match.group(1)) if match.group(1) else None
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            continue                               # another run is writing it now
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return pid > 0
+    return True
+
+
 def atomic_save(obj, path):
     """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '-')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
@@ -291,6 +344,133 @@ def load_weights(model, path):
                          f'check --model_name, --dim_latent, --modalities and the fusion and SSL flags)') from None
 
 
+# Flags that change where a run writes, how fast it runs, or when it stops, not what it trains:
+# they may differ on --resume and do not enter the run name.  Every other flag is a hyper-parameter.
+NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PATH_weight_load', 'save_file',
+             'num_epoch', 'patience', 'num_workers', 'eval_batch', 'progress', 'no_cuda'}
+
+
+def hyper_params(args):
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
+
+
+class MalformedCheckpoint(Exception):
+    """What is wrong with a checkpoint's structure (one phrase)."""
+
+
+def _need(ok, problem):
+    if not ok:
+        raise MalformedCheckpoint(problem)
+
+
+def _is_int(x, low=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _is_real(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_metrics(metrics, where, topk):
+    _need(isinstance(metrics, dict) and set(metrics) == set(topk),
+          f'{where} must map each --topK cut-off {sorted(topk)} to metrics')
+    for k, m in metrics.items():
+        _need(isinstance(m, dict) and set(m) == {'precision', 'recall', 'ndcg'} and all(map(_is_real, m.values())),
+              f'{where}[{k}] must hold finite precision, recall and ndcg')
+
+
+def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
+    """Check every part of a ``--resume`` checkpoint before any of it is used; ``InputError`` names the problem."""
+    try:
+        _need(isinstance(ckpt, dict), f'expected a dict, found {type(ckpt).__name__}')
+        missing = [k for k in ('model', 'optimizer', 'rng', 'state') if k not in ckpt]
+        _need(not missing, f'no {", ".join(map(repr, missing))} entry')
+        weights = ckpt['model']
+        _need(isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()), "'model' must be a state dict of tensors")
+        _need(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
+              "'model' holds non-finite weights")
+        opt = ckpt['optimizer']
+        _need(isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
+              and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups']),
+              "'optimizer' must be an optimiser state dict")
+        params = [p for g in optimizer.param_groups for p in g['params']]
+        ids = [i for g in opt['param_groups'] for i in g['params']]
+        _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
+              and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
+        for i, entry in opt['state'].items():
+            _need(_is_int(i) and i < len(params) and isinstance(entry, dict), "'optimizer' state is not per parameter")
+            for name, value in entry.items():
+                _need(isinstance(value, torch.Tensor) and (value.dim() == 0 or value.shape == params[i].shape)
+                      and (not value.is_floating_point() or bool(torch.isfinite(value).all())),
+                      f"'optimizer' state {name!r} of parameter {i} has the wrong shape or non-finite values")
+        rng = ckpt['rng']
+        _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
+              "'rng' must hold the python, numpy and torch states")
+        try:
+            random.Random().setstate(rng['python'])
+            type(sampler_rng.bit_generator)().state = rng['numpy']
+            torch.Generator().set_state(rng['torch'])
+        except (TypeError, ValueError, KeyError, RuntimeError):
+            raise MalformedCheckpoint("'rng' holds an unusable random state") from None
+        state = ckpt['state']
+        _need(isinstance(state, dict), f"'state' must be a dict, found {type(state).__name__}")
+        missing = [k for k in ('epoch', 'best_epoch', 'best_val', 'best_test', 'best_recall', 'bad_evals', 'history')
+                   if k not in state]
+        _need(not missing, f"'state' has no {', '.join(map(repr, missing))}")
+        _need(_is_int(state['epoch']), "'state' epoch must be an integer >= 0")
+        _need(_is_int(state['bad_evals']), "'state' bad_evals must be an integer >= 0")
+        _need(_is_real(state['best_recall']), "'state' best_recall must be a finite number")
+        history = state['history']
+        _need(isinstance(history, list) and len(history) == state['epoch']
+              and all(isinstance(h, dict) and _is_int(h.get('epoch')) and _is_real(h.get('loss'))
+                      and _is_real(h.get('val_recall')) for h in history),
+              "'state' history must list one {epoch, loss, val_recall} per epoch")
+        if state['best_epoch'] is None:
+            _need(state['best_val'] is None and state['best_test'] is None, "'state' has best metrics but no best epoch")
+        else:
+            _need(_is_int(state['best_epoch']) and state['best_epoch'] <= state['epoch'],
+                  "'state' best_epoch must be an integer <= epoch")
+            _check_metrics(state['best_val'], "'state' best_val", args.topK)
+            _check_metrics(state['best_test'], "'state' best_test", args.topK)
+        saved = ckpt.get('args')
+        _need(saved is None or isinstance(saved, dict), "'args' must be a dict")
+    except MalformedCheckpoint as e:
+        raise InputError(f'{path}: malformed checkpoint: {e}') from None
+
+
+def changed_hyper_params(ckpt, args, adam_decay):
+    """Flags whose value differs from the checkpoint's run, as '--flag old -> new' phrases."""
+    if ckpt.get('args') is not None:
+        saved, now = ckpt['args'], hyper_params(args)
+        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now if saved.get(k) != now[k]]
+    group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
+    return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in
+            (('l_r', 'lr', args.l_r), ('weight_decay', 'weight_decay', adam_decay)) if group.get(key) != value]
+
+
+def resume_from(path, args, model, optimizer, sampler_rng, adam_decay):
+    """The training state of checkpoint ``path``, loaded into model, optimiser and RNGs after it is validated."""
+    from DataLoad import describe
+    ckpt = load_checkpoint_file(path, 'checkpoint')
+    validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng)
+    changed = changed_hyper_params(ckpt, args, adam_decay)
+    if changed and not args.resume_override:
+        raise InputError(f'{path}: checkpoint of a run with other hyper-parameters ({"; ".join(changed)}); '
+                         f'pass --resume_override to continue with the new values')
+    try:
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
+    for group in optimizer.param_groups:             # the values of this command line apply (--resume_override)
+        group['lr'], group['weight_decay'] = args.l_r, adam_decay
+    set_rng_state(ckpt['rng'], sampler_rng)
+    if changed:
+        print(f'resuming with changed hyper-parameters: {"; ".join(changed)}')
+    return ckpt['state']
+
+
 def rng_state(sampler_rng):
     state = {'python': random.getstate(), 'numpy': sampler_rng.bit_generator.state, 'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -332,7 +512,7 @@ def seed_everything(seed):
 
 
 def run(args):
-    from DataLoad import TrainSampler, describe, load_dataset
+    from DataLoad import TrainSampler, load_dataset
     from Full_vt import SplitIndex, format_metrics, full_ranking
     from Train import Divergence, train_epoch
     from tqdm import tqdm
@@ -341,9 +521,7 @@ def run(args):
     name = run_name(args)
     best_path = args.PATH_weight_save or os.path.join('runs', f'{name}.best.pt')
     ckpt_path = args.checkpoint or os.path.join('runs', f'{name}.last.pt')
-    check_writable(args.save_file, 'results file')
-    check_writable(best_path, 'best-model file')
-    check_writable(ckpt_path, 'checkpoint')
+    check_outputs([(args.save_file, 'results file'), (best_path, 'best-model file'), (ckpt_path, 'checkpoint')])
 
     keep_freed_memory()
     if args.num_workers > 0:
@@ -370,14 +548,7 @@ def run(args):
     state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
              'bad_evals': 0, 'history': []}
     if args.resume:
-        ckpt = load_checkpoint_file(ckpt_path, 'checkpoint')
-        try:
-            model.load_state_dict(ckpt['model'])
-            optimizer.load_state_dict(ckpt['optimizer'])
-            set_rng_state(ckpt['rng'], sampler_rng)
-            state = ckpt['state']
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
+        state = resume_from(ckpt_path, args, model, optimizer, sampler_rng, adam_decay)
         print(f'resumed from {ckpt_path} after epoch {state["epoch"]}')
 
     def evaluate(epoch):
@@ -407,7 +578,7 @@ def run(args):
             state['epoch'] = epoch
             state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall})
             atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
+                         'rng': rng_state(sampler_rng), 'state': state, 'args': hyper_params(args)}, ckpt_path)
         if state['bad_evals'] >= args.patience:
             print(f'early stop: no validation improvement in {args.patience} evaluations')
     except Divergence as e:

@@ -295,3 +295,125 @@ def test_empty_or_fully_masked_split_is_refused(split, rows, hand_folder, tmp_pa
     if what == 'validation':        # evaluation alone needs no validation split
         assert load_dataset(str(hand_folder), require_val=False).val == {}
         assert main.main(_train_argv(str(hand_folder), tmp_path, '--num_epoch', '0', tag='eval')) == 0
+
+
+# ---------------------------------------------------------------- --resume: structure, hyper-parameters, outputs
+
+@pytest.fixture(scope='module')
+def resumable(tmp_path_factory):
+    """A 2-epoch run's checkpoint on a small dataset: (folder, tmp, checkpoint dict)."""
+    root = tmp_path_factory.mktemp('resume')
+    folder = prepare_data.synthetic('rs', like='none', num_user=30, num_item=40, inter_per_user=8, root=str(root))
+    assert main.main(_train_argv(folder, root, '--num_epoch', '2', '--dim_latent', '8', '--batch_size', '64',
+                                 tag='base')) == 0
+    return folder, root, torch.load(root / 'base.last.pt', weights_only=True)
+
+
+def _broken(ckpt, how):
+    import copy
+    c = copy.deepcopy(ckpt)
+    s = c['state']
+    edits = {
+        'state empty': lambda: c.__setitem__('state', {}),
+        'state a list': lambda: c.__setitem__('state', [1, 2]),
+        'epoch a string': lambda: s.__setitem__('epoch', '2'),
+        'epoch a bool': lambda: s.__setitem__('epoch', True),
+        'best recall a string': lambda: s.__setitem__('best_recall', '0.5'),
+        'best recall nan': lambda: s.__setitem__('best_recall', float('nan')),
+        'no bad_evals': lambda: s.pop('bad_evals'),
+        'no history': lambda: s.pop('history'),
+        'history too short': lambda: s['history'].pop(),
+        'best_val malformed': lambda: s.__setitem__('best_val', {10: {'recall': 'x'}}),
+        'best_val other cut-off': lambda: s.__setitem__('best_val', {20: s['best_val'][10]}),
+        'best_epoch after epoch': lambda: s.__setitem__('best_epoch', 7),
+        'no rng': lambda: c.pop('rng'),
+        'rng garbage': lambda: c['rng'].__setitem__('numpy', {'state': 3}),
+        'optimizer shape': lambda: c['optimizer']['state'][0].__setitem__('exp_avg', torch.zeros(3)),
+        'optimizer params': lambda: c['optimizer']['param_groups'][0].__setitem__('params', [0]),
+        'model nan': lambda: next(v for v in c['model'].values() if v.is_floating_point()).fill_(float('nan')),
+        'args a list': lambda: c.__setitem__('args', [1]),
+    }
+    if how == 'a bare tensor':
+        return torch.zeros(3)
+    if how == 'a list':
+        return [c]
+    edits[how]()
+    return c
+
+
+MALFORMED = ['state empty', 'state a list', 'epoch a string', 'epoch a bool', 'best recall a string',
+             'best recall nan', 'no bad_evals', 'no history', 'history too short', 'best_val malformed',
+             'best_val other cut-off', 'best_epoch after epoch', 'no rng', 'rng garbage', 'optimizer shape',
+             'optimizer params', 'model nan', 'args a list', 'a bare tensor', 'a list']
+
+
+@pytest.mark.parametrize('how', MALFORMED)
+def test_malformed_resume_checkpoint(how, resumable, tmp_path, capsys):
+    folder, root, ckpt = resumable
+    bad = tmp_path / 'bad.pt'
+    torch.save(_broken(ckpt, how), bad)
+    before = bad.read_bytes()
+    capsys.readouterr()
+    code = main.main(_train_argv(folder, tmp_path, '--num_epoch', '3', '--dim_latent', '8', '--batch_size', '64',
+                                 '--resume', '--checkpoint', str(bad)))
+    assert code == 2, how
+    _one_line_error(capsys, str(bad), 'malformed checkpoint')
+    assert bad.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ['bad.pt']
+
+
+def _resume_argv(folder, root, tmp_path, *flags):
+    import shutil
+    shutil.copy(root / 'base.last.pt', tmp_path / 'c.pt')
+    return ['--data_path', folder, '--no-progress', '--dim_latent', '8', '--batch_size', '64', '--num_epoch', '3',
+            '--resume', '--checkpoint', str(tmp_path / 'c.pt'), '--save_file', str(tmp_path / 'r.jsonl'),
+            '--PATH_weight_save', str(tmp_path / 'b.pt'), *flags]
+
+
+def test_resume_refuses_changed_hyper_parameters(resumable, tmp_path, capsys):
+    folder, root, _ = resumable
+    assert main.main(_resume_argv(folder, root, tmp_path, '--l_r', '0.02', '--ssl_alpha', '0.3')) == 2
+    _one_line_error(capsys, 'c.pt', '--l_r 0.01 -> 0.02', '--ssl_alpha 0.1 -> 0.3', '--resume_override')
+    assert not (tmp_path / 'r.jsonl').exists()
+    # meant: the new value applies from the resumed epoch on (and is what the results line records)
+    assert main.main(_resume_argv(folder, root, tmp_path, '--l_r', '0.02', '--ssl_alpha', '0.3',
+                                  '--resume_override')) == 0
+    assert 'resuming with changed hyper-parameters: --l_r 0.01 -> 0.02' in capsys.readouterr().out
+    saved = torch.load(tmp_path / 'c.pt', weights_only=True)
+    assert saved['optimizer']['param_groups'][0]['lr'] == 0.02 and saved['args']['l_r'] == 0.02
+    assert json.loads((tmp_path / 'r.jsonl').read_text())['args']['l_r'] == 0.02
+    # flags that do not change what is trained may differ
+    assert main.main(_resume_argv(folder, root, tmp_path, '--num_epoch', '3', '--patience', '5',
+                                  '--eval_batch', '7')) == 0
+
+
+def test_resume_with_unchanged_flags_matches_the_uninterrupted_run(resumable, tmp_path):
+    folder, root, _ = resumable
+    assert main.main(_resume_argv(folder, root, tmp_path)) == 0
+    full = tmp_path / 'full'
+    full.mkdir()
+    assert main.main(_train_argv(folder, full, '--num_epoch', '3', '--dim_latent', '8', '--batch_size', '64')) == 0
+    a, b = (json.loads(p.read_text()) for p in (tmp_path / 'r.jsonl', full / 'run.jsonl'))
+    assert (a['best_epoch'], a['val'], a['test']) == (b['best_epoch'], b['val'], b['test'])
+
+
+@pytest.mark.parametrize('same', [('--checkpoint', '--PATH_weight_save'), ('--checkpoint', '--save_file'),
+                                  ('--PATH_weight_save', '--save_file')])
+def test_output_paths_must_differ(same, tiny_plain, tmp_path, capsys):
+    argv = _train_argv(tiny_plain, tmp_path, '--num_epoch', '1')
+    for flag in same:
+        argv[argv.index(flag) + 1] = str(tmp_path / 'same')
+    assert main.main(argv) == 2
+    _one_line_error(capsys, 'same', 'the same file')
+    assert os.listdir(tmp_path) == ['tiny_plain']
+
+
+def test_stale_temporaries_of_ours_are_removed_at_the_next_start(tiny_plain, tmp_path):
+    names = {'.run.last.pt-999999999-abcd_123': False,      # ours, writer gone
+             '.run.best.pt-k2j4h5g6': False,                # ours, the pattern before the pid
+             f'.run.last.pt-{os.getppid()}-abcdefgh': True,  # ours, writer alive
+             '.run.last.pt-notours': True, '.other.pt-abcdefgh': True, 'run.last.pt-abcdefgh': True}
+    for n in names:
+        (tmp_path / n).write_bytes(b'x')
+    assert main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '0')) == 0
+    assert {n for n in names if (tmp_path / n).exists()} == {n for n, kept in names.items() if kept}
