@@ -11,6 +11,7 @@ JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
 """
 import argparse
 import errno
+import hashlib
 import json
 import math
 import os
@@ -148,7 +149,16 @@ def validate_args(args):
 
 
 def run_name(args):
-    return f'{os.path.basename(os.path.normpath(args.data_path))}-{args.model_name}-seed{args.seed}'
+    """``<data>-<model>[-<ssl task>]-seed<seed>[-<hash>]``: the hash (8 hex digits) covers every other
+    hyper-parameter that differs from the model's defaults, so runs that train differently never share
+    their output files, and the default run keeps a readable name."""
+    data = os.path.basename(os.path.normpath(args.data_path))
+    task = f'-{args.ssl_task}' if args.model_name == 'SLMRec' else ''
+    defaults = hyper_params(parse_args(['--model_name', args.model_name]))
+    named = ('data_path', 'model_name', 'ssl_task', 'seed')
+    differ = {k: v for k, v in hyper_params(args).items() if k not in named and v != defaults.get(k)}
+    digest = hashlib.sha1(json.dumps(differ, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
 
 
 def resolve_data(args):
@@ -588,6 +598,8 @@ def run(args):
 
     wall = time.time() - started
     summary(state, key, status)
+    if state['best_epoch'] and os.path.exists(best_path):
+        print(f'best model: {best_path}')
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
               'wall_time_s': round(wall, 2), 'device': str(device),

@@ -417,3 +417,41 @@ def test_stale_temporaries_of_ours_are_removed_at_the_next_start(tiny_plain, tmp
         (tmp_path / n).write_bytes(b'x')
     assert main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '0')) == 0
     assert {n for n in names if (tmp_path / n).exists()} == {n for n, kept in names.items() if kept}
+
+
+# ---------------------------------------------------------------- run names and the README's commands
+
+def _readme_main_commands():
+    import shlex
+    from conftest import ROOT
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    block = text[text.index('Other runs:'):]
+    block = block[block.index('```bash') + 7:]
+    block = block[:block.index('```')].replace('\\\n', ' ')
+    return [shlex.split(line.split('#')[0])[2:] for line in block.splitlines() if line.startswith('python main.py')]
+
+
+def test_readme_commands_have_their_own_run_names():
+    commands = _readme_main_commands()
+    assert len(commands) >= 8
+    runs = {}
+    for argv in commands[:-1]:
+        args = main.parse_args(argv)
+        runs.setdefault(main.run_name(args), set()).add(json.dumps(main.hyper_params(args), sort_keys=True))
+    assert all(len(v) == 1 for v in runs.values()), runs        # one name, one set of hyper-parameters
+    assert len(runs) == len(commands) - 1                       # every command its own files
+    evaluate = commands[-1]
+    assert evaluate[evaluate.index('--PATH_weight_load') + 1] == f'runs/{main.run_name(main.parse_args([]))}.best.pt'
+    assert main.run_name(main.parse_args([])) == 'ml100k-SLMRec-FAC-seed1'
+
+
+def test_run_name_hash_covers_the_other_hyper_parameters():
+    base = main.run_name(main.parse_args([]))
+    assert main.run_name(main.parse_args(['--l_r', '0.01'])) == base            # the default, spelled out
+    assert main.run_name(main.parse_args(['--num_epoch', '3', '--patience', '2'])) == base
+    names = {main.run_name(main.parse_args(f)) for f in
+             ([], ['--l_r', '0.02'], ['--weight_decay', '0.01'], ['--ssl_task', 'FD'], ['--seed', '2'],
+              ['--modalities', 'none'], ['--dim_latent', '32'], ['--ssl_alpha', '0.2'])}
+    assert len(names) == 8
+    assert main.run_name(main.parse_args(['--model_name', 'MMGCN'])) == 'ml100k-MMGCN-seed1'
