@@ -7,7 +7,8 @@
 Each evaluation prints one Val and one Test line; the run ends with the best
 epoch by validation Recall@K (first K) and its test metrics, and appends one
 JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
-2 bad input or arguments, 3 training diverged (NaN/Inf loss).
+2 bad input or arguments, 3 training diverged (a NaN/Inf loss, parameter or score),
+130 interrupted (Ctrl-C).
 """
 import argparse
 import errno
@@ -26,7 +27,7 @@ import torch
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN')
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 # Published defaults per model, used for every flag left out (SPEC 3.4, 5).
 MODEL_DEFAULTS = {
@@ -626,6 +627,9 @@ def main(argv=None):
     except (DataError, InputError) as e:
         print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == '__main__':

@@ -455,3 +455,29 @@ def test_run_name_hash_covers_the_other_hyper_parameters():
               ['--modalities', 'none'], ['--dim_latent', '32'], ['--ssl_alpha', '0.2'])}
     assert len(names) == 8
     assert main.run_name(main.parse_args(['--model_name', 'MMGCN'])) == 'ml100k-MMGCN-seed1'
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_is_one_line_and_exit_130_with_the_checkpoint_intact(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    folder = prepare_data.synthetic('cc', like='none', num_user=60, num_item=80, inter_per_user=10, root=str(tmp_path))
+    argv = [sys.executable, '-u', os.path.join(ROOT, 'main.py'), *_train_argv(folder, tmp_path, '--num_epoch', '50',
+            '--batch_size', '16', '--patience', '100', '--dim_latent', '8')]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    for line in proc.stdout:                     # interrupt around epoch 2's checkpoint write
+        if line.startswith('epoch    2  Test'):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == 'interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)'
+    ckpt = torch.load(tmp_path / 'run.last.pt', weights_only=True)
+    assert ckpt['state']['epoch'] in (1, 2, 3) and not (tmp_path / 'run.jsonl').exists()   # 2 may be mid-write
+    assert not [n for n in os.listdir(tmp_path) if n.startswith('.run.')]      # no temporary left
+    assert main.main(_train_argv(folder, tmp_path, '--num_epoch', str(ckpt['state']['epoch'] + 1), '--batch_size',
+                                 '16', '--patience', '100', '--dim_latent', '8', '--resume')) == 0
