@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ LEGACY_FEATURES = {
     'tiktok': {'v': ('feat_v.pt', 'dense'), 'a': ('feat_a.pt', 'dense'), 't': ('feat_t.pt', 'words')},
     'kwai': {'v': ('feat_v.pt', 'dense')},
 }
+
+# A modality name (it becomes a file name and a flag value) and a file name inside the folder.
+PLAIN_NAME = re.compile(r'[A-Za-z0-9_-]+')
+PLAIN_FILE = re.compile(r'[A-Za-z0-9_.-]+')
 
 # Width of the trainable word embedding behind a word-id text modality (SPEC 1.2).
 WORD_DIM = 128
@@ -102,19 +107,46 @@ def read_regular(path, limit):
     return data
 
 
+MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
+MAX_ID = 2 ** 31 - 1            # user and item ids, and the sizes, stay below this: no int64 overflow in user*I+item
+
+
+class _ArrayClass:
+    """Stands for ``numpy.ndarray`` inside a pickle: usable only as ``_reconstruct``'s first argument."""
+
+
+def _bounded_reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` as ``np.save`` pickles it: an empty array that BUILD then fills (and checks).
+
+    A pickle that asks for any other shape could allocate without limit from a few bytes.
+    """
+    if subtype is not _ArrayClass or tuple(shape) != (0,):
+        raise pickle.UnpicklingError('refused an array reconstructed with a non-empty shape')
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what the legacy split/dict files hold (SPEC 1.4)."""
+    """Admits only what the legacy split/dict files hold (SPEC 1.4).
+
+    Nothing it admits builds more than the stream spells out: arrays start
+    empty and get their data from the stream (numpy checks its size), and the
+    containers hold what the stream appends.  A shared sub-list (a "billion
+    laughs" bomb) stays small here and is refused by the flat-row checks of
+    ``_as_int_array`` before anything walks it.
+    """
 
     ALLOWED = {
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
+        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('numpy', 'dtype'),
         ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'list'),
         ('builtins', 'dict'), ('builtins', 'int'), ('builtins', 'tuple'),
         ('collections', 'defaultdict'), ('collections', 'OrderedDict'),
     }
 
     def find_class(self, module, name):
+        if (module, name) in (('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')):
+            return _bounded_reconstruct
+        if (module, name) == ('numpy', 'ndarray'):
+            return _ArrayClass
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f'refused to load {module}.{name}')
         import importlib
@@ -122,9 +154,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_npy(path, allow_object=False):
-    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler."""
-    if not os.path.isfile(path):
-        raise DataError(path, 'file not found')
+    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler.
+
+    The file must be a regular file; a plain array must fill the file exactly
+    (a header that understates the rows would silently drop data); a pickled
+    one is refused above ``MAX_PICKLE_BYTES``.
+    """
+    size = check_regular(path)
     try:
         with open(path, 'rb') as f:
             version = np.lib.format.read_magic(f)
@@ -133,15 +169,23 @@ def load_npy(path, allow_object=False):
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             if not dtype.hasobject:
+                expected = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if size > expected:
+                    raise DataError(path, f'{size - expected} bytes after the array of shape {tuple(shape)} its '
+                                          f'header describes (the header understates the rows?)')
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
             if not allow_object:
                 raise DataError(path, 'holds pickled objects where a numeric array is expected')
+            if size > MAX_PICKLE_BYTES:
+                raise DataError(path, f'a pickled file of {size} bytes; more than {MAX_PICKLE_BYTES} is refused')
             obj = _RestrictedUnpickler(f).load()
     except DataError:
         raise
     except pickle.UnpicklingError as e:
         raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
+    except RecursionError:
+        raise DataError(path, 'unsafe or corrupt pickle (nested too deeply)') from None
     except Exception as e:  # truncated, not numpy, bad header ...
         raise DataError(path, f'not a readable .npy file ({describe(e)})') from None
     if not isinstance(obj, np.ndarray):
@@ -151,8 +195,7 @@ def load_npy(path, allow_object=False):
 
 def load_pt_tensor(path):
     """Load a tensor from ``.pt`` with ``weights_only=True``."""
-    if not os.path.isfile(path):
-        raise DataError(path, 'file not found')
+    check_regular(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -170,8 +213,8 @@ def load_matrix(path):
         arr = load_pt_tensor(path).numpy()
     else:
         arr = load_npy(path)
-    if arr.ndim != 2:
-        raise DataError(path, f'expected a 2-D feature matrix, found shape {tuple(arr.shape)}')
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise DataError(path, f'expected a 2-D feature matrix with at least one column, found shape {tuple(arr.shape)}')
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DataError(path, f'expected numeric features, found dtype {arr.dtype}')
     arr = arr.astype(np.float32)
@@ -182,6 +225,13 @@ def load_matrix(path):
 
 
 def _as_int_array(values, path, what):
+    if isinstance(values, (list, tuple, set, frozenset)):
+        # Flat rows only: a nested (possibly shared, exponentially large) structure is never walked.
+        if not all(isinstance(x, (int, float, np.integer, np.floating)) for x in values):
+            raise DataError(path, f'{what} is not a flat list of integers')
+    elif isinstance(values, np.ndarray) and values.dtype == object and values.ndim > 0:
+        if not all(isinstance(x, (int, float, np.integer, np.floating)) for x in values.reshape(-1)):
+            raise DataError(path, f'{what} is not a flat list of integers')
     try:
         arr = np.asarray(values)
     except Exception:
@@ -192,13 +242,16 @@ def _as_int_array(values, path, what):
         if arr.dtype == object or np.issubdtype(arr.dtype, np.floating):
             try:
                 as_float = arr.astype(np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(path, f'{what} holds a non-integer value') from None
             if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
                 raise DataError(path, f'{what} holds a non-integer value')
             arr = as_float
         else:
             raise DataError(path, f'{what} holds a non-integer value (dtype {arr.dtype})')
+    extreme = arr.max() if arr.max() > -arr.min() else arr.min()
+    if abs(extreme) > MAX_ID:
+        raise DataError(path, f'{what}: id {int(extreme)} is too large (ids must be below 2**31)')
     return arr.astype(np.int64).reshape(-1)
 
 
@@ -256,21 +309,34 @@ def legacy_key(name):
 
 def _read_meta(folder):
     path = os.path.join(folder, 'meta.json')
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(path, f'not valid JSON ({e})') from None
+        meta = json.loads(read_regular(path, 1 << 20))
+    except (ValueError, RecursionError) as e:
+        raise DataError(path, f'not valid JSON ({describe(e)})') from None
     if not isinstance(meta, dict):
         raise DataError(path, 'expected a JSON object')
     for key in ('num_user', 'num_item'):
-        if key in meta and (not isinstance(meta[key], int) or meta[key] <= 0):
-            raise DataError(path, f'{key} must be a positive integer, found {meta[key]!r}')
+        if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool)
+                            or not 0 < meta[key] <= MAX_ID):
+            raise DataError(path, f'{key} must be a positive integer below 2**31, found {str(meta[key])[:40]}')
     mods = meta.get('modalities', [])
     if not isinstance(mods, list) or not all(isinstance(m, dict) and 'name' in m and 'file' in m for m in mods):
         raise DataError(path, "'modalities' must be a list of objects with 'name' and 'file'")
+    seen = set()
+    for n, m in enumerate(mods):
+        name, file, kind = m['name'], m['file'], m.get('kind', 'dense')
+        if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+            raise DataError(path, f'modality {n}: name must be a plain name (letters, digits, _, -), '
+                                  f'found {str(name)[:40]!r}')
+        if name in seen:
+            raise DataError(path, f'modality name {name!r} appears twice')
+        seen.add(name)
+        if not isinstance(file, str) or not PLAIN_FILE.fullmatch(file) or file in ('.', '..'):
+            raise DataError(path, f'modality {name!r}: file must be a file name in the folder, found {str(file)[:40]!r}')
+        if kind not in ('dense', 'words'):
+            raise DataError(path, f'modality {name!r} has unknown kind {str(kind)[:40]!r} (dense or words)')
     return meta
 
 
@@ -324,6 +390,8 @@ def _load_user_item_dict(path):
     out = {}
     for u, items in obj.items():
         uid = _as_int_array([u], path, 'a user key')[0]
+        if not isinstance(items, (list, tuple, set, frozenset, np.ndarray)):
+            raise DataError(path, f'the items of user {uid} are not a list or set')
         out[int(uid)] = _as_int_array(list(items), path, f'the items of user {uid}')
     return out
 

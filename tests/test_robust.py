@@ -481,3 +481,136 @@ def test_ctrl_c_is_one_line_and_exit_130_with_the_checkpoint_intact(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith('.run.')]      # no temporary left
     assert main.main(_train_argv(folder, tmp_path, '--num_epoch', str(ckpt['state']['epoch'] + 1), '--batch_size',
                                  '16', '--patience', '100', '--dim_latent', '8', '--resume')) == 0
+
+
+# ---------------------------------------------------------------- dataset fields (DataLoad)
+
+def _meta(folder, modalities, **sizes):
+    (folder / 'meta.json').write_text(json.dumps({**sizes, 'modalities': modalities}))
+
+
+@pytest.mark.parametrize('entry, problem', [
+    ({'name': 'v', 'file': 3}, 'file must be a file name'),
+    ({'name': 'v', 'file': None}, 'file must be a file name'),
+    ({'name': 'v', 'file': '../hand/feat_v.npy'}, 'file must be a file name'),
+    ({'name': 'v', 'file': '..'}, 'file must be a file name'),
+    ({'name': 3, 'file': 'feat_v.npy'}, 'name must be a plain name'),
+    ({'name': ['v'], 'file': 'feat_v.npy'}, 'name must be a plain name'),
+    ({'name': 'a/b', 'file': 'feat_v.npy'}, 'name must be a plain name'),
+    ({'name': 'v', 'file': 'feat_v.npy', 'kind': 7}, 'unknown kind'),
+])
+def test_meta_modality_fields_have_the_right_types(entry, problem, hand_folder):
+    _meta(hand_folder, [entry])
+    with pytest.raises(DataError, match=f'meta.json: .*{problem}'):
+        load_dataset(str(hand_folder))
+
+
+def test_duplicate_modality_names_are_refused(hand_folder):
+    _meta(hand_folder, [{'name': 'v', 'file': 'feat_v.npy'}, {'name': 'v', 'file': 'feat_v.npy'}])
+    with pytest.raises(DataError, match="meta.json: modality name 'v' appears twice"):
+        load_dataset(str(hand_folder))
+
+
+@pytest.mark.parametrize('sizes', [dict(num_user=10 ** 30, num_item=3), dict(num_user=True, num_item=3)])
+def test_meta_sizes_in_range(sizes, hand_folder):
+    _meta(hand_folder, [{'name': 'v', 'file': 'feat_v.npy'}], **sizes)
+    with pytest.raises(DataError, match='meta.json: num_user must be a positive integer below 2'):
+        load_dataset(str(hand_folder))
+
+
+def test_zero_column_features_are_refused(hand_folder):
+    np.save(hand_folder / 'feat_v.npy', np.zeros((3, 0), dtype=np.float32))
+    with pytest.raises(DataError, match='feat_v.npy: expected a 2-D feature matrix with at least one column'):
+        load_dataset(str(hand_folder))
+
+
+def _no_hang(seconds=10):
+    import signal
+
+    def boom(*_):
+        raise TimeoutError('hung')
+    signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+
+
+@pytest.mark.parametrize('target', ['meta.json', 'train.npy', 'val_full.npy', 'user_item_dict.npy', 'feat_v.npy'])
+@pytest.mark.parametrize('kind', ['fifo', 'urandom'])
+def test_special_files_are_refused_without_hanging(kind, target, hand_folder):
+    import signal
+    path = hand_folder / target
+    path.unlink()
+    if kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        os.symlink('/dev/urandom', path)
+    _no_hang()
+    try:
+        with pytest.raises(DataError, match=f'{target}: not a regular file'):
+            load_dataset(str(hand_folder))
+    finally:
+        signal.alarm(0)
+
+
+def _laughs(depth=9):
+    inner = [3] * 10
+    for _ in range(depth):
+        inner = [inner] * 10            # 10**10 ints if walked, 400 bytes as a pickle
+    return inner
+
+
+def test_pickle_bomb_in_user_item_dict_is_refused_fast(hand_folder):
+    import time
+    np.save(hand_folder / 'user_item_dict.npy', np.array({0: _laughs(), 1: {3, 4}}, dtype=object), allow_pickle=True)
+    assert os.path.getsize(hand_folder / 'user_item_dict.npy') < 1000
+    start = time.time()
+    with pytest.raises(DataError, match='user_item_dict.npy: the items of user 0 is not a flat list of integers'):
+        load_dataset(str(hand_folder))
+    assert time.time() - start < 2
+
+
+def test_pickle_bomb_in_a_split_row_is_refused(hand_folder):
+    from conftest import write_split
+    write_split(hand_folder / 'val_full.npy', [[0, 4], _laughs(6)])
+    with pytest.raises(DataError, match='val_full.npy: row 1 is not a flat list of integers'):
+        load_dataset(str(hand_folder))
+
+
+def test_pickle_asking_for_a_huge_array_is_refused(hand_folder):
+    # _reconstruct(ndarray, (10**12,), b'b'): a few bytes that would allocate a terabyte
+    payload = (b'\x80\x03cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01\x8a\x06\x00\x10\xa5\xd4\xe8'
+               b'\x00\x85q\x02C\x01bq\x03\x87q\x04Rq\x05.')
+    with open(hand_folder / 'user_item_dict.npy', 'wb') as f:
+        np.lib.format.write_array_header_1_0(f, {'descr': '|O', 'fortran_order': False, 'shape': ()})
+        f.write(payload)
+    with pytest.raises(DataError, match='user_item_dict.npy: unsafe or corrupt pickle .*non-empty shape'):
+        load_dataset(str(hand_folder))
+
+
+def test_pickled_file_size_is_capped(hand_folder, monkeypatch):
+    import DataLoad
+    monkeypatch.setattr(DataLoad, 'MAX_PICKLE_BYTES', 100)
+    with pytest.raises(DataError, match='_full.npy: a pickled file of .* bytes; more than 100 is refused'):
+        load_dataset(str(hand_folder))
+
+
+def test_npy_header_that_understates_its_rows(hand_folder):
+    rows = np.array([[0, 2], [0, 3], [1, 3], [1, 4]], dtype=np.int64)
+    with open(hand_folder / 'train.npy', 'wb') as f:
+        np.lib.format.write_array_header_1_0(f, {'descr': '<i8', 'fortran_order': False, 'shape': (2, 2)})
+        f.write(rows.tobytes())
+    with pytest.raises(DataError, match=r'train.npy: 32 bytes after the array of shape \(2, 2\)'):
+        load_dataset(str(hand_folder))
+
+
+@pytest.mark.parametrize('target', ['train.npy', 'val_full.npy', 'user_item_dict.npy'])
+def test_ids_too_large_blame_their_file(target, hand_folder):
+    from conftest import write_split
+    huge = 2 ** 40
+    if target == 'train.npy':
+        np.save(hand_folder / target, np.array([[0, 2], [huge, 3]]))
+    elif target == 'val_full.npy':
+        write_split(hand_folder / target, [[0, 4], [1, 2 ** 70]])
+    else:
+        np.save(hand_folder / target, np.array({0: {2, 3}, 1: {3, huge}}, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=f'{target}: .*too large'):
+        load_dataset(str(hand_folder))
