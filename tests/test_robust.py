@@ -614,3 +614,91 @@ def test_ids_too_large_blame_their_file(target, hand_folder):
         np.save(hand_folder / target, np.array({0: {2, 3}, 1: {3, huge}}, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match=f'{target}: .*too large'):
         load_dataset(str(hand_folder))
+
+
+# ---------------------------------------------------------------- prepare_data.py csv and its flags
+
+def _csv(tmp_path, text, name='inter.csv', mode='w'):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+def _good_rows(n_user=6, n_item=12, per=10):
+    return [f'u{u},{(u + k) % n_item},{k}' for u in range(n_user) for k in range(per)]
+
+
+def _prepare_csv(tmp_path, inter, *flags):
+    return prepare_data.main(['csv', '--inter', inter, '--name', str(tmp_path / 'out'), *flags])
+
+
+@pytest.mark.parametrize('case', ['long line', 'long user id', 'latin-1 ids', 'rating header'])
+def test_csv_bad_interaction_files(case, tmp_path, capsys):
+    rows = _good_rows()
+    if case == 'long line':
+        rows.append('u1,' + 'x' * 200000 + ',1')
+    elif case == 'long user id':
+        rows.append('u' * 5000 + ',1,1')
+    elif case == 'rating header':
+        rows = ['user_id,item_id,rating'] + [r.rsplit(',', 1)[0] + ',4' for r in rows]
+    text = '\n'.join(rows) + '\n'
+    inter = _csv(tmp_path, text.encode('utf-8') + b'caf\xe9,1,1\n' if case == 'latin-1 ids' else text)
+    assert _prepare_csv(tmp_path, inter) == 2
+    needle = {'long line': 'line 61: field larger than field limit', 'long user id': 'longer than 256', 'latin-1 ids': 'not UTF-8',
+              'rating header': "third column is 'rating', not a timestamp"}[case]
+    _one_line_error(capsys, 'inter.csv', needle)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_csv_rating_without_header_warns_once(tmp_path, capsys):
+    rows = [r.rsplit(',', 1)[0] + f',{1 + n % 5}' for n, r in enumerate(_good_rows())]
+    assert _prepare_csv(tmp_path, _csv(tmp_path, '\n'.join(rows) + '\n')) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('warning: ') and 'looks like a rating' in err[0]
+
+
+def test_csv_rating_and_timestamp_header_uses_the_timestamp(tmp_path):
+    rows = ['user,item,rating,timestamp'] + [f'{r.rsplit(",", 1)[0]},5,{100 - int(r.rsplit(",", 1)[1])}'
+                                             for r in _good_rows()]
+    assert _prepare_csv(tmp_path, _csv(tmp_path, '\n'.join(rows) + '\n')) == 0
+    data = load_dataset(str(tmp_path / 'out'))
+    ids = (tmp_path / 'out' / 'item_ids.txt').read_text().split()
+    assert ids[int(data.test[0][0])] == '0'       # time 100 - k: user u0's newest item is its k=0 item, 0
+
+
+def test_csv_utf8_bom_before_the_header(tmp_path):
+    text = '\ufeffuser,item,time\n' + '\n'.join(_good_rows()) + '\n'
+    assert _prepare_csv(tmp_path, _csv(tmp_path, text.encode('utf-8'))) == 0
+    assert load_dataset(str(tmp_path / 'out')).num_user == 6
+
+
+@pytest.mark.parametrize('feature', ['a/b', '..', 'v/../../x', 'v.x', ''])
+def test_csv_feature_name_is_a_plain_name(feature, tmp_path, capsys):
+    np.save(tmp_path / 'f.npy', np.ones((12, 2), dtype=np.float32))
+    inter = _csv(tmp_path, '\n'.join(_good_rows()) + '\n')
+    assert _prepare_csv(tmp_path, inter, '--feature', f'{feature}={tmp_path / "f.npy"}') == 2
+    _one_line_error(capsys, '--feature')
+    assert sorted(os.listdir(tmp_path)) == ['f.npy', 'inter.csv']
+
+
+@pytest.mark.parametrize('kind', ['missing', 'directory'])
+def test_csv_item_list_missing_or_a_directory(kind, tmp_path, capsys):
+    np.save(tmp_path / 'f.npy', np.ones((12, 2), dtype=np.float32))
+    inter = _csv(tmp_path, '\n'.join(_good_rows()) + '\n')
+    item_list = tmp_path / 'items'
+    if kind == 'directory':
+        item_list.mkdir()
+    assert _prepare_csv(tmp_path, inter, '--feature', f'v={tmp_path / "f.npy"}', '--item_list', str(item_list)) == 2
+    _one_line_error(capsys, str(item_list), 'not found' if kind == 'missing' else 'not a regular file')
+
+
+@pytest.mark.parametrize('flags', [['--scale', '0'], ['--scale', 'nan'], ['--scale', 'inf'], ['--seed', '-1'],
+                                   ['--num_user', '0'], ['--num_item', '3'], ['--num_item', str(10 ** 12)],
+                                   ['--inter_per_user', 'nan']])
+def test_prepare_numeric_flags(flags, tmp_path, capsys):
+    assert prepare_data.main(['synthetic', '--name', str(tmp_path / 'x'), *flags]) == 2
+    _one_line_error(capsys, flags[0])
+    assert os.listdir(tmp_path) == []
