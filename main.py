@@ -215,6 +215,8 @@ def check_writable(path, what):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OSError('not a regular file')        # e.g. /dev/null: atomic_save would replace it
         if os.path.exists(path) and not os.access(path, os.W_OK):
             raise OSError('permission denied')
     except OSError as e:
@@ -409,12 +411,19 @@ def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
         ids = [i for g in opt['param_groups'] for i in g['params']]
         _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
               and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
-        for i, entry in opt['state'].items():
-            _need(_is_int(i) and i < len(params) and isinstance(entry, dict), "'optimizer' state is not per parameter")
-            for name, value in entry.items():
-                _need(isinstance(value, torch.Tensor) and (value.dim() == 0 or value.shape == params[i].shape)
-                      and (not value.is_floating_point() or bool(torch.isfinite(value).all())),
-                      f"'optimizer' state {name!r} of parameter {i} has the wrong shape or non-finite values")
+        for i, entry in opt['state'].items():       # Adam's state (SPEC: the only optimiser here)
+            _need(_is_int(i) and i < len(params) and isinstance(entry, dict)
+                  and set(entry) == {'step', 'exp_avg', 'exp_avg_sq'}, "'optimizer' state is not Adam's per parameter")
+            step = entry['step']
+            _need(isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
+                  and bool(torch.isfinite(step).all()) and float(step) >= 1,
+                  f"'optimizer' step of parameter {i} must be a number >= 1")
+            for name in ('exp_avg', 'exp_avg_sq'):
+                value = entry[name]
+                _need(isinstance(value, torch.Tensor) and value.shape == params[i].shape
+                      and value.dtype == params[i].dtype and bool(torch.isfinite(value).all())
+                      and (name == 'exp_avg' or bool((value >= 0).all())),
+                      f"'optimizer' {name} of parameter {i} has the wrong shape, type or values")
         rng = ckpt['rng']
         _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
               "'rng' must hold the python, numpy and torch states")
@@ -445,7 +454,10 @@ def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
             _check_metrics(state['best_val'], "'state' best_val", args.topK)
             _check_metrics(state['best_test'], "'state' best_test", args.topK)
         saved = ckpt.get('args')
-        _need(saved is None or isinstance(saved, dict), "'args' must be a dict")
+        plain = (type(None), bool, int, float, str)
+        _need(saved is None or (isinstance(saved, dict) and all(
+            isinstance(k, str) and (isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v)))
+            for k, v in saved.items())), "'args' must map flag names to plain values")
     except MalformedCheckpoint as e:
         raise InputError(f'{path}: malformed checkpoint: {e}') from None
 
@@ -469,13 +481,14 @@ def resume_from(path, args, model, optimizer, sampler_rng, adam_decay):
     if changed and not args.resume_override:
         raise InputError(f'{path}: checkpoint of a run with other hyper-parameters ({"; ".join(changed)}); '
                          f'pass --resume_override to continue with the new values')
+    own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
     try:
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
-    for group in optimizer.param_groups:             # the values of this command line apply (--resume_override)
-        group['lr'], group['weight_decay'] = args.l_r, adam_decay
+    for group, own in zip(optimizer.param_groups, own_groups):   # this command line's values apply, never the file's
+        group.update(own)
     set_rng_state(ckpt['rng'], sampler_rng)
     if changed:
         print(f'resuming with changed hyper-parameters: {"; ".join(changed)}')
