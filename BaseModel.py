@@ -61,6 +61,18 @@ def normalized_adjacency(train, num_user, num_item):
     return csr_adjacency(edges, n, values)
 
 
+def check_symmetric(adj):
+    """Raise ValueError unless the sparse matrix ``adj`` equals its transpose: the propagation's
+    closed-form backward and MMGCN's aggregations use ``adj`` as its own transpose.  An
+    ``edge_index`` (a dense [2, E] tensor, PyG's per-edge path) needs no transpose and is not checked."""
+    if adj.layout == torch.strided:
+        return
+    coo = (adj.to_sparse_coo() if adj.layout != torch.sparse_coo else adj).coalesce()
+    flipped = torch.sparse_coo_tensor(coo.indices().flip(0), coo.values(), coo.shape, check_invariants=True).coalesce()
+    if not (torch.equal(coo.indices(), flipped.indices()) and torch.equal(coo.values(), flipped.values())):
+        raise ValueError('the adjacency must be symmetric (an undirected graph)')
+
+
 def spmm(adj, x):
     """``adj @ x``; on the CPU through the parallel CSR kernel behind ``reduce='sum'``
     (1.7x faster here than the default CSR product, same result)."""
@@ -108,16 +120,18 @@ def _symmetric_columns(adj, rows):
 
 class _LayerMeanPropagation(torch.autograd.Function):
     """``mean(X⁰..X^L)`` at the rows ``P`` with ``X^{k+1} = D_k(Â X^k)``, ``D_k`` a dropout mask on
-    the columns from ``drop_from`` on.  The last layer is computed for the rows ``P`` only
-    (``P Â``: a few thousand rows of the graph).  Backward in closed form (``Â`` symmetric):
+    the columns from ``drop_from`` on; with ``parity`` the sums of the even and of the odd layers
+    side by side, ``[Σ_even X^k ‖ Σ_odd X^k] / (L+1)``.  The last layer is computed for the rows
+    ``P`` only (``P Â``: a few thousand rows of the graph).  Backward in closed form (``Â``
+    symmetric), with ``g_k`` the gradient of layer k's sum (``g_even`` or ``g_odd`` with parity):
 
-        G_{L-1} = Pᵀg + (PÂ)ᵀ D_{L-1}(g),   G_k = Pᵀg + Â D_k(G_{k+1}),   dX⁰ = G_0,   g = grad / (L + 1)
+        G_{L-1} = Pᵀg_{L-1} + (PÂ)ᵀ D_{L-1}(g_L),   G_k = Pᵀg_k + Â D_k(G_{k+1}),   dX⁰ = G_0
 
     Only the boolean masks are kept for the backward, no intermediate layer.
     """
 
     @staticmethod
-    def forward(ctx, x0, adj, num_layer, dropout, drop_from, rows):
+    def forward(ctx, x0, adj, num_layer, dropout, drop_from, rows, parity):
         def drop(x):
             if dropout > 0:
                 dropped = torch.rand(x.shape[0], x.shape[1] - drop_from, device=x.device) < dropout
@@ -126,60 +140,66 @@ class _LayerMeanPropagation(torch.autograd.Function):
             return x
         masks = []
         full = rows is None
-        total, x = (x0 if full else x0[rows]).clone(), x0
-        for _ in range(num_layer if full else num_layer - 1):
+        first = (x0 if full else x0[rows]).clone()
+        totals, x = [first, torch.zeros_like(first)] if parity else [first], x0
+        for k in range(1, num_layer + 1 if full else num_layer):
             x = drop(spmm(adj, x))
-            total += x if full else x[rows]
+            totals[k % len(totals)] += x if full else x[rows]
         block_t = None
         if not full and num_layer > 0:
             block, block_t = row_submatrix(adj, rows, symmetric=True)
-            total += drop(spmm(block, x))
+            totals[num_layer % len(totals)] += drop(spmm(block, x))
         ctx.rows, ctx.adj, ctx.block_t, ctx.masks, ctx.num_layer = rows, adj, block_t, masks, num_layer
-        ctx.dropout, ctx.drop_from, ctx.full, ctx.n = dropout, drop_from, full, x0.shape[0]
-        return total.div_(num_layer + 1)
+        ctx.dropout, ctx.drop_from, ctx.full, ctx.n, ctx.parity = dropout, drop_from, full, x0.shape[0], parity
+        return torch.cat(totals, dim=1).div_(num_layer + 1) if parity else first.div_(num_layer + 1)
 
     @staticmethod
     def backward(ctx, grad):
-        rows = ctx.rows
+        rows, none = ctx.rows, (None,) * 6
 
         def undrop(acc, k):
             if ctx.masks:
                 acc[:, ctx.drop_from:].masked_fill_(ctx.masks[k], 0).div_(1 - ctx.dropout)
             return acc
         g = grad / (ctx.num_layer + 1)
+        parts = g.chunk(2, dim=1) if ctx.parity else [g]         # the gradient of layer k is parts[k % 2]
         if ctx.full:
-            acc = g.clone()
+            acc = parts[ctx.num_layer % len(parts)].clone()
             for k in reversed(range(ctx.num_layer)):
-                acc = spmm(ctx.adj, undrop(acc, k)).add_(g)
-            return acc, None, None, None, None, None
-        scattered = g.new_zeros(ctx.n, g.shape[1]).index_add_(0, rows, g)
+                acc = spmm(ctx.adj, undrop(acc, k)).add_(parts[k % len(parts)])
+            return (acc,) + none
+        scattered = [g.new_zeros(ctx.n, part.shape[1]).index_add_(0, rows, part) for part in parts]
         if ctx.num_layer == 0:
-            return scattered, None, None, None, None, None
-        acc = spmm(ctx.block_t, undrop(g.clone(), ctx.num_layer - 1)).add_(scattered)
-        for k in reversed(range(ctx.num_layer - 1)):
-            acc = spmm(ctx.adj, undrop(acc, k)).add_(scattered)
-        return acc, None, None, None, None, None
+            return (scattered[0],) + none
+        last = ctx.num_layer
+        acc = spmm(ctx.block_t, undrop(parts[last % len(parts)].clone(), last - 1)).add_(
+            scattered[(last - 1) % len(parts)])
+        for k in reversed(range(last - 1)):
+            acc = spmm(ctx.adj, undrop(acc, k)).add_(scattered[k % len(parts)])
+        return (acc,) + none
 
 
-def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=0, rows=None):
+def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=0, rows=None, parity=False):
     """LightGCN propagation (SPEC 3.1): ``X^{k+1} = dropout(Â X^k)``, returns ``mean(X^0..X^L)``
     (at the rows ``rows`` only when given: training needs just the batch's users and items).
 
     ``x0`` may hold several branches and views side by side as columns: they
     share ``Â``, so one wide product per layer serves them all.  Dropout
-    (layer 0 excepted) applies to the columns from ``drop_from`` on.  ``Â``
-    must be symmetric and CSR.
+    (layer 0 excepted) applies to the columns from ``drop_from`` on.  With
+    ``parity`` the result is ``[Σ_even X^k ‖ Σ_odd X^k] / (L+1)`` (twice as wide),
+    what SPEC 3.6 needs to split one propagation of ``[E_u ; E_i]`` into its user
+    and item parts.  ``Â`` must be symmetric and CSR.
     """
     if not training:
         dropout = 0.0
     if rows is None:
-        return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None)
+        return _LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None, parity)
     sparse = sparse_rows(adj, rows)
     if sparse is None:
         # The rows touch a large part of the graph (a small, dense dataset): the full last layer is cheaper.
-        return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None), rows)
+        return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, None, parity), rows)
     unique, inverse = sparse
-    return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique), inverse)
+    return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique, parity), inverse)
 
 
 def take_rows(x, index):
@@ -350,7 +370,7 @@ class BaseModel(MessagePassing):
             raise ValueError(f'aggr_mode must be one of {AGGR_MODES}, got {aggr!r}')
         super().__init__(aggr=aggr)
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels))
-        nn.init.xavier_uniform_(self.weight)
+        nn.init.xavier_normal_(self.weight)          # SPEC 2, as official
 
     def forward(self, x, adj, adj_transpose=None):
         return self.propagate(adj, x=x @ self.weight, adj_transpose=adj_transpose)

@@ -99,6 +99,9 @@ def build_parser():
     a('--dropout_rate', type=float, default=0.3, help='SLMRec: FD dropout')
     a('--mm_fusion_mode', default='concat', choices=('concat', 'mean'), help='SLMRec branch fusion')
     a('--backbone', default='lightgcn', choices=('lightgcn', 'mmgcn'), help='SLMRec encoder')
+    a('--fm_views', default='official', choices=('official', 'clean'),
+      help="SLMRec FM/FD+FM views: 'official' (each view's layer 0 from its own mask, its propagated layers "
+           "from the other view's, as the official code) or 'clean' (its own mask at every layer; extension)")
     a('--no-progress', dest='progress', action='store_false', help='hide the per-epoch progress bar')
     return p
 
@@ -201,7 +204,7 @@ def build_model(args, data):
     try:
         return SLMRec(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
                       args.mm_fusion_mode, args.ssl_task, args.ssl_alpha, args.temp, args.ssl_temp,
-                      args.dropout_rate, args.backbone, args.aggr_mode, args.concat)
+                      args.dropout_rate, args.backbone, args.aggr_mode, args.concat, args.fm_views)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -392,8 +395,12 @@ def _check_metrics(metrics, where, topk):
               f'{where}[{k}] must hold finite precision, recall and ndcg')
 
 
-def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
-    """Check every part of a ``--resume`` checkpoint before any of it is used; ``InputError`` names the problem."""
+def validate_checkpoint(ckpt, path, args, sampler_rng):
+    """Check a ``--resume`` checkpoint before any of it is used; ``InputError`` names the problem.
+
+    The optimiser's state is checked against the parameters by ``validate_optimizer_state``, once the
+    model weights are loaded (loading may replace a parameter) and the optimiser is built.
+    """
     try:
         _need(isinstance(ckpt, dict), f'expected a dict, found {type(ckpt).__name__}')
         missing = [k for k in ('model', 'optimizer', 'rng', 'state') if k not in ckpt]
@@ -407,23 +414,6 @@ def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
         _need(isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
               and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups']),
               "'optimizer' must be an optimiser state dict")
-        params = [p for g in optimizer.param_groups for p in g['params']]
-        ids = [i for g in opt['param_groups'] for i in g['params']]
-        _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
-              and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
-        for i, entry in opt['state'].items():       # Adam's state (SPEC: the only optimiser here)
-            _need(_is_int(i) and i < len(params) and isinstance(entry, dict)
-                  and set(entry) == {'step', 'exp_avg', 'exp_avg_sq'}, "'optimizer' state is not Adam's per parameter")
-            step = entry['step']
-            _need(isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
-                  and bool(torch.isfinite(step).all()) and float(step) >= 1,
-                  f"'optimizer' step of parameter {i} must be a number >= 1")
-            for name in ('exp_avg', 'exp_avg_sq'):
-                value = entry[name]
-                _need(isinstance(value, torch.Tensor) and value.shape == params[i].shape
-                      and value.dtype == params[i].dtype and bool(torch.isfinite(value).all())
-                      and (name == 'exp_avg' or bool((value >= 0).all())),
-                      f"'optimizer' {name} of parameter {i} has the wrong shape, type or values")
         rng = ckpt['rng']
         _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
               "'rng' must hold the python, numpy and torch states")
@@ -462,36 +452,66 @@ def validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng):
         raise InputError(f'{path}: malformed checkpoint: {e}') from None
 
 
-def changed_hyper_params(ckpt, args, adam_decay):
+def validate_optimizer_state(opt, path, optimizer):
+    """The checkpoint's optimiser state against this optimiser's parameters (Adam, the only one here)."""
+    try:
+        params = [p for g in optimizer.param_groups for p in g['params']]
+        ids = [i for g in opt['param_groups'] for i in g['params']]
+        _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
+              and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
+        for i, entry in opt['state'].items():       # Adam's state (SPEC: the only optimiser here)
+            _need(_is_int(i) and i < len(params) and isinstance(entry, dict)
+                  and set(entry) == {'step', 'exp_avg', 'exp_avg_sq'}, "'optimizer' state is not Adam's per parameter")
+            step = entry['step']
+            _need(isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
+                  and bool(torch.isfinite(step).all()) and float(step) >= 1,
+                  f"'optimizer' step of parameter {i} must be a number >= 1")
+            for name in ('exp_avg', 'exp_avg_sq'):
+                value = entry[name]
+                _need(isinstance(value, torch.Tensor) and value.shape == params[i].shape
+                      and value.dtype == params[i].dtype and bool(torch.isfinite(value).all())
+                      and (name == 'exp_avg' or bool((value >= 0).all())),
+                      f"'optimizer' {name} of parameter {i} has the wrong shape, type or values")
+    except MalformedCheckpoint as e:
+        raise InputError(f'{path}: malformed checkpoint: {e}') from None
+
+
+def changed_hyper_params(ckpt, args):
     """Flags whose value differs from the checkpoint's run, as '--flag old -> new' phrases."""
     if ckpt.get('args') is not None:
         saved, now = ckpt['args'], hyper_params(args)
         return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now if saved.get(k) != now[k]]
     group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
+    adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # as in run(): MMGCN's is λ
     return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in
             (('l_r', 'lr', args.l_r), ('weight_decay', 'weight_decay', adam_decay)) if group.get(key) != value]
 
 
-def resume_from(path, args, model, optimizer, sampler_rng, adam_decay):
-    """The training state of checkpoint ``path``, loaded into model, optimiser and RNGs after it is validated."""
-    from DataLoad import describe
+def read_checkpoint(path, args, sampler_rng):
+    """The ``--resume`` checkpoint at ``path``, its structure validated and its hyper-parameters compared."""
     ckpt = load_checkpoint_file(path, 'checkpoint')
-    validate_checkpoint(ckpt, path, args, model, optimizer, sampler_rng)
-    changed = changed_hyper_params(ckpt, args, adam_decay)
+    validate_checkpoint(ckpt, path, args, sampler_rng)
+    changed = changed_hyper_params(ckpt, args)
     if changed and not args.resume_override:
         raise InputError(f'{path}: checkpoint of a run with other hyper-parameters ({"; ".join(changed)}); '
                          f'pass --resume_override to continue with the new values')
+    if changed:
+        print(f'resuming with changed hyper-parameters: {"; ".join(changed)}')
+    return ckpt
+
+
+def resume_from(ckpt, path, optimizer, sampler_rng):
+    """Optimiser and RNG states from a checkpoint of ``read_checkpoint``; returns the training state."""
+    from DataLoad import describe
+    validate_optimizer_state(ckpt['optimizer'], path, optimizer)
     own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
     try:
-        model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
     for group, own in zip(optimizer.param_groups, own_groups):   # this command line's values apply, never the file's
         group.update(own)
     set_rng_state(ckpt['rng'], sampler_rng)
-    if changed:
-        print(f'resuming with changed hyper-parameters: {"; ".join(changed)}')
     return ckpt['state']
 
 
@@ -536,7 +556,7 @@ def seed_everything(seed):
 
 
 def run(args):
-    from DataLoad import TrainSampler, load_dataset
+    from DataLoad import TrainSampler, describe, load_dataset
     from Full_vt import SplitIndex, format_metrics, full_ranking
     from Train import Divergence, train_epoch
     from tqdm import tqdm
@@ -560,7 +580,14 @@ def run(args):
     model = build_model(args, data)
     if args.PATH_weight_load:
         load_weights(model, args.PATH_weight_load)
+    ckpt = read_checkpoint(ckpt_path, args, sampler_rng) if args.resume else None
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt['model'])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
     model.to(device)
+    # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2: MMGCN's is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng,
@@ -571,8 +598,8 @@ def run(args):
 
     state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
              'bad_evals': 0, 'history': []}
-    if args.resume:
-        state = resume_from(ckpt_path, args, model, optimizer, sampler_rng, adam_decay)
+    if ckpt is not None:
+        state = resume_from(ckpt, ckpt_path, optimizer, sampler_rng)
         print(f'resumed from {ckpt_path} after epoch {state["epoch"]}')
 
     def evaluate(epoch):

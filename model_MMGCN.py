@@ -9,14 +9,17 @@ Per modality m, with ``x⁰ = normalise([P_m ; item input])`` and for l = 1..L:
     x  = leaky_relu(g_l(h) + x̂)      otherwise
 
 Representation ``z = mean_m x_m^L``; score ``s(u, i) = z_u · z_i``; loss
-``-mean log σ(s(u,i⁺) - s(u,i⁻)) + λ (mean(E_id[u]²+E_id[i⁺]²+E_id[i⁻]²) + mean(P_{m₀}²))``.
+
+    -mean logsigmoid(s(u,i⁺) - s(u,i⁻)) + λ (mean(E_id[u]²) + ½ (mean(E_id[i⁺]²) + mean(E_id[i⁻]²)) + mean(P_{m₀}²))
+
+(each mean over the batch's rows and the d columns; SPEC 2).
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import (BaseModel, edge_share, item_feature_modules, row_submatrix, rows_are_sparse, take_rows,
-                       xavier_normal_param)
+from BaseModel import (BaseModel, check_symmetric, edge_share, item_feature_modules, row_submatrix,
+                       rows_are_sparse, take_rows, xavier_normal_param)
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
 INNER_ROWS_SHARE = 0.75   # see row_plan
@@ -45,8 +48,10 @@ class GCN(nn.Module):
         self.convs = nn.ModuleList(BaseModel(w, w, aggr) for w in widths)
         self.linears = nn.ModuleList(nn.Linear(w, dim_latent) for w in widths)
         self.gates = nn.ModuleList(nn.Linear(w + dim_latent if concat else w, dim_latent) for w in widths)
-        for layer in list(self.linears) + list(self.gates):
-            nn.init.xavier_uniform_(layer.weight)
+        # As official (SPEC 2): xavier-normal for every linear_l and the first gate (the convolutions
+        # do their own); the later gates and the item MLP keep PyTorch's default initialisation.
+        for layer in list(self.linears) + [self.gates[0]]:
+            nn.init.xavier_normal_(layer.weight)
 
     def forward(self, item_features, adj, id_embedding=None, dropout=0.0, plan=None):
         """``x^L`` of every node [(U+I), d].  With a ``plan`` (``row_plan``) a layer whose entry is
@@ -125,6 +130,7 @@ class MMGCN(nn.Module):
             raise ValueError('MMGCN needs at least one modality')
         self.num_user, self.num_item = num_user, num_item
         self.modalities = list(features)
+        check_symmetric(adj)
         self.register_buffer('adj', adj, persistent=False)
         self.word_means, dense = item_feature_modules(features, num_item)
         for m, feat in dense.items():
@@ -179,6 +185,8 @@ class MMGCN(nn.Module):
         bpr = -F.logsigmoid(pos_score - neg_score).mean()
         reg = self.gcns[self.modalities[0]].preference.pow(2).mean()
         if self.id_embedding is not None:
-            # mean(e[u]² + e[i⁺]² + e[i⁻]²) over the batch = 3 × the mean over all three rows
-            reg = reg + 3 * take_rows(self.id_embedding, nodes).pow(2).mean()
+            # As official: mean(E[u]²) + ½ (mean(E[i⁺]²) + mean(E[i⁻]²)), each mean over rows and columns
+            # (the official code averaged over the rows (u, i⁺) and (u, i⁻), so an item weighs half a user).
+            e_user, e_pos, e_neg = take_rows(self.id_embedding, nodes).pow(2).split(len(users))
+            reg = reg + e_user.mean() + (e_pos.mean() + e_neg.mean()) / 2
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}

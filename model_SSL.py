@@ -14,9 +14,13 @@ Losses (SPEC 3.2, 3.3): ``L = InfoNCE(z_u, z_i; temp) + ssl_alpha · L_ssl`` wit
 ``L_ssl`` one of FD (dropout views), FM (masked-branch views), FD+FM, FAC
 (fine and coarse cross-modal contrast of the pre-fusion item outputs), none.
 
-All branches and all views of one step are propagated together as one wide
-matrix: they share ``Â``, so each layer is a single sparse product
-(``BaseModel.propagate_layers``).
+The plain view costs one ``d``-wide propagation whatever the number of
+modalities (SPEC 3.6, ``plain_parts``): the user part is shared by every
+branch, dense modalities read tables propagated once per graph, and one
+propagation of ``[E_u ; E_i]`` gives both the user and the item part through
+its even and odd layers.  FM's views are sums of the same parts; FD's dropout
+views propagate every branch side by side as one wide matrix
+(``propagate``, which is also the per-branch reference the tests compare with).
 """
 import re
 
@@ -24,12 +28,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import item_feature_modules, propagate_layers, take_rows
+from BaseModel import check_symmetric, item_feature_modules, propagate_layers, take_rows
 from model_MMGCN import MMGCN
 
 SSL_TASKS = ('FAC', 'FD', 'FM', 'FD+FM', 'none')
 FUSION_MODES = ('concat', 'mean')
 BACKBONES = ('lightgcn', 'mmgcn')
+FM_VIEWS = ('official', 'clean')
 
 
 def info_nce(a, b, temp):
@@ -68,16 +73,19 @@ class SLMRec(nn.Module):
         dropout_rate: FD dropout (0.3).
         backbone: 'lightgcn' (default) or 'mmgcn' (SPEC 3.1 extension).
         aggr, concat: MMGCN options, used by the mmgcn backbone only.
+        fm_views: FM/FD+FM views, 'official' (default: each view's layer 0 from its own mask,
+            its propagated layers from the other view's, SPEC 3.3) or 'clean' (its own mask at every
+            layer).  The mmgcn backbone has no layer list to cross: its views are always 'clean'.
     """
 
     needs_negatives = False
 
     def __init__(self, num_user, num_item, features, adj, dim_latent=64, num_layer=3, fusion='concat',
                  ssl_task='FAC', ssl_alpha=0.1, temp=0.2, ssl_temp=0.2, dropout_rate=0.3,
-                 backbone='lightgcn', aggr='mean', concat=False):
+                 backbone='lightgcn', aggr='mean', concat=False, fm_views='official'):
         super().__init__()
         for value, valid, flag in ((fusion, FUSION_MODES, 'mm_fusion_mode'), (ssl_task, SSL_TASKS, 'ssl_task'),
-                                   (backbone, BACKBONES, 'backbone')):
+                                   (backbone, BACKBONES, 'backbone'), (fm_views, FM_VIEWS, 'fm_views')):
             if value not in valid:
                 raise ValueError(f'--{flag} must be one of {list(valid)}, got {value!r}')
         self.modalities = list(features)
@@ -89,10 +97,11 @@ class SLMRec(nn.Module):
         self.num_user, self.num_item = num_user, num_item
         self.dim, self.num_layer, self.fusion, self.backbone = dim_latent, num_layer, fusion, backbone
         self.ssl_task, self.ssl_alpha, self.temp, self.ssl_temp = ssl_task, ssl_alpha, temp, ssl_temp
-        self.dropout_rate = dropout_rate
+        self.dropout_rate, self.fm_views = dropout_rate, fm_views
         self.register_buffer('adj', adj, persistent=False)
 
         if backbone == 'lightgcn':
+            check_symmetric(adj)            # the closed-form backward uses Âᵀ = Â (MMGCN checks its own)
             self.embedding_user = nn.Embedding(num_user, dim_latent)
             self.embedding_item = nn.Embedding(num_item, dim_latent)
             nn.init.xavier_uniform_(self.embedding_user.weight)
@@ -104,6 +113,7 @@ class SLMRec(nn.Module):
             for m in self.modalities:
                 dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
                 self.dense[m] = _xavier_linear(dim, dim_latent)
+            self._propagate_fixed_inputs(dense)
         else:
             self.encoder = MMGCN(num_user, num_item, features, adj, dim_latent, num_layer, aggr, concat, has_id=True)
 
@@ -129,6 +139,87 @@ class SLMRec(nn.Module):
             sides.append(self.dense[m](feat))
         return sides
 
+    def item_side_rows(self, branch, items):
+        """Branch ``branch``'s item input at the items ``items`` [n, d] (``item_sides()[branch][items]``)."""
+        if branch == 0:
+            return take_rows(self.embedding_item.weight, items)
+        m = self.modalities[branch - 1]
+        feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
+        return self.dense[m](take_rows(feat, items))
+
+    # SPEC 3.6: the plain view at LightGCN's price.  With P = (I + Â + … + Â^L) / (L+1), branch b's
+    # output is P[E_u ; S_b] = P[E_u ; 0] + P[0 ; S_b]; ``propagate`` below is the per-branch reference.
+
+    def _propagate_fixed_inputs(self, dense):
+        """Buffers ``prop_<m> = P[0 ; F̂_m]`` per dense modality and ``prop_ones = P[0 ; 1]``: they
+        depend on the graph alone, so they are propagated once (not parameters, not in checkpoints)."""
+        inputs = [getattr(self, f'feat_{m}') for m in dense] + [torch.ones(self.num_item, 1)]
+        widths = [x.shape[1] for x in inputs]
+        items = torch.cat(inputs, dim=1)
+        with torch.no_grad():
+            x0 = torch.cat([items.new_zeros(self.num_user, items.shape[1]), items])
+            fixed = propagate_layers(self.adj, x0, self.num_layer).split(widths, dim=1)
+        for name, table in zip([f'prop_{m}' for m in dense] + ['prop_ones'], fixed):
+            self.register_buffer(name, table.contiguous(), persistent=False)
+
+    def plain_parts(self, rows=None):
+        """``(P[E_u ; 0], [P[0 ; S_b] per branch])`` at the node rows ``rows`` (all nodes when None).
+
+        One propagation of ``[E_u ; E_i]`` keeps the sums of its even and of its
+        odd layers: ``Â`` is bipartite, so ``Â^k [E_u ; 0]`` lives on the user rows
+        for even k and on the item rows for odd k, and ``Â^k [0 ; E_i]`` the other
+        way round.  A dense modality needs no propagation at all:
+        ``P[0 ; S_m] = P[0 ; F̂_m] W_mᵀ + P[0 ; 1] b_mᵀ`` from the buffers.  Word-id text
+        is trained, so its ``[0 ; S_t]`` joins the propagated columns (d wide each).
+        """
+        d, num_user = self.dim, self.num_user
+        words = [m for m in self.modalities if m in self.word_means]
+        x0 = torch.cat([self.embedding_user.weight, self.embedding_item.weight])
+        if words:
+            word_sides = torch.cat([self.dense[m](self.word_means[m]()) for m in words], dim=1)
+            x0 = torch.cat([x0, torch.cat([word_sides.new_zeros(num_user, word_sides.shape[1]), word_sides])], dim=1)
+        even, odd = propagate_layers(self.adj, x0, self.num_layer, rows=rows, parity=True).chunk(2, dim=1)
+        nodes = torch.arange(len(even), device=even.device) if rows is None else rows
+        is_user = (nodes < num_user).unsqueeze(1)
+        user_part = torch.where(is_user, even[:, :d], odd[:, :d])
+        parts = {'id': torch.where(is_user, odd[:, :d], even[:, :d])}
+        parts.update(zip(words, (even[:, d:] + odd[:, d:]).split(d, dim=1)))
+        ones = self.prop_ones if rows is None else take_rows(self.prop_ones, rows)
+        for m in self.modalities:
+            if m not in parts:
+                feat = getattr(self, f'prop_{m}')
+                feat = feat if rows is None else take_rows(feat, rows)
+                parts[m] = F.linear(feat, self.dense[m].weight) + ones * self.dense[m].bias
+        return user_part, [parts[m] for m in ['id'] + self.modalities]
+
+    @staticmethod
+    def join_branches(user_part, item_parts, masked=None):
+        """One view's pre-fusion rows [n, B·d]: ``P[E_u ; 0] + P[0 ; S_b]`` per branch, the item part
+        of branch ``masked`` left out (its item side is zeros)."""
+        return torch.cat([user_part if b == masked else user_part + part for b, part in enumerate(item_parts)], 1)
+
+    def view_rows(self, rows, first=None, second=None):
+        """The pre-fusion rows [n, B·d] of the plain view and, for FD, FM and FD+FM, of the two
+        SSL views (each with its own mask, ``first`` and ``second``, at every layer)."""
+        if self.backbone == 'mmgcn':
+            return self.view_rows_per_branch(rows, first, second)
+        user_part, item_parts = self.plain_parts(rows)
+        views = [self.join_branches(user_part, item_parts)]
+        if 'FD' in self.ssl_task:       # dropout is not linear in the inputs: these views propagate every branch
+            p = self.dropout_rate
+            views += self.propagate([(p, first), (p, second)], rows).split(self.num_branch * self.dim, dim=1)
+        elif self.ssl_task == 'FM':     # masked views are sums of the same parts
+            views += [self.join_branches(user_part, item_parts, masked) for masked in (first, second)]
+        return views
+
+    def view_rows_per_branch(self, rows, first=None, second=None):
+        """The readable reference of ``view_rows``: every branch of every view propagated (SPEC 3.1)."""
+        views = [(0.0, None)]
+        if self.ssl_task in ('FD', 'FM', 'FD+FM'):
+            p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
+            views += [(p, first), (p, second)]
+        return list(self.propagate(views, rows).split(self.num_branch * self.dim, dim=1))
+
     def propagate(self, views, rows=None):
         """Pre-fusion outputs of several views, side by side: [(U+I), len(views) * B * d],
         or only the node rows ``rows`` (users, then ``U + item``) when given.
@@ -136,6 +227,8 @@ class SLMRec(nn.Module):
         ``views`` is a list of ``(dropout, masked_branch)``; ``masked_branch``
         (an index, or None) has its item side replaced by zeros.  View v holds
         columns ``v*B*d .. (v+1)*B*d``, branch b of it the d columns at ``b*d``.
+        Every branch is propagated on its own columns, as SPEC 3.1 writes it: the
+        reference of ``plain_parts``, and what FD's dropout views need.
         """
         if self.backbone == 'mmgcn':
             block = None if rows is None else self.encoder.row_block(rows)
@@ -180,26 +273,24 @@ class SLMRec(nn.Module):
 
     def forward(self):
         """Fused representations ``(z_user [U, d], z_item [I, d])`` of the plain view."""
-        wide = self.propagate([(0.0, None)])
+        if self.backbone == 'mmgcn':
+            wide = self.propagate([(0.0, None)])
+        else:
+            wide = self.join_branches(*self.plain_parts())
         return self.fuse(wide[:self.num_user], wide[self.num_user:])
 
     # ------------------------------------------------------------------ losses
 
     def loss(self, users, items):
         """Total loss of one batch of (user, positive item) pairs, and its parts."""
-        views = [(0.0, None)]
-        if self.ssl_task in ('FD', 'FM', 'FD+FM'):
-            p = self.dropout_rate if 'FD' in self.ssl_task else 0.0
-            if 'FM' in self.ssl_task:
-                first, second = torch.randperm(self.num_branch)[:2].tolist()
-            else:
-                first = second = None
-            views += [(p, first), (p, second)]
+        first, second = self.masked_pair() if 'FM' in self.ssl_task else (None, None)
         # Only the batch's rows are needed: the last layer is computed for them alone.
-        rows = self.propagate(views, torch.cat([users, items + self.num_user]))
-        width = self.num_branch * self.dim
-        user_views = rows[:len(users)].split(width, dim=1)
-        item_views = rows[len(users):].split(width, dim=1)
+        views = self.view_rows(torch.cat([users, items + self.num_user]), first, second)
+        user_views = [view[:len(users)] for view in views]
+        item_views = [view[len(users):] for view in views]
+        if 'FM' in self.ssl_task and self.fm_views == 'official' and self.backbone == 'lightgcn':
+            user_views = [user_views[0], user_views[2], user_views[1]]   # users' X⁰ agree: their rows swap
+            item_views = [item_views[0], *self.cross_fm_views(item_views[1:], items, first, second)]
         z_u, z_i = self.fuse(user_views[0], item_views[0])
         main = info_nce(F.normalize(z_u, dim=1), F.normalize(z_i, dim=1), self.temp)
         if self.ssl_task == 'none':
@@ -212,6 +303,27 @@ class SLMRec(nn.Module):
             ssl = (info_nce(F.normalize(u1, dim=1), F.normalize(u2, dim=1), self.ssl_temp)
                    + info_nce(F.normalize(i1, dim=1), F.normalize(i2, dim=1), self.ssl_temp))
         return main + self.ssl_alpha * ssl, {'main': main.item(), 'ssl': ssl.item()}
+
+    def masked_pair(self):
+        """FM's two different masked branches, drawn uniformly among all branches (``id`` included)."""
+        first, second = torch.randperm(self.num_branch)[:2].tolist()
+        return first, second
+
+    def cross_fm_views(self, item_views, items, first, second):
+        """The official FM views (SPEC 3.3) at the batch's items, from the two clean ones.
+
+        Clean view v is ``mean(X⁰₍v₎, Â X⁰₍v₎, …)``; the official view 1 is
+        ``mean(X⁰₍₁₎, Â X⁰₍₂₎, …) = clean view 2 + (X⁰₍₁₎ − X⁰₍₂₎) / (L+1)``, view 2
+        the reverse.  The inputs differ only on the item rows of the masked
+        branches (``X⁰₍₁₎ − X⁰₍₂₎`` is ``−S_b₁`` in branch b₁, ``+S_b₂`` in b₂): the user
+        rows simply swap, which the caller does.  Layer 0 is never dropped, so
+        this holds for FD+FM's dropout views too.
+        """
+        d, scale = self.dim, 1.0 / (self.num_layer + 1)
+        delta = item_views[0].new_zeros(item_views[0].shape)
+        delta[:, first * d:(first + 1) * d] = -self.item_side_rows(first, items) * scale
+        delta[:, second * d:(second + 1) * d] = self.item_side_rows(second, items) * scale
+        return [item_views[1] + delta, item_views[0] - delta]
 
     def fac_loss(self, item_branches):
         """FAC (SPEC 3.3): ``x_1 = g(id)``, ``x_s = g(x_{s-1})``, ``y_s = g'(m_s)``; no normalisation."""
@@ -243,6 +355,12 @@ class SLMRec(nn.Module):
         return names
 
 
+# The six FAC heads the official code creates whenever the task is FAC (stages i -> iv -> iva -> ivat).
+OFFICIAL_FAC_HEADS = {f'g_{a}_{b}.{part}' for a, b in (('i', 'iv'), ('v', 'iv'), ('iv', 'iva'), ('a', 'iva'),
+                                                        ('iva', 'ivat'), ('t', 'ivat'))
+                      for part in ('weight', 'bias')}
+
+
 def is_official_state_dict(state):
     return any(k.startswith('embedding_user_after_GCN.') for k in state)
 
@@ -254,10 +372,13 @@ def from_official_state_dict(model, state):
     reverse = {official: ours for ours, official in model.official_key_map().items()}
     converted, unknown = {}, []
     for key, value in state.items():
+        head = re.match(r'g_(\w+)_(\w+)\.(weight|bias)$', key)
         if key in reverse:
             converted[reverse[key]] = value
-        elif re.match(r'g_\w+_\w+\.(weight|bias)$', key) and model.ssl_task != 'FAC':
+        elif head and model.ssl_task != 'FAC':
             continue   # FAC heads are not part of a model trained with another task
+        elif head and key in OFFICIAL_FAC_HEADS and head.group(2)[-1] not in model.modalities:
+            continue   # SPEC 3.5: the official code made all six heads, also for a modality the data lacks
         else:
             unknown.append(key)
     if unknown:

@@ -107,6 +107,41 @@ def test_fast_propagation_matches_formula_with_gradients(p, drop_from, rows, num
     assert torch.allclose(grad_fast, x.grad, atol=1e-5)
 
 
+def test_layer_parity_sums_by_hand():
+    """Two users, one item each, one shared item: the even and odd layer sums written out."""
+    train = np.array([[0, 0], [1, 0], [1, 1]])
+    adj = normalized_adjacency(train, 2, 2)
+    A = adj.to_dense()
+    x0 = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    x1, x2, x3 = A @ x0, A @ A @ x0, A @ A @ A @ x0
+    out = propagate_layers(adj, x0, 3, parity=True)
+    assert torch.allclose(out, torch.cat([x0 + x2, x1 + x3], 1) / 4)
+    assert torch.allclose(out.sum(1, keepdim=True), propagate_layers(adj, x0, 3))
+
+
+@pytest.mark.parametrize('rows', [None, [3, 0, 3, 41, 69], list(range(0, 70, 2)) + [4, 4]])
+@pytest.mark.parametrize('num_layer', [1, 2, 3])
+def test_parity_propagation_matches_formula_with_gradients(rows, num_layer):
+    rng = np.random.default_rng(1)
+    train = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 40, 200)], 1), axis=0)
+    adj = normalized_adjacency(train, 30, 40)
+    dense = adj.to_dense()
+    x = torch.randn(70, 6, requires_grad=True)
+    rows = None if rows is None else torch.tensor(rows)
+    w = torch.randn(70 if rows is None else len(rows), 12)
+    fast = propagate_layers(adj, x, num_layer, rows=rows, parity=True)
+    (fast * w).sum().backward()
+    grad_fast, x.grad = x.grad.clone(), None
+    layers = [x]
+    for _ in range(num_layer):
+        layers.append(dense @ layers[-1])
+    plain = torch.cat([sum(layers[0::2]), sum(layers[1::2])], 1) / (num_layer + 1)
+    plain = plain if rows is None else plain[rows]
+    (plain * w).sum().backward()
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(grad_fast, x.grad, atol=1e-5)
+
+
 def test_spmm_matches_dense():
     adj = normalized_adjacency(TRAIN, U, I)
     x = torch.randn(5, 3)

@@ -64,13 +64,47 @@ def test_mmgcn_fusion_is_mean_of_modalities():
 
 def test_mmgcn_bpr_and_regulariser_by_hand():
     model = _mmgcn({'a': 5, 't': 3}, reg_weight=0.1)
-    users, pos, neg = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([2, 0])
-    loss, _ = model.loss(users, pos, neg)
+    with torch.no_grad():       # users, positives and negatives with clearly different norms
+        model.id_embedding[:U] = 1.0
+        model.id_embedding[U:] = torch.tensor([2.0, 3.0, 5.0]).unsqueeze(1)
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([2, 1])
+    loss, parts = model.loss(users, pos, neg)
     z_user, z_item = model()
     bpr = -torch.log(torch.sigmoid((z_user[users] * (z_item[pos] - z_item[neg])).sum(1))).mean()
-    e = model.id_embedding
-    reg = (e[users] ** 2 + e[pos + U] ** 2 + e[neg + U] ** 2).mean() + (model.gcns['a'].preference ** 2).mean()
-    assert torch.isclose(loss, bpr + 0.1 * reg, atol=1e-6)
+    # SPEC 2 (as official): mean(E[u]²) + ½ (mean(E[i⁺]²) + mean(E[i⁻]²)) + mean(P_m₀²); here
+    # E[u]² = 1, E[i⁺]² = (4 + 25) / 2, E[i⁻]² = (25 + 9) / 2 on average.
+    preference = (model.gcns['a'].preference ** 2).mean()
+    reg = 1 + 0.5 * (14.5 + 17) + preference
+    assert parts['reg'] == pytest.approx(reg.item(), rel=1e-6)
+    assert torch.isclose(loss, bpr + 0.1 * reg, atol=1e-5)
+
+
+def test_mmgcn_initialisation_as_official():
+    """SPEC 2: xavier-normal convolutions, linear_l and the first gate; PyTorch's default for the
+    later gates and the item MLP (a kaiming-uniform with variance 1 / (3 fan_in))."""
+    torch.manual_seed(0)
+    adj = csr_adjacency(bipartite_edges(TRAIN, U), U + I)
+    gcn = MMGCN(U, I, _features({'v': 600}), adj, dim_latent=256, num_layer=3).gcns['v']
+
+    def check(weight, normal):
+        w = weight.detach().flatten()
+        fan_a, fan_b = weight.shape
+        if normal:
+            assert w.var().item() == pytest.approx(2 / (fan_a + fan_b), rel=0.05)
+            # a normal's tails reach past √3 σ (the bound of the uniform of that variance) 8% of the time
+            assert (w.abs() > 3 ** 0.5 * w.std()).float().mean().item() == pytest.approx(0.083, abs=0.01)
+        else:
+            fan_in = weight.shape[1]
+            assert w.var().item() == pytest.approx(1 / (3 * fan_in), rel=0.05)
+            assert w.abs().max().item() <= fan_in ** -0.5
+    for conv in gcn.convs:
+        check(conv.weight, True)
+    for linear in gcn.linears:
+        check(linear.weight, True)
+    check(gcn.gates[0].weight, True)
+    for gate in gcn.gates[1:]:
+        check(gate.weight, False)
+    check(gcn.mlp.weight, False)
 
 
 def test_mmgcn_id_and_preferences_are_trained():
@@ -131,28 +165,30 @@ def test_main_loss_is_infonce_of_normalised_fused_pairs():
 
 # ---------------------------------------------------------------- SSL tasks
 
-def _record_views(model, monkeypatch):
+def _spy(model, name, monkeypatch):
     seen = []
-    original = model.propagate
+    original = getattr(model, name)
 
-    def spy(views, rows=None):
-        seen.append(list(views))
-        return original(views, rows)
-    monkeypatch.setattr(model, 'propagate', spy)
+    def spy(*args):
+        seen.append(args)
+        return original(*args)
+    monkeypatch.setattr(model, name, spy)
     return seen
 
 
 @pytest.mark.parametrize('task', ['FM', 'FD+FM'])
 def test_fm_masks_two_different_branches_including_id(task, monkeypatch):
     model = _slmrec({'v': 5}, ssl_task=task)          # two branches: FM must mask both, one per view
-    seen = _record_views(model, monkeypatch)
+    asked = _spy(model, 'view_rows', monkeypatch)
+    propagated = _spy(model, 'propagate', monkeypatch)
     for _ in range(30):
         model.loss(torch.tensor([0, 1]), torch.tensor([1, 2]))
-    pairs = {(views[1][1], views[2][1]) for views in seen}
-    assert pairs <= {(0, 1), (1, 0)} and pairs == {(0, 1), (1, 0)}
-    assert all(views[0] == (0.0, None) for views in seen)
-    expected_p = 0.3 if 'FD' in task else 0.0
-    assert all(views[1][0] == views[2][0] == expected_p for views in seen)
+    pairs = {(first, second) for _, first, second in asked}
+    assert pairs == {(0, 1), (1, 0)}
+    if task == 'FM':                                  # FM's views are sums of the plain view's parts (SPEC 3.6)
+        assert propagated == []
+    else:                                             # FD+FM's dropout views propagate every branch
+        assert [views for views, _ in propagated] == [[(0.3, first), (0.3, second)] for _, first, second in asked]
 
 
 def test_fm_masked_view_zeroes_item_side():
@@ -291,7 +327,8 @@ def _assert_loss_matches_full_graph(model, users, pos, neg):
     z_user, z_item = model()                                                         # the full graph, by hand
     bpr = -F.logsigmoid((z_user[users] * (z_item[pos] - z_item[neg])).sum(1)).mean()
     e = model.id_embedding
-    reg = (e[users] ** 2 + e[pos + 60] ** 2 + e[neg + 60] ** 2).mean() + (model.gcns['v'].preference ** 2).mean()
+    reg = ((e[users] ** 2).mean() + ((e[pos + 60] ** 2).mean() + (e[neg + 60] ** 2).mean()) / 2
+           + (model.gcns['v'].preference ** 2).mean())
     full_loss = bpr + model.reg_weight * reg
     assert torch.isclose(loss, full_loss, atol=1e-6)
     full = _grads(model, full_loss)
