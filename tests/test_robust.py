@@ -126,6 +126,32 @@ def test_parameter_check_names_the_parameter():
         check_finite_parameters(model, 'now')
 
 
+def test_train_epoch_checks_the_parameters_after_the_epoch():
+    from DataLoad import TrainSampler
+    from Train import Divergence, train_epoch
+
+    class Tiny(torch.nn.Module):
+        needs_negatives = False
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+            self.unused = torch.nn.Parameter(torch.ones(2))
+
+        def loss(self, users, items):
+            return (self.w[items] ** 2).sum(), {}
+
+    class Poisoning(torch.optim.SGD):       # a finite loss at every step, a parameter that is not
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                model.unused[0] = float('inf')
+    model = Tiny()
+    sampler = TrainSampler(np.array([[0, 0], [0, 1], [1, 2]]), 3, 2, np.random.default_rng(0))
+    with pytest.raises(Divergence, match='parameter unused is non-finite after epoch 4'):
+        train_epoch(model, sampler, Poisoning(model.parameters(), lr=0.1), 'cpu', 4, show_bar=False)
+
+
 def test_score_check_against_the_plain_product():
     from Full_vt import check_finite_scores
     from Train import Divergence
