@@ -7,7 +7,8 @@ plain formula (tests/test_graph.py):
 * ``propagate_layers``: LightGCN's layer mean for many branches and views at
   once (one wide sparse product per layer), with a closed-form backward that
   reuses ``Â`` (``Âᵀ = Â``) and keeps only the dropout masks; the last layer
-  for the batch's rows alone when they touch few edges;
+  for the batch's rows alone when they touch few edges; with ``parity`` the
+  sums of the even and of the odd layers (SLMRec's one propagation, SPEC 3.6);
 * ``BaseModel`` gives ``MessagePassing`` a CSR adjacency, so PyG calls
   ``message_and_aggregate`` (one sparse product with ``reduce=`` sum, mean
   or amax on the CPU) instead of materialising one message per edge, with
@@ -73,14 +74,6 @@ def check_symmetric(adj):
         raise ValueError('the adjacency must be symmetric (an undirected graph)')
 
 
-def spmm(adj, x):
-    """``adj @ x``; on the CPU through the parallel CSR kernel behind ``reduce='sum'``
-    (1.7x faster here than the default CSR product, same result)."""
-    if adj.layout == torch.sparse_csr and x.device.type == 'cpu':
-        return torch.sparse.mm(adj, x, reduce='sum')
-    return torch.sparse.mm(adj, x)
-
-
 def row_submatrix(adj, rows, symmetric=False):
     """Rows ``rows`` (sorted, unique) of a CSR matrix as CSR, and the transpose of that block.
 
@@ -143,12 +136,12 @@ class _LayerMeanPropagation(torch.autograd.Function):
         first = (x0 if full else x0[rows]).clone()
         totals, x = [first, torch.zeros_like(first)] if parity else [first], x0
         for k in range(1, num_layer + 1 if full else num_layer):
-            x = drop(spmm(adj, x))
+            x = drop(torch.sparse.mm(adj, x))
             totals[k % len(totals)] += x if full else x[rows]
         block_t = None
         if not full and num_layer > 0:
             block, block_t = row_submatrix(adj, rows, symmetric=True)
-            totals[num_layer % len(totals)] += drop(spmm(block, x))
+            totals[num_layer % len(totals)] += drop(torch.sparse.mm(block, x))
         ctx.rows, ctx.adj, ctx.block_t, ctx.masks, ctx.num_layer = rows, adj, block_t, masks, num_layer
         ctx.dropout, ctx.drop_from, ctx.full, ctx.n, ctx.parity = dropout, drop_from, full, x0.shape[0], parity
         return torch.cat(totals, dim=1).div_(num_layer + 1) if parity else first.div_(num_layer + 1)
@@ -166,16 +159,16 @@ class _LayerMeanPropagation(torch.autograd.Function):
         if ctx.full:
             acc = parts[ctx.num_layer % len(parts)].clone()
             for k in reversed(range(ctx.num_layer)):
-                acc = spmm(ctx.adj, undrop(acc, k)).add_(parts[k % len(parts)])
+                acc = torch.sparse.mm(ctx.adj, undrop(acc, k)).add_(parts[k % len(parts)])
             return (acc,) + none
         scattered = [g.new_zeros(ctx.n, part.shape[1]).index_add_(0, rows, part) for part in parts]
         if ctx.num_layer == 0:
             return (scattered[0],) + none
         last = ctx.num_layer
-        acc = spmm(ctx.block_t, undrop(parts[last % len(parts)].clone(), last - 1)).add_(
+        acc = torch.sparse.mm(ctx.block_t, undrop(parts[last % len(parts)].clone(), last - 1)).add_(
             scattered[(last - 1) % len(parts)])
         for k in reversed(range(last - 1)):
-            acc = spmm(ctx.adj, undrop(acc, k)).add_(scattered[k % len(parts)])
+            acc = torch.sparse.mm(ctx.adj, undrop(acc, k)).add_(scattered[k % len(parts)])
         return (acc,) + none
 
 
@@ -257,14 +250,14 @@ class _SumAggregation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adj, adj_t, inv_count):
         ctx.adj_t, ctx.inv_count = adj_t, inv_count
-        out = spmm(adj, x)
+        out = torch.sparse.mm(adj, x)
         return out if inv_count is None else out.mul_(inv_count)
 
     @staticmethod
     def backward(ctx, grad):
         if ctx.inv_count is not None:
             grad = grad * ctx.inv_count
-        return spmm(ctx.adj_t, grad.contiguous()), None, None, None
+        return torch.sparse.mm(ctx.adj_t, grad.contiguous()), None, None, None
 
 
 SOURCE_BITS = 29     # float64 mantissa bits below a float32's: room for a source node id
@@ -417,11 +410,11 @@ class _RowMeanProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, mean, mean_t):
         ctx.mean_t = mean_t
-        return spmm(mean, weight)
+        return torch.sparse.mm(mean, weight)
 
     @staticmethod
     def backward(ctx, grad):
-        return spmm(ctx.mean_t, grad.contiguous()), None, None
+        return torch.sparse.mm(ctx.mean_t, grad.contiguous()), None, None
 
 
 class WordMean(nn.Module):

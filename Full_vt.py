@@ -13,8 +13,6 @@ averaged over the evaluated users.  ``rank_metrics`` is vectorised over
 users and works on chunks of ``eval_batch`` users, so memory stays bounded;
 ``rank_metrics_loop`` is the plain per-user reference it is tested against.
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
@@ -92,7 +90,7 @@ def _blocked_top(u, z_item, rows, items, k, buffer, group_max, item_block):
 
 
 @torch.no_grad()
-def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto', workers='auto'):
+def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'):
     """Metrics {K: {metric: mean}} for the users of ``index``, ``eval_batch`` users at a time.
 
     On the CPU the top items come from ``_blocked_top`` (``item_block`` 1024 by
@@ -100,25 +98,16 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     several times faster than one over all items, and the final topk reads a few
     hundred scores per user instead of all of them); elsewhere, or with
     ``item_block=None``, from one product and one topk.  Both give the same items.
-
-    On the CPU, ``workers`` threads (default ``torch.get_num_threads()``) take
-    turns at chunks of eval_batch / workers users, each running torch
-    single-threaded: the chunks are independent, so the small operations and the
-    Python between them overlap instead of waiting for each other, and memory
-    stays that of ``eval_batch`` users.  Per-user values are added in user order
-    at the end, so the metrics do not depend on ``eval_batch`` or ``workers``.
+    Per-user values are added in user order at the end, so the metrics do not
+    depend on ``eval_batch``.
     """
     max_k = max(topk)
     num_item = z_item.shape[0]
     device = z_user.device
     if item_block == 'auto':
         item_block = 1024 if device.type == 'cpu' else None
-    if device.type != 'cpu':
-        workers = 1
-    elif workers == 'auto':
-        workers = torch.get_num_threads()
-    if workers < 1 or eval_batch < 1:
-        raise ValueError(f'rank_metrics: workers and eval_batch must be at least 1, got {workers} and {eval_batch}')
+    if eval_batch < 1:
+        raise ValueError(f'rank_metrics: eval_batch must be at least 1, got {eval_batch}')
     disc = torch.as_tensor(_discounts(max_k), device=device, dtype=torch.float64)
     idcg_table = torch.cumsum(disc, 0)
     n_users = len(index.users)
@@ -128,52 +117,31 @@ def rank_metrics(z_user, z_item, index, topk, eval_batch=1024, item_block='auto'
     else:
         item_block = _round_up(item_block, GROUP)
         width = _round_up(num_item, item_block)
-    rows_per_chunk = max(1, -(-eval_batch // workers))
-    starts = list(range(0, n_users, rows_per_chunk))
     n_top = min(max_k, num_item)
-
-    def score(my_starts):
-        buffer = torch.empty((min(rows_per_chunk, n_users), width), device=device, dtype=z_user.dtype)
-        buffer[:, num_item:] = -torch.inf           # the products fill the rest, at every chunk
-        group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
-        for start in my_starts:
-            chunk = np.arange(start, min(start + rows_per_chunk, n_users))
-            users = index.users[chunk]
-            u = z_user[torch.as_tensor(users, device=device)]
-            rows, items = _rows_and_items(users, index.train_indptr, index.train_items)
-            top = (_plain_top(u, z_item, rows, items, n_top, buffer) if item_block is None
-                   else _blocked_top(u, z_item, rows, items, n_top, buffer, group_max, item_block))
-            # hits: is (row, item) of the top list a positive?  Compare row * width + item keys.
-            rows, items = _rows_and_items(chunk, index.pos_indptr, index.pos_items)
-            positive = torch.as_tensor(rows * width + items, device=device)
-            keys = torch.arange(len(chunk), device=device)[:, None] * width + top
-            hits = torch.isin(keys, positive).double()
-            if hits.shape[1] < max_k:
-                hits = torch.cat([hits, hits.new_zeros(len(chunk), max_k - hits.shape[1])], dim=1)
-            n_pos = torch.as_tensor(index.pos_count[chunk], device=device, dtype=torch.float64)
-            per_k = []
-            for k in topk:
-                hit_k = hits[:, :k].sum(1)
-                idcg = idcg_table[torch.clamp(n_pos, max=k).long() - 1]
-                per_k.append(torch.stack([hit_k / k, hit_k / n_pos, (hits[:, :k] * disc[:k]).sum(1) / idcg]))
-            values[:, :, chunk] = torch.stack(per_k).cpu().numpy()
-
-    workers = min(workers, len(starts))     # no idle thread with a buffer of its own
-    if workers <= 1:
-        score(starts)
-    else:
-        threads = torch.get_num_threads()
-
-        def work(my_starts):
-            torch.set_num_threads(1)        # this thread's operations; grad mode is per thread too
-            with torch.no_grad():
-                score(my_starts)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for done in [pool.submit(work, starts[w::workers]) for w in range(workers)]:
-                    done.result()
-        finally:        # per thread with OpenMP (this build), process-wide with torch's native pool
-            torch.set_num_threads(threads)
+    buffer = torch.empty((min(eval_batch, n_users), width), device=device, dtype=z_user.dtype)
+    buffer[:, num_item:] = -torch.inf           # the products fill the rest, at every chunk
+    group_max = None if item_block is None else buffer.new_empty(len(buffer), width // GROUP)
+    for start in range(0, n_users, eval_batch):
+        chunk = np.arange(start, min(start + eval_batch, n_users))
+        users = index.users[chunk]
+        u = z_user[torch.as_tensor(users, device=device)]
+        rows, items = _rows_and_items(users, index.train_indptr, index.train_items)
+        top = (_plain_top(u, z_item, rows, items, n_top, buffer) if item_block is None
+               else _blocked_top(u, z_item, rows, items, n_top, buffer, group_max, item_block))
+        # hits: is (row, item) of the top list a positive?  Compare row * width + item keys.
+        rows, items = _rows_and_items(chunk, index.pos_indptr, index.pos_items)
+        positive = torch.as_tensor(rows * width + items, device=device)
+        keys = torch.arange(len(chunk), device=device)[:, None] * width + top
+        hits = torch.isin(keys, positive).double()
+        if hits.shape[1] < max_k:
+            hits = torch.cat([hits, hits.new_zeros(len(chunk), max_k - hits.shape[1])], dim=1)
+        n_pos = torch.as_tensor(index.pos_count[chunk], device=device, dtype=torch.float64)
+        per_k = []
+        for k in topk:
+            hit_k = hits[:, :k].sum(1)
+            idcg = idcg_table[torch.clamp(n_pos, max=k).long() - 1]
+            per_k.append(torch.stack([hit_k / k, hit_k / n_pos, (hits[:, :k] * disc[:k]).sum(1) / idcg]))
+        values[:, :, chunk] = torch.stack(per_k).cpu().numpy()
     sums = values.sum(2) / max(n_users, 1)
     return {k: {m: float(sums[i, j]) for j, m in enumerate(METRICS)} for i, k in enumerate(topk)}
 

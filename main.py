@@ -68,8 +68,7 @@ def build_parser():
     a('--batch_size', type=int, default=None, help='training pairs per step (per model)')
     a('--num_epoch', type=int, default=None, help='maximum epochs; 0 only evaluates (per model)')
     a('--num_workers', type=int, default=0,
-      help='CPU threads for torch and for evaluation\'s chunks, capped at the core count '
-           '(sampling is vectorised, no worker processes)')
+      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes)')
     a('--dim_latent', type=int, default=64, help='embedding size d')
     a('--num_layer', type=int, default=None, help='graph layers L (per model)')
     a('--aggr_mode', default='mean', choices=('mean', 'max', 'add'), help='MMGCN neighbour aggregation')

@@ -140,15 +140,20 @@ def timed(fn, device, repeat=3, warmup=2):
 
 
 ROWS = []
+JSON_LINES = False       # --json: each row also as one JSON object on stdout
+SIZES = {}
 
 
 def report(name, ours, reference, note=''):
+    """One row: our time and peak, the reference's, and ``ratio = reference / ours``."""
     (t_ours, m_ours, _), (t_ref, m_ref, _) = ours, reference
-    row = {'measurement': name, 'ours_s': t_ours, 'reference_s': t_ref, 'speedup': t_ref / t_ours,
-           'ours_peak_mib': m_ours, 'reference_peak_mib': m_ref, 'note': note}
+    row = {'name': name, 'ours_s': t_ours, 'reference_s': t_ref, 'ratio': t_ref / t_ours,
+           'peak_mib': m_ours, 'reference_peak_mib': m_ref, 'sizes': dict(SIZES), 'note': note}
     ROWS.append(row)
-    print(f'{name:<34} {t_ours:10.4f} {t_ref:10.4f} {t_ref / t_ours:8.1f}x {m_ours:10.0f} {m_ref:10.0f}  {note}',
+    print(f'{name:<44} {t_ours:10.4f} {t_ref:10.4f} {t_ref / t_ours:8.2f}x {m_ours:10.0f} {m_ref:10.0f}  {note}',
           flush=True)
+    if JSON_LINES:
+        print(json.dumps(row), flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -240,45 +245,74 @@ def assert_same(name, a, b, rtol=1e-4, atol=1e-5):
         assert err <= 1e-3 * scale + atol, f'{name}: gradient of {key} differs by {err:.3g} (scale {scale:.3g})'
 
 
-def _slmrec_pair(data, task, device):
-    """An SLMRec model with its fast propagation and the COO reference of it."""
+def _slmrec(data, task, device, features=None):
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
     torch.manual_seed(0)
-    model = SLMRec(data.num_user, data.num_item, data.features, adj, ssl_task=task).to(device)
-    return model, model.propagate, coo_propagate(model, adj.to_sparse_coo().coalesce().to(device))
+    model = SLMRec(data.num_user, data.num_item, data.features if features is None else features, adj,
+                   ssl_task=task).to(device)
+    if 'FM' in task:                 # one masked pair for every path, so that they compute the same loss
+        model.masked_pair = lambda: (model.num_branch - 1, 0)
+    return model
+
+
+def use_reference(model, adj_coo):
+    """The official-style path: every branch of every view propagated, one COO product per layer."""
+    model.view_rows = model.view_rows_per_branch
+    model.propagate = coo_propagate(model, adj_coo)
+
+
+def use_fast(model):
+    for name in ('view_rows', 'propagate'):
+        model.__dict__.pop(name, None)
 
 
 def bench_slmrec(data, device, args):
+    """SLMRec steps against the official-style reference, and against the ID-only LightGCN-style step."""
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, np.random.default_rng(0))
     batch = tuple(t.to(device) for t in next(sampler.batches(False)))
-    for task in ('FAC', 'FD'):
-        model, fast, reference = _slmrec_pair(data, task, device)
+    adj_coo = normalized_adjacency(data.train, data.num_user, data.num_item).to_sparse_coo().coalesce().to(device)
+    mine = {}
+    id_only = _slmrec(data, 'none', device, features={})
+    mine['ID-only'] = timed(step_fn(id_only, torch.optim.Adam(id_only.parameters(), lr=1e-3), batch), device,
+                            args.repeat, args.warmup)
+    del id_only
+    for task in ('FAC', 'FM', 'FD'):
+        model = _slmrec(data, task, device)
+        if task == 'FAC':
+            tables = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n.startswith('prop_'))
+            print(f'    precomputed P[0;F̂_m] and P[0;1] (SPEC 3.6): {tables / 2 ** 20:.0f} MiB', flush=True)
         # Same outputs and gradients (dropout off, so both paths draw no random mask).
         rate, model.dropout_rate = model.dropout_rate, 0.0
         ours = grads_of(model, batch, 1)
-        model.propagate = reference
+        use_reference(model, adj_coo)
         assert_same(f'SLMRec {task}', ours, grads_of(model, batch, 1))
-        model.propagate, model.dropout_rate = fast, rate
+        use_fast(model)
+        model.dropout_rate = rate
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        t_ours = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
-        model.propagate = reference
-        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
-        report(f'SLMRec {task} step (batch {args.batch_size})', t_ours, t_ref, 'outputs+grads equal')
+        mine[task] = timed(step_fn(model, optimizer, batch), device, args.repeat, args.warmup)
+        use_reference(model, adj_coo)
+        full = task != 'FM' or args.quick            # FM's reference is timed once: no target rides on it
+        t_ref = timed(step_fn(model, optimizer, batch), device, args.repeat if full else 1, args.warmup if full else 0)
+        report(f'SLMRec {task} step (batch {args.batch_size})', mine[task], t_ref, 'outputs+grads equal')
+        del model, optimizer
+    report('ID-only step / SLMRec FAC step', mine['ID-only'], mine['FAC'], 'ratio = FAC time / ID-only time')
+    report('SLMRec FAC step / SLMRec FM step', mine['FAC'], mine['FM'], 'ratio = FM time / FAC time')
 
 
 def bench_epochs(data, device, args):
     """One whole SLMRec epoch per path (sampling, steps), on ``data``."""
+    adj_coo = normalized_adjacency(data.train, data.num_user, data.num_item).to_sparse_coo().coalesce().to(device)
     for task in ('FAC', 'FD'):
-        model, fast, reference = _slmrec_pair(data, task, device)
+        model = _slmrec(data, task, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         sampler = TrainSampler(data.train, data.num_item, args.batch_size, np.random.default_rng(0))
 
         def epoch():
             for b in sampler.batches(False):
                 step_fn(model, optimizer, tuple(t.to(device) for t in b))()
-        model.propagate = fast
+        use_fast(model)
         e_ours = timed(epoch, device, 1, warmup=0)
-        model.propagate = reference
+        use_reference(model, adj_coo)
         e_ref = timed(epoch, device, 1, warmup=0)
         report(f'SLMRec {task} epoch ({len(sampler)} steps)', e_ours, e_ref, f'{len(data.train)} pairs')
 
@@ -317,7 +351,11 @@ def bench_eval(data, device, args):
     for chunk in (256, 4096):
         t, mem, _ = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], chunk), device, 1)
         print(f'    eval_batch {chunk:5d}: {t:.3f}s, peak {mem:.0f} MiB', flush=True)
-        ROWS.append({'measurement': f'evaluation eval_batch {chunk}', 'ours_s': t, 'ours_peak_mib': mem})
+        row = {'name': f'evaluation eval_batch {chunk}', 'ours_s': t, 'reference_s': None, 'ratio': None,
+               'peak_mib': mem, 'sizes': dict(SIZES)}
+        ROWS.append(row)
+        if JSON_LINES:
+            print(json.dumps(row), flush=True)
 
 
 def bench_sampling(data, device, args):
@@ -331,10 +369,111 @@ def bench_sampling(data, device, args):
     report(f'negative sampling, {len(users)} pairs', t_ours, t_ref, 'no positive drawn')
 
 
+ML1M_SIZE = (6040, 3260, 804141)    # users, items, training pairs of the prepared MovieLens-1M
+
+
+def synthetic_like(name, like, scale):
+    """Synthetic data shaped like a legacy dataset, or like ML-1M (sizes above, dense features)."""
+    if like != 'ml1m':
+        return prepare_data.synthetic(name, like=like, scale=scale, seed=0)
+    users, items, pairs = ML1M_SIZE
+    return prepare_data.synthetic(name, like='none', num_user=max(20, round(users * scale)),
+                                  num_item=max(30, round(items * scale)), inter_per_user=pairs / users, seed=0)
+
+
+def _compare(name, run, switch, device, args):
+    """Time ``run`` as it is and with one path plain: ``switch()`` turns the plain form on and returns
+    a function that turns it off again."""
+    fast = timed(run, device, args.repeat, args.warmup)
+    undo = switch()
+    try:
+        plain = timed(run, device, args.repeat, args.warmup)
+    finally:
+        undo()
+    report(name, fast, plain, 'reference: that path plain')
+
+
+def _patch(owner, attr, value):
+    def switch():
+        old = owner.__dict__.get(attr) if isinstance(owner, torch.nn.Module) else getattr(owner, attr)
+        setattr(owner, attr, value)
+        if isinstance(owner, torch.nn.Module) and old is None:
+            return lambda: owner.__dict__.pop(attr)
+        return lambda: setattr(owner, attr, old)
+    return switch
+
+
+def bench_fast_slmrec(data, device, args):
+    """What each fast path of the SLMRec step gains: the same step with that one path plain."""
+    import BaseModel
+    sampler = TrainSampler(data.train, data.num_item, args.batch_size, np.random.default_rng(0))
+    batch = tuple(t.to(device) for t in next(sampler.batches(False)))
+
+    def compare(name, run, switch):
+        _compare(name, run, switch, device, args)
+    patch = _patch
+
+    model = _slmrec(data, 'FAC', device)
+    step = step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-3), batch)
+    compare('fast path: one propagation (SPEC 3.6)', step, patch(model, 'view_rows', model.view_rows_per_branch))
+    compare('fast path: last layer for batch rows', step, patch(BaseModel, 'sparse_rows', lambda adj, rows: None))
+    if model.word_means:
+        def gathered(self):          # the mean of an item's word rows, gathered per (item, word) pair
+            item_index, word_id = self._pairs
+            total = self.weight.new_zeros(self.num_item, self.weight.shape[1]).index_add(0, item_index,
+                                                                                          self.weight[word_id])
+            return total / torch.bincount(item_index, minlength=self.num_item).clamp(min=1).unsqueeze(1)
+        compare('fast path: word mean as sparse product', step, patch(BaseModel.WordMean, 'forward', gathered))
+    del model, step
+
+
+def bench_fast_mmgcn(data, device, args):
+    """What each fast path of the MMGCN step gains (mean and max aggregation)."""
+    import BaseModel
+    import model_MMGCN
+
+    def compare(name, run, switch):
+        _compare(name, run, switch, device, args)
+    patch = _patch
+    mm_batch = tuple(t.to(device) for t in next(TrainSampler(data.train, data.num_item, 1024,
+                                                              np.random.default_rng(0)).batches(True)))
+    adj = csr_adjacency(bipartite_edges(data.train, data.num_user), data.num_user + data.num_item)
+    for aggr in ('mean', 'max'):
+        torch.manual_seed(0)
+        mmgcn = MMGCN(data.num_user, data.num_item, data.features, adj, aggr=aggr).to(device)
+        step = step_fn(mmgcn, torch.optim.Adam(mmgcn.parameters(), lr=1e-4), mm_batch)
+        if aggr == 'mean':
+            compare('fast path: MMGCN row plan (mean step)', step, patch(mmgcn, 'row_block', lambda nodes: None))
+
+            def sorted_transpose(adj, rows, symmetric=False):
+                return BaseModel.row_submatrix(adj, rows, symmetric=False)
+            compare('fast path: symmetric row-block transpose', step,
+                    patch(model_MMGCN, 'row_submatrix', sorted_transpose))
+        else:
+            compare('fast path: MMGCN max winners in float64', step,
+                    patch(BaseModel, '_amax_with_sources', lambda adj, x, empty: None))
+        del mmgcn, step
+
+
+def bench_fast_eval(data, device, args):
+    """What each fast path of the evaluation gains."""
+    torch.manual_seed(0)
+    z_user = torch.randn(data.num_user, 64, device=device)
+    z_item = torch.randn(data.num_item, 64, device=device)
+    indptr, items = data.train_csr()
+    index = SplitIndex(data.test, indptr, items)
+    fast = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch), device, args.repeat,
+                 args.warmup)
+    plain = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch, item_block=None), device,
+                  args.repeat, args.warmup)
+    report('fast path: blocked top-k (evaluation)', fast, plain, 'reference: one product, one topk')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='small data, no epochs: under a minute')
-    p.add_argument('--like', default='tiktok', choices=('tiktok', 'movielens', 'kwai'))
+    p.add_argument('--like', default='tiktok', choices=('tiktok', 'movielens', 'kwai', 'ml1m'),
+                   help='data shape; ml1m: 6,040 users, 3,260 items, ~804k pairs with dense features')
     p.add_argument('--scale', type=float, default=None, help='fraction of the published size (default 1.0, quick 0.03)')
     p.add_argument('--batch_size', type=int, default=2048)
     p.add_argument('--eval_batch', type=int, default=1024)
@@ -345,7 +484,11 @@ def main(argv=None):
                    help='also time whole epochs (default: on unless --quick)')
     p.add_argument('--epoch_scale', type=float, default=None,
                    help='scale of the data for the epoch timings (default: --scale on CUDA, 0.1 on CPU)')
-    p.add_argument('--only', default=None, help='comma list of slmrec,mmgcn,eval,sampling')
+    p.add_argument('--only', default=None,
+                   help='comma list of slmrec,mmgcn,eval,sampling and fastpaths (= fast-slmrec,fast-mmgcn,'
+                        'fast-eval: each fast path against the same code with that path plain); '
+                        'default: all but the fastpaths')
+    p.add_argument('--json', action='store_true', help='also print each row as one JSON object on stdout')
     p.add_argument('--no-cuda', dest='no_cuda', action='store_true')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'), help='folder for the JSON results')
     args = p.parse_args(argv)
@@ -353,23 +496,29 @@ def main(argv=None):
     scale = args.scale if args.scale is not None else (0.03 if args.quick else 1.0)
     args.epochs = (not args.quick) if args.epochs is None else args.epochs
     device = torch.device('cuda' if torch.cuda.is_available() and not args.no_cuda else 'cpu')
+    global JSON_LINES
+    JSON_LINES = args.json
     name = f'bench_{args.like}_{scale:g}'
     t0 = time.time()
-    folder = prepare_data.synthetic(name, like=args.like, scale=scale, seed=0)
+    folder = synthetic_like(name, args.like, scale)
     data = load_dataset(folder)
+    SIZES.update(users=data.num_user, items=data.num_item, pairs=len(data.train), batch=args.batch_size)
     machine = (torch.cuda.get_device_name() if device.type == 'cuda'
                else f'CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores')
     print(f'{data.summary()}\ndevice: {machine}; data ready in {time.time() - t0:.0f}s')
-    print(f'{"measurement":<34} {"ours s":>10} {"ref s":>10} {"ratio":>9} {"ours MiB":>10} {"ref MiB":>10}')
+    print(f'{"measurement":<44} {"ours s":>10} {"ref s":>10} {"ratio":>9} {"ours MiB":>10} {"ref MiB":>10}')
     only = set(args.only.split(',')) if args.only else {'slmrec', 'mmgcn', 'eval', 'sampling'}
+    if 'fastpaths' in only:
+        only |= {'fast-slmrec', 'fast-mmgcn', 'fast-eval'}
     for key, fn in (('slmrec', bench_slmrec), ('mmgcn', bench_mmgcn), ('eval', bench_eval),
-                    ('sampling', bench_sampling)):
+                    ('sampling', bench_sampling), ('fast-slmrec', bench_fast_slmrec),
+                    ('fast-mmgcn', bench_fast_mmgcn), ('fast-eval', bench_fast_eval)):
         if key in only:
             fn(data, device, args)
     if args.epochs:
         epoch_scale = args.epoch_scale or (scale if device.type == 'cuda' else min(scale, 0.1))
         epoch_data = data if epoch_scale == scale else load_dataset(
-            prepare_data.synthetic(f'bench_{args.like}_{epoch_scale:g}', like=args.like, scale=epoch_scale, seed=0))
+            synthetic_like(f'bench_{args.like}_{epoch_scale:g}', args.like, epoch_scale))
         bench_epochs(epoch_data, device, args)
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, f'{name}_{device.type}.json')

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from BaseModel import (AGGR_MODES, BaseModel, _symmetric_columns, bipartite_edges, csr_adjacency, normalized_adjacency,
-                       propagate_layers, row_submatrix, rows_are_sparse, spmm)
+                       propagate_layers, row_submatrix, rows_are_sparse)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -140,12 +140,6 @@ def test_parity_propagation_matches_formula_with_gradients(rows, num_layer):
     (plain * w).sum().backward()
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(grad_fast, x.grad, atol=1e-5)
-
-
-def test_spmm_matches_dense():
-    adj = normalized_adjacency(TRAIN, U, I)
-    x = torch.randn(5, 3)
-    assert torch.allclose(spmm(adj, x), adj.to_dense() @ x, atol=1e-6)
 
 
 def _conv(aggr):

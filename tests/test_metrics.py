@@ -125,33 +125,14 @@ def _random_case(n_user=300, n_item=500, dim=16, seed=0):
             _index(split, train, n_user))
 
 
-def test_metrics_do_not_depend_on_workers_or_chunk_size():
+def test_metrics_do_not_depend_on_chunk_size():
     z_user, z_item, index = _random_case()
-    first = rank_metrics(z_user, z_item, index, [5, 20], 1024, workers=1)
-    for eval_batch, workers in [(1, 1), (7, 2), (64, 3), (1000, 2), (33, 5)]:
-        assert rank_metrics(z_user, z_item, index, [5, 20], eval_batch, workers=workers) == first   # bitwise
+    first = rank_metrics(z_user, z_item, index, [5, 20], 1024)
+    for eval_batch in (1, 7, 64, 1000, 33):
+        assert rank_metrics(z_user, z_item, index, [5, 20], eval_batch) == first   # bitwise
     plain = rank_metrics_loop(z_user, z_item, index, [5, 20])
     for k in (5, 20):
         for metric in ('precision', 'recall', 'ndcg'):
             assert first[k][metric] == pytest.approx(plain[k][metric], abs=1e-12)
-
-
-def test_workers_leave_the_thread_count_and_run_without_grad():
-    z_user, z_item, index = _random_case(n_user=40, n_item=90)
-    threads = torch.get_num_threads()
-    # A product into the score buffer would refuse an input that requires grad, were a worker to record grads.
-    m = rank_metrics(z_user.requires_grad_(), z_item, index, [5], eval_batch=8, workers=2)
-    assert m == rank_metrics(z_user.detach(), z_item, index, [5], eval_batch=8, workers=1)
-    assert torch.get_num_threads() == threads
-    with pytest.raises(ValueError, match='workers and eval_batch'):
-        rank_metrics(z_user, z_item, index, [5], workers=0)
-
-
-def test_an_error_in_a_worker_reaches_the_caller():
-    z_user, z_item, index = _random_case(n_user=40, n_item=90)
-    index.users = index.users.copy()
-    index.users[-1] = 10 ** 6                       # a user id past the end of z_user, in the last chunk
-    threads = torch.get_num_threads()
-    with pytest.raises(IndexError):
-        rank_metrics(z_user, z_item, index, [5], eval_batch=8, workers=2)
-    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match='eval_batch must be at least 1'):
+        rank_metrics(z_user, z_item, index, [5], eval_batch=0)
