@@ -19,9 +19,13 @@ restricted unpickler.
     from DataLoad import load_dataset
     data = load_dataset('Data/tiktok_small')
 """
+import argparse
 import json
 import os
 import pickle
+import re
+import stat
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +42,10 @@ LEGACY_FEATURES = {
     'tiktok': {'v': ('feat_v.pt', 'dense'), 'a': ('feat_a.pt', 'dense'), 't': ('feat_t.pt', 'words')},
     'kwai': {'v': ('feat_v.pt', 'dense')},
 }
+
+# A modality name (it becomes a file name and a flag value) and a file name inside the folder.
+PLAIN_NAME = re.compile(r'[A-Za-z0-9_-]+')
+PLAIN_FILE = re.compile(r'[A-Za-z0-9_.-]+')
 
 # Width of the trainable word embedding behind a word-id text modality (SPEC 1.2).
 WORD_DIM = 128
@@ -57,22 +65,88 @@ def describe(error, limit=200):
     return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``error: <flag>: <problem> (see --help)``, exit 2."""
+
+    def error(self, message):
+        message = ' '.join(message.split())
+        if message.startswith('argument '):
+            message = message[len('argument '):]
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
+
+
 # --------------------------------------------------------------------------
 # Safe loading
 
+def check_regular(path):
+    """Raise DataError unless ``path`` is a regular file (a FIFO or a device would hang or never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(path, 'file not found') from None
+    except OSError as e:
+        raise DataError(path, f'cannot read ({e.strerror or e})') from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(path, 'not a regular file')
+    return st.st_size
+
+
+def read_regular(path, limit):
+    """The bytes of the regular file ``path``, refused above ``limit`` bytes."""
+    check_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+        with os.fdopen(fd, 'rb') as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):   # swapped since the check
+                raise DataError(path, 'not a regular file')
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise DataError(path, f'cannot read ({e.strerror or e})') from None
+    if len(data) > limit:
+        raise DataError(path, f'larger than {limit} bytes')
+    return data
+
+
+MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
+MAX_ID = 2 ** 31 - 1            # user and item ids, and the sizes, stay below this: no int64 overflow in user*I+item
+
+
+class _ArrayClass:
+    """Stands for ``numpy.ndarray`` inside a pickle: usable only as ``_reconstruct``'s first argument."""
+
+
+def _bounded_reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` as ``np.save`` pickles it: an empty array that BUILD then fills (and checks).
+
+    A pickle that asks for any other shape could allocate without limit from a few bytes.
+    """
+    if subtype is not _ArrayClass or tuple(shape) != (0,):
+        raise pickle.UnpicklingError('refused an array reconstructed with a non-empty shape')
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what the legacy split/dict files hold (SPEC 1.4)."""
+    """Admits only what the legacy split/dict files hold (SPEC 1.4).
+
+    Nothing it admits builds more than the stream spells out: arrays start
+    empty and get their data from the stream (numpy checks its size), and the
+    containers hold what the stream appends.  A shared sub-list (a "billion
+    laughs" bomb) stays small here and is refused by the flat-row checks of
+    ``_as_int_array`` before anything walks it.
+    """
 
     ALLOWED = {
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
+        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('numpy', 'dtype'),
         ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'list'),
         ('builtins', 'dict'), ('builtins', 'int'), ('builtins', 'tuple'),
         ('collections', 'defaultdict'), ('collections', 'OrderedDict'),
     }
 
     def find_class(self, module, name):
+        if (module, name) in (('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')):
+            return _bounded_reconstruct
+        if (module, name) == ('numpy', 'ndarray'):
+            return _ArrayClass
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f'refused to load {module}.{name}')
         import importlib
@@ -80,9 +154,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_npy(path, allow_object=False):
-    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler."""
-    if not os.path.isfile(path):
-        raise DataError(path, 'file not found')
+    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler.
+
+    The file must be a regular file; a plain array must fill the file exactly
+    (a header that understates the rows would silently drop data); a pickled
+    one is refused above ``MAX_PICKLE_BYTES``.
+    """
+    size = check_regular(path)
     try:
         with open(path, 'rb') as f:
             version = np.lib.format.read_magic(f)
@@ -91,15 +169,23 @@ def load_npy(path, allow_object=False):
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             if not dtype.hasobject:
+                expected = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if size > expected:
+                    raise DataError(path, f'{size - expected} bytes after the array of shape {tuple(shape)} its '
+                                          f'header describes (the header understates the rows?)')
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
             if not allow_object:
                 raise DataError(path, 'holds pickled objects where a numeric array is expected')
+            if size > MAX_PICKLE_BYTES:
+                raise DataError(path, f'a pickled file of {size} bytes; more than {MAX_PICKLE_BYTES} is refused')
             obj = _RestrictedUnpickler(f).load()
     except DataError:
         raise
     except pickle.UnpicklingError as e:
         raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
+    except RecursionError:
+        raise DataError(path, 'unsafe or corrupt pickle (nested too deeply)') from None
     except Exception as e:  # truncated, not numpy, bad header ...
         raise DataError(path, f'not a readable .npy file ({describe(e)})') from None
     if not isinstance(obj, np.ndarray):
@@ -109,8 +195,7 @@ def load_npy(path, allow_object=False):
 
 def load_pt_tensor(path):
     """Load a tensor from ``.pt`` with ``weights_only=True``."""
-    if not os.path.isfile(path):
-        raise DataError(path, 'file not found')
+    check_regular(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -128,8 +213,8 @@ def load_matrix(path):
         arr = load_pt_tensor(path).numpy()
     else:
         arr = load_npy(path)
-    if arr.ndim != 2:
-        raise DataError(path, f'expected a 2-D feature matrix, found shape {tuple(arr.shape)}')
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise DataError(path, f'expected a 2-D feature matrix with at least one column, found shape {tuple(arr.shape)}')
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DataError(path, f'expected numeric features, found dtype {arr.dtype}')
     arr = arr.astype(np.float32)
@@ -140,6 +225,13 @@ def load_matrix(path):
 
 
 def _as_int_array(values, path, what):
+    if isinstance(values, (list, tuple, set, frozenset)):
+        # Flat rows only: a nested (possibly shared, exponentially large) structure is never walked.
+        if not all(isinstance(x, (int, float, np.integer, np.floating)) for x in values):
+            raise DataError(path, f'{what} is not a flat list of integers')
+    elif isinstance(values, np.ndarray) and values.dtype == object and values.ndim > 0:
+        if not all(isinstance(x, (int, float, np.integer, np.floating)) for x in values.reshape(-1)):
+            raise DataError(path, f'{what} is not a flat list of integers')
     try:
         arr = np.asarray(values)
     except Exception:
@@ -150,13 +242,16 @@ def _as_int_array(values, path, what):
         if arr.dtype == object or np.issubdtype(arr.dtype, np.floating):
             try:
                 as_float = arr.astype(np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(path, f'{what} holds a non-integer value') from None
             if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
                 raise DataError(path, f'{what} holds a non-integer value')
             arr = as_float
         else:
             raise DataError(path, f'{what} holds a non-integer value (dtype {arr.dtype})')
+    extreme = arr.max() if arr.max() > -arr.min() else arr.min()
+    if abs(extreme) > MAX_ID:
+        raise DataError(path, f'{what}: id {int(extreme)} is too large (ids must be below 2**31)')
     return arr.astype(np.int64).reshape(-1)
 
 
@@ -214,21 +309,34 @@ def legacy_key(name):
 
 def _read_meta(folder):
     path = os.path.join(folder, 'meta.json')
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(path, f'not valid JSON ({e})') from None
+        meta = json.loads(read_regular(path, 1 << 20))
+    except (ValueError, RecursionError) as e:
+        raise DataError(path, f'not valid JSON ({describe(e)})') from None
     if not isinstance(meta, dict):
         raise DataError(path, 'expected a JSON object')
     for key in ('num_user', 'num_item'):
-        if key in meta and (not isinstance(meta[key], int) or meta[key] <= 0):
-            raise DataError(path, f'{key} must be a positive integer, found {meta[key]!r}')
+        if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool)
+                            or not 0 < meta[key] <= MAX_ID):
+            raise DataError(path, f'{key} must be a positive integer below 2**31, found {str(meta[key])[:40]}')
     mods = meta.get('modalities', [])
     if not isinstance(mods, list) or not all(isinstance(m, dict) and 'name' in m and 'file' in m for m in mods):
         raise DataError(path, "'modalities' must be a list of objects with 'name' and 'file'")
+    seen = set()
+    for n, m in enumerate(mods):
+        name, file, kind = m['name'], m['file'], m.get('kind', 'dense')
+        if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+            raise DataError(path, f'modality {n}: name must be a plain name (letters, digits, _, -), '
+                                  f'found {str(name)[:40]!r}')
+        if name in seen:
+            raise DataError(path, f'modality name {name!r} appears twice')
+        seen.add(name)
+        if not isinstance(file, str) or not PLAIN_FILE.fullmatch(file) or file in ('.', '..'):
+            raise DataError(path, f'modality {name!r}: file must be a file name in the folder, found {str(file)[:40]!r}')
+        if kind not in ('dense', 'words'):
+            raise DataError(path, f'modality {name!r} has unknown kind {str(kind)[:40]!r} (dense or words)')
     return meta
 
 
@@ -282,6 +390,8 @@ def _load_user_item_dict(path):
     out = {}
     for u, items in obj.items():
         uid = _as_int_array([u], path, 'a user key')[0]
+        if not isinstance(items, (list, tuple, set, frozenset, np.ndarray)):
+            raise DataError(path, f'the items of user {uid} are not a list or set')
         out[int(uid)] = _as_int_array(list(items), path, f'the items of user {uid}')
     return out
 
@@ -299,8 +409,14 @@ def _check_items(items, num_user, num_item, path, where):
     return items - num_user
 
 
-def load_dataset(folder, modalities=None):
-    """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order."""
+def load_dataset(folder, modalities=None, require_val=True):
+    """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order.
+
+    Validation and test pairs that are also training pairs are dropped, with
+    one warning line per file on stderr; an empty test split is an error, and
+    so is an empty validation split when ``require_val`` (training selects its
+    best epoch on it; evaluation alone does not need it).
+    """
     folder = os.path.normpath(folder)
     name = os.path.basename(folder)
     if not os.path.isdir(folder):
@@ -355,9 +471,9 @@ def load_dataset(folder, modalities=None):
 
     trained_users = np.zeros(num_user, dtype=bool)
     trained_users[train[:, 0]] = True
-    splits = []
-    for path, raw in ((val_path, val_raw), (test_path, test_raw)):
-        split = {}
+    splits, warnings = [], []
+    for path, raw, what in ((val_path, val_raw, 'validation'), (test_path, test_raw, 'test')):
+        split, dropped = {}, 0
         for u, its in raw.items():
             if u < 0 or u >= num_user:
                 raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
@@ -366,7 +482,19 @@ def load_dataset(folder, modalities=None):
                 continue
             if not trained_users[u]:
                 raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
-            split[u] = its
+            # A training item is masked out in ranking: kept here it would be a positive never found.
+            in_train = np.isin(u * num_item + its, keys, assume_unique=True)
+            dropped += int(in_train.sum())
+            if in_train.all():
+                continue
+            split[u] = its[~in_train]
+        if not split and (what == 'test' or require_val):
+            also = f' ({dropped} pairs dropped as training pairs)' if dropped else ''
+            raise DataError(path, f'the {what} split is empty{also}: nothing to '
+                                  f'{"select the best epoch by" if what == "validation" else "evaluate"}')
+        if dropped:
+            warnings.append(f'warning: {path}: dropped {dropped} {what} pairs that are also training pairs '
+                            f'(training items are masked out in ranking)')
         splits.append(split)
 
     uid_path = os.path.join(folder, 'user_item_dict.npy')
@@ -391,6 +519,8 @@ def load_dataset(folder, modalities=None):
             features[m] = feat
         else:
             features[m] = _load_words(words[m], num_item)
+    for line in warnings:       # only for a dataset that loads: an error stays the one line
+        print(line, file=sys.stderr)
     return Dataset(name, folder, num_user, num_item, train, splits[0], splits[1], features)
 
 
@@ -421,7 +551,8 @@ class TrainSampler:
     keys and redrawn, so there is no per-sample scan of the item set.
     """
 
-    def __init__(self, train, num_item, batch_size, rng):
+    def __init__(self, train, num_item, batch_size, rng, source='train.npy'):
+        self.source = source
         self.users = torch.from_numpy(train[:, 0].astype(np.int64))
         self.items = torch.from_numpy(train[:, 1].astype(np.int64))
         self.keys = np.sort(train[:, 0].astype(np.int64) * num_item + train[:, 1])
@@ -447,8 +578,8 @@ class TrainSampler:
     def batches(self, negatives):
         """Yield (users, items[, negatives]) LongTensors for one epoch."""
         if negatives and self.user_counts.max() >= self.num_item:
-            raise ValueError(f'user {int(self.user_counts.argmax())} has interacted with every item: '
-                             f'no negative to sample')
+            raise DataError(self.source, f'user {int(self.user_counts.argmax())} has interacted with every item: '
+                                         f'no negative to sample')
         order = torch.from_numpy(self.rng.permutation(len(self.users)))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]

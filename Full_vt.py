@@ -199,12 +199,35 @@ def rank_metrics_loop(z_user, z_item, index, topk):
 
 
 @torch.no_grad()
+def check_finite_scores(z_user, z_item, chunk=1024):
+    """Raise ``Train.Divergence`` when a score u·i is NaN or Inf.
+
+    Representations are checked directly; a product of finite ones can still
+    overflow, which is impossible when max‖u‖·max‖i‖ fits the float range
+    (Cauchy-Schwarz), so the scores themselves are computed only when that bound fails.
+    """
+    from Train import Divergence
+    for name, z in (('user', z_user), ('item', z_item)):
+        if not bool(torch.isfinite(z).all()):
+            raise Divergence(f'non-finite {name} representation in evaluation')
+    if len(z_user) == 0 or len(z_item) == 0:
+        return
+    bound = float(z_user.double().norm(dim=1).max()) * float(z_item.double().norm(dim=1).max())
+    if bound <= torch.finfo(z_user.dtype).max:
+        return
+    for start in range(0, len(z_user), chunk):
+        if not bool(torch.isfinite(z_user[start:start + chunk] @ z_item.t()).all()):
+            raise Divergence('non-finite score in evaluation (the product of representations overflows)')
+
+
+@torch.no_grad()
 def full_ranking(model, indexes, topk, eval_batch=1024):
     """One fresh eval-mode forward, then metrics for each ``SplitIndex`` in ``indexes`` (a dict)."""
     was_training = model.training
     model.eval()
     try:
         z_user, z_item = model()
+        check_finite_scores(z_user, z_item)
         return {name: rank_metrics(z_user, z_item, idx, topk, eval_batch) for name, idx in indexes.items()}
     finally:
         model.train(was_training)

@@ -161,6 +161,9 @@ class DataParallel:
         self.model.train(mode)
         return self
 
+    def named_parameters(self):
+        return self.model.named_parameters()
+
     def loss(self, *batch):
         if not self.needs_negatives:
             return self.ddp(*batch)             # model_SSL.info_nce takes the rank's rows

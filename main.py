@@ -7,12 +7,17 @@
 Each evaluation prints one Val and one Test line; the run ends with the best
 epoch by validation Recall@K (first K) and its test metrics, and appends one
 JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
-2 bad input or arguments, 3 training diverged (NaN/Inf loss).
+2 bad input or arguments, 3 training diverged (a NaN/Inf loss, parameter or score),
+130 interrupted (Ctrl-C).
 """
 import argparse
+import errno
+import hashlib
 import json
+import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -25,7 +30,7 @@ import distributed
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
 BASELINES = ('LightGCN', 'VBPR', 'FREEDOM')   # SPEC 6, built by build_baseline
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 # Published defaults per model, used for every flag left out (SPEC 3.4, 5).
 MODEL_DEFAULTS = {
@@ -57,8 +62,9 @@ def str2bool(value):
 
 def build_parser():
     per_model = '; '.join(f'{m}: ' + ', '.join(f'{k}={v}' for k, v in d.items()) for m, d in MODEL_DEFAULTS.items())
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                epilog=f'Defaults of flags marked "per model": {per_model}.')
+    from DataLoad import OneLineParser
+    p = OneLineParser(description=__doc__.split('\n\n')[0],
+                      epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
     a('--model_name', default='SLMRec', choices=MODELS,
       help='model to train (default SLMRec); LightGCN, VBPR and FREEDOM are the BPR baselines of SPEC 6')
@@ -92,6 +98,8 @@ def build_parser():
     a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
     a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
     a('--resume', action='store_true', help='continue the run from --checkpoint')
+    a('--resume_override', action='store_true',
+      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply)')
     a('--save_file', default='results.jsonl', help='results file: one JSON line appended per run')
     a('--ssl_task', default='FAC', choices=('FAC', 'FD', 'FM', 'FD+FM', 'none'), help='SLMRec self-supervised task')
     a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
@@ -192,25 +200,63 @@ def parse_args(argv=None):
     for key, value in MODEL_DEFAULTS[args.model_name].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    checks = [(args.batch_size > 0, '--batch_size must be positive'), (args.num_epoch >= 0, '--num_epoch must be >= 0'),
-              (args.num_layer >= 1, '--num_layer must be >= 1'), (args.dim_latent >= 2, '--dim_latent must be >= 2'),
-              (all(k > 0 for k in args.topK), '--topK values must be positive'),
-              (args.patience > 0, '--patience must be positive'), (args.eval_batch > 0, '--eval_batch must be positive'),
-              (args.dropout_rate is None or 0 <= args.dropout_rate < 1, '--dropout_rate must be in [0, 1)'),
-              (args.knn_k >= 1, '--knn_k must be >= 1'),
-              (0 <= args.mm_image_weight <= 1, '--mm_image_weight must be in [0, 1]'),
-              (args.dist_timeout > 0, '--dist_timeout must be positive'),
-              (args.temp > 0 and args.ssl_temp > 0, '--temp and --ssl_temp must be positive'),
-              (args.has_id or args.model_name == 'MMGCN', '--has_id False applies to MMGCN only')]
-    for ok, message in checks:
-        if not ok:
-            raise InputError(message)
+    validate_args(args)
     args.topK = list(dict.fromkeys(args.topK))
     return args
 
 
+MAX_DIM, MAX_LAYER, MAX_TOPK, MAX_SEED = 4096, 32, 10000, 2 ** 32 - 1
+
+
+def validate_args(args):
+    """Every numeric flag inside its domain, else ``InputError`` naming the flag (one place for all of them).
+
+    Non-finite floats are refused here (``--l_r inf`` is bad input, not a
+    divergence); the upper bounds on sizes keep a typo from allocating the machine away.
+    """
+    finite = {k: getattr(args, k) is not None and math.isfinite(getattr(args, k))
+              for k in ('l_r', 'weight_decay', 'ssl_alpha', 'ssl_temp', 'temp', 'dropout_rate', 'mm_image_weight',
+                        'dist_timeout')}
+    checks = [
+        (finite['l_r'] and args.l_r > 0, '--l_r', 'must be a positive finite number'),
+        (finite['weight_decay'] and args.weight_decay >= 0, '--weight_decay', 'must be a finite number >= 0'),
+        (args.batch_size > 0, '--batch_size', 'must be positive'),
+        (args.num_epoch >= 0, '--num_epoch', 'must be >= 0'),
+        (args.num_workers >= 0, '--num_workers', 'must be >= 0'),
+        (2 <= args.dim_latent <= MAX_DIM, '--dim_latent', f'must be in [2, {MAX_DIM}]'),
+        (1 <= args.num_layer <= MAX_LAYER, '--num_layer', f'must be in [1, {MAX_LAYER}]'),
+        (all(1 <= k <= MAX_TOPK for k in args.topK), '--topK', f'values must be in [1, {MAX_TOPK}]'),
+        (0 <= args.seed <= MAX_SEED, '--seed', f'must be in [0, 2**32 - 1]'),
+        (args.patience > 0, '--patience', 'must be positive'),
+        (args.eval_batch > 0, '--eval_batch', 'must be positive'),
+        (args.dropout_rate is None or (finite['dropout_rate'] and 0 <= args.dropout_rate < 1), '--dropout_rate',
+         'must be in [0, 1)'),
+        (1 <= args.knn_k <= MAX_TOPK, '--knn_k', f'must be in [1, {MAX_TOPK}]'),
+        (finite['mm_image_weight'] and 0 <= args.mm_image_weight <= 1, '--mm_image_weight', 'must be in [0, 1]'),
+        (finite['dist_timeout'] and args.dist_timeout > 0, '--dist_timeout', 'must be a positive finite number'),
+        (finite['temp'] and args.temp > 0, '--temp', 'must be a positive finite number'),
+        (finite['ssl_temp'] and args.ssl_temp > 0, '--ssl_temp', 'must be a positive finite number'),
+        (finite['ssl_alpha'] and args.ssl_alpha >= 0, '--ssl_alpha', 'must be a finite number >= 0'),
+        (args.has_id or args.model_name == 'MMGCN', '--has_id', 'False applies to MMGCN only'),
+    ]
+    for ok, flag, problem in checks:
+        if not ok:
+            value = getattr(args, flag[2:])
+            shown = ' '.join(map(str, value)) if isinstance(value, list) else value
+            raise InputError(f'{flag}: {problem}, got {shown}')
+
+
 def run_name(args):
-    return f'{os.path.basename(os.path.normpath(args.data_path))}-{args.model_name}-seed{args.seed}'
+    """``<data>-<model>[-<ssl task>]-seed<seed>[-<hash>]``: the hash (8 hex digits) covers every other
+    hyper-parameter that differs from the model's defaults, so runs that train differently never share
+    their output files, and the default run keeps a readable name."""
+    data = os.path.basename(os.path.normpath(args.data_path))
+    task = f'-{args.ssl_task}' if args.model_name == 'SLMRec' else ''
+    defaults = hyper_params(parse_args(['--model_name', args.model_name]))
+    named = ('data_path', 'model_name', 'ssl_task', 'seed')
+    differ = {k: v for k, v in hyper_params(args).items() if k not in named and v != defaults.get(k)}
+    digest = hashlib.sha1(json.dumps(differ, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
 
 
 def resolve_data(args):
@@ -288,16 +334,68 @@ def check_writable(path, what):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OSError('not a regular file')        # e.g. /dev/null: atomic_save would replace it
         if os.path.exists(path) and not os.access(path, os.W_OK):
             raise OSError('permission denied')
     except OSError as e:
         raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
 
 
+def check_outputs(outputs):
+    """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed."""
+    seen = {}
+    for path, what in outputs:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f'{path}: the {what} and the {seen[real]} are the same file; give each its own path')
+        seen[real] = what
+    for path, what in outputs:
+        check_writable(path, what)
+        remove_stale_temporaries(path)
+
+
+def _temporary_prefix(path):
+    return f'.{os.path.basename(path)}-'
+
+
+def remove_stale_temporaries(path):
+    """Remove what atomic_save left beside ``path`` when killed: ``.<name>-<pid>-XXXXXXXX`` of a process
+    that is gone (or ``.<name>-XXXXXXXX``, the pattern before the pid was added); nothing else."""
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + r'(?:(\d+)-)?[a-z0-9_]{8}')
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        tmp = os.path.join(folder, entry)
+        if not match or os.path.islink(tmp) or not os.path.isfile(tmp):
+            continue
+        pid = int(match.group(1)) if match.group(1) else None
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            continue                               # another run is writing it now
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return pid > 0
+    return True
+
+
 def atomic_save(obj, path):
     """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '-')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
@@ -308,6 +406,41 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def append_results_line(path, record):
+    """Append ``record`` as one JSON line in a single write on an O_APPEND descriptor.
+
+    A failed or short write (a full disk) truncates the file back to its old
+    size and is an ``InputError``; a last line left unterminated by an older
+    failure gets its newline first, so the new record is never glued to it.
+    """
+    line = (json.dumps(record, default=str) + '\n').encode()
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f'{path}: cannot write the results file ({e.strerror or e})') from None
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b'\n':
+            line = b'\n' + line
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f'short write, {written} of {len(line)} bytes')
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+                if not existed:
+                    os.unlink(path)
+            except OSError:
+                pass
+            raise InputError(f'{path}: cannot append the results line ({e.strerror or e}); '
+                             f'the file is left as it was') from None
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint_file(path, what):
@@ -329,6 +462,9 @@ def load_weights(model, path):
         state = state['model']
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f'{path}: expected a state dict of tensors')
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise InputError(f'{path}: non-finite weights in {bad!r}')
     try:
         if is_official_state_dict(state):
             if not hasattr(model, 'official_key_map'):
@@ -338,6 +474,162 @@ def load_weights(model, path):
     except (RuntimeError, ValueError) as e:
         raise InputError(f'{path}: does not fit this model ({describe(e)}; '
                          f'check --model_name, --dim_latent, --modalities and the fusion and SSL flags)') from None
+
+
+# Flags that change where a run writes, how fast it runs, or when it stops, not what it trains:
+# they may differ on --resume and do not enter the run name.  Every other flag is a hyper-parameter.
+NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PATH_weight_load', 'save_file',
+             'num_epoch', 'patience', 'num_workers', 'eval_batch', 'progress', 'no_cuda', 'tensorboard',
+             'export_topk', 'config', 'dist_timeout'}
+
+
+def hyper_params(args):
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
+
+
+class MalformedCheckpoint(Exception):
+    """What is wrong with a checkpoint's structure (one phrase)."""
+
+
+def _need(ok, problem):
+    if not ok:
+        raise MalformedCheckpoint(problem)
+
+
+def _is_int(x, low=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _is_real(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_metrics(metrics, where, topk):
+    _need(isinstance(metrics, dict) and set(metrics) == set(topk),
+          f'{where} must map each --topK cut-off {sorted(topk)} to metrics')
+    for k, m in metrics.items():
+        _need(isinstance(m, dict) and set(m) == {'precision', 'recall', 'ndcg'} and all(map(_is_real, m.values())),
+              f'{where}[{k}] must hold finite precision, recall and ndcg')
+
+
+def validate_checkpoint(ckpt, path, args, sampler_rng):
+    """Check a ``--resume`` checkpoint before any of it is used; ``InputError`` names the problem.
+
+    The optimiser's state is checked against the parameters by ``validate_optimizer_state``, once the
+    model weights are loaded (loading may replace a parameter) and the optimiser is built.
+    """
+    try:
+        _need(isinstance(ckpt, dict), f'expected a dict, found {type(ckpt).__name__}')
+        missing = [k for k in ('model', 'optimizer', 'rng', 'state') if k not in ckpt]
+        _need(not missing, f'no {", ".join(map(repr, missing))} entry')
+        weights = ckpt['model']
+        _need(isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()), "'model' must be a state dict of tensors")
+        _need(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
+              "'model' holds non-finite weights")
+        opt = ckpt['optimizer']
+        _need(isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
+              and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups']),
+              "'optimizer' must be an optimiser state dict")
+        rng = ckpt['rng']
+        _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
+              "'rng' must hold the python, numpy and torch states")
+        try:
+            random.Random().setstate(rng['python'])
+            type(sampler_rng.bit_generator)().state = rng['numpy']
+            torch.Generator().set_state(rng['torch'])
+        except (TypeError, ValueError, KeyError, RuntimeError):
+            raise MalformedCheckpoint("'rng' holds an unusable random state") from None
+        state = ckpt['state']
+        _need(isinstance(state, dict), f"'state' must be a dict, found {type(state).__name__}")
+        missing = [k for k in ('epoch', 'best_epoch', 'best_val', 'best_test', 'best_recall', 'bad_evals', 'history')
+                   if k not in state]
+        _need(not missing, f"'state' has no {', '.join(map(repr, missing))}")
+        _need(_is_int(state['epoch']), "'state' epoch must be an integer >= 0")
+        _need(_is_int(state['bad_evals']), "'state' bad_evals must be an integer >= 0")
+        _need(_is_real(state['best_recall']), "'state' best_recall must be a finite number")
+        history = state['history']
+        _need(isinstance(history, list) and len(history) == state['epoch']
+              and all(isinstance(h, dict) and _is_int(h.get('epoch')) and _is_real(h.get('loss'))
+                      and _is_real(h.get('val_recall')) for h in history),
+              "'state' history must list one {epoch, loss, val_recall} per epoch")
+        if state['best_epoch'] is None:
+            _need(state['best_val'] is None and state['best_test'] is None, "'state' has best metrics but no best epoch")
+        else:
+            _need(_is_int(state['best_epoch']) and state['best_epoch'] <= state['epoch'],
+                  "'state' best_epoch must be an integer <= epoch")
+            _check_metrics(state['best_val'], "'state' best_val", args.topK)
+            _check_metrics(state['best_test'], "'state' best_test", args.topK)
+        saved = ckpt.get('args')
+        plain = (type(None), bool, int, float, str)
+        _need(saved is None or (isinstance(saved, dict) and all(
+            isinstance(k, str) and (isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v)))
+            for k, v in saved.items())), "'args' must map flag names to plain values")
+    except MalformedCheckpoint as e:
+        raise InputError(f'{path}: malformed checkpoint: {e}') from None
+
+
+def validate_optimizer_state(opt, path, optimizer):
+    """The checkpoint's optimiser state against this optimiser's parameters (Adam, the only one here)."""
+    try:
+        params = [p for g in optimizer.param_groups for p in g['params']]
+        ids = [i for g in opt['param_groups'] for i in g['params']]
+        _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
+              and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
+        for i, entry in opt['state'].items():       # Adam's state (SPEC: the only optimiser here)
+            _need(_is_int(i) and i < len(params) and isinstance(entry, dict)
+                  and set(entry) == {'step', 'exp_avg', 'exp_avg_sq'}, "'optimizer' state is not Adam's per parameter")
+            step = entry['step']
+            _need(isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
+                  and bool(torch.isfinite(step).all()) and float(step) >= 1,
+                  f"'optimizer' step of parameter {i} must be a number >= 1")
+            for name in ('exp_avg', 'exp_avg_sq'):
+                value = entry[name]
+                _need(isinstance(value, torch.Tensor) and value.shape == params[i].shape
+                      and value.dtype == params[i].dtype and bool(torch.isfinite(value).all())
+                      and (name == 'exp_avg' or bool((value >= 0).all())),
+                      f"'optimizer' {name} of parameter {i} has the wrong shape, type or values")
+    except MalformedCheckpoint as e:
+        raise InputError(f'{path}: malformed checkpoint: {e}') from None
+
+
+def changed_hyper_params(ckpt, args):
+    """Flags whose value differs from the checkpoint's run, as '--flag old -> new' phrases."""
+    if ckpt.get('args') is not None:
+        saved, now = ckpt['args'], hyper_params(args)
+        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now if saved.get(k) != now[k]]
+    group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
+    adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # as in run(): MMGCN's is λ
+    return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in
+            (('l_r', 'lr', args.l_r), ('weight_decay', 'weight_decay', adam_decay)) if group.get(key) != value]
+
+
+def read_checkpoint(path, args, sampler_rng):
+    """The ``--resume`` checkpoint at ``path``, its structure validated and its hyper-parameters compared."""
+    ckpt = load_checkpoint_file(path, 'checkpoint')
+    validate_checkpoint(ckpt, path, args, sampler_rng)
+    changed = changed_hyper_params(ckpt, args)
+    if changed and not args.resume_override:
+        raise InputError(f'{path}: checkpoint of a run with other hyper-parameters ({"; ".join(changed)}); '
+                         f'pass --resume_override to continue with the new values')
+    if changed:
+        print(f'resuming with changed hyper-parameters: {"; ".join(changed)}')
+    return ckpt
+
+
+def resume_from(ckpt, path, optimizer, sampler_rng):
+    """Optimiser and RNG states from a checkpoint of ``read_checkpoint``; returns the training state."""
+    from DataLoad import describe
+    validate_optimizer_state(ckpt['optimizer'], path, optimizer)
+    own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
+    for group, own in zip(optimizer.param_groups, own_groups):   # this command line's values apply, never the file's
+        group.update(own)
+    set_rng_state(ckpt['rng'], sampler_rng)
+    return ckpt['state']
 
 
 def rng_state(sampler_rng):
@@ -394,12 +686,11 @@ def run(args):
     name = run_name(args)
     best_path = args.PATH_weight_save or os.path.join('runs', f'{name}.best.pt')
     ckpt_path = args.checkpoint or os.path.join('runs', f'{name}.last.pt')
+    outputs = [(args.save_file, 'results file'), (best_path, 'best-model file'), (ckpt_path, 'checkpoint')]
+    if args.export_topk:
+        outputs.append((args.export_topk, 'top-K export'))
     if distributed.is_main():                    # rank 0 alone writes files (SPEC 7)
-        check_writable(args.save_file, 'results file')
-        check_writable(best_path, 'best-model file')
-        check_writable(ckpt_path, 'checkpoint')
-        if args.export_topk:
-            check_writable(args.export_topk, 'top-K export')
+        check_outputs(outputs)
         if args.tensorboard:
             check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
 
@@ -412,13 +703,13 @@ def run(args):
 
     with distributed.main_first():              # one rank prepares a dataset on first use
         folder = resolve_data(args)
-    data = load_dataset(folder)
+    data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     print(data.summary())
     model = build_model(args, data)
     if args.PATH_weight_load:
         load_weights(model, args.PATH_weight_load)
-    ckpt = load_checkpoint_file(ckpt_path, 'checkpoint') if args.resume else None
+    ckpt = read_checkpoint(ckpt_path, args, sampler_rng) if args.resume else None
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt['model'])
@@ -428,7 +719,8 @@ def run(args):
     # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # SPEC 2, 6: the others' is λ
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_decay)
-    sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)
+    sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng,
+                           source=os.path.join(folder, 'train.npy'))
     uneven = distributed.check_batches(len(data.train), args.batch_size)
     if uneven:
         raise InputError(uneven)
@@ -440,12 +732,7 @@ def run(args):
     state = {'epoch': 0, 'best_epoch': None, 'best_val': None, 'best_test': None, 'best_recall': -1.0,
              'bad_evals': 0, 'history': []}
     if ckpt is not None:
-        try:
-            optimizer.load_state_dict(ckpt['optimizer'])
-            set_rng_state(ckpt['rng'], sampler_rng)
-            state = ckpt['state']
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise InputError(f'{ckpt_path}: not a checkpoint of this run ({describe(e)})') from None
+        state = resume_from(ckpt, ckpt_path, optimizer, sampler_rng)
         print(f'resumed from {ckpt_path} after epoch {state["epoch"]}')
 
     def evaluate(epoch):
@@ -456,12 +743,12 @@ def run(args):
 
     board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
     status = 'done'
-    if args.num_epoch == 0:
-        metrics = evaluate(0)
-        state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
-        if board:
-            board.epoch(0, None, {}, metrics, 0.0)
     try:
+        if args.num_epoch == 0:
+            metrics = evaluate(0)
+            state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
+            if board:
+                board.epoch(0, None, {}, metrics, 0.0)
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
@@ -485,12 +772,13 @@ def run(args):
                                      'val': metrics['val'], 'seconds': round(seconds, 3)})
             if distributed.is_main():           # every rank's RNG states are rank 0's
                 atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                             'rng': rng_state(sampler_rng), 'state': state}, ckpt_path)
+                             'rng': rng_state(sampler_rng), 'state': state, 'args': hyper_params(args)}, ckpt_path)
         if state['bad_evals'] >= args.patience:
             print(f'early stop: no validation improvement in {args.patience} evaluations')
     except Divergence as e:
         status = 'diverged'
-        print(f'training diverged: {e}; the best model so far is kept in {best_path}', file=sys.stderr)
+        kept = f'the best model so far is kept in {best_path}' if state['best_epoch'] else 'no best model was saved'
+        print(f'training diverged: {e}; {kept}', file=sys.stderr)
 
     if board:
         board.close(args, state)
@@ -498,14 +786,15 @@ def run(args):
         export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
     summary(state, key, status)
+    if state['best_epoch'] and os.path.exists(best_path):
+        print(f'best model: {best_path}')
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
               'val': state['best_val'], 'test': state['best_test'], 'epochs_run': state['epoch'],
               'wall_time_s': round(wall, 2), 'device': str(device), 'processes': distributed.world_size(),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
               'data': data.summary(), 'history': state['history']}
     if distributed.is_main():
-        with open(args.save_file, 'a') as f:
-            f.write(json.dumps(record, default=str) + '\n')
+        append_results_line(args.save_file, record)
     return EXIT_DIVERGED if status == 'diverged' else 0
 
 
@@ -589,6 +878,9 @@ def main(argv=None):
         if distributed.is_main():               # every rank meets the same bad input
             print(f'error: {e}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RuntimeError as e:                   # torch.distributed's errors are RuntimeErrors
         message = distributed.lost_peer(e)
         if message is None:

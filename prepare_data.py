@@ -13,6 +13,7 @@ no-op unless ``--force``.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,97 @@ LIKE = {
 
 
 # --------------------------------------------------------------------------
+# Where a dataset goes, and what may be replaced there
+
+PLAIN_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
+PLAIN_FEATURE = re.compile(r'[A-Za-z0-9_-]+')   # a modality name: it becomes the file name feat_<name>.npy
+SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec')
+PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
+
+
+def dataset_folder(name, root=DATA_ROOT):
+    """The folder of ``--name``: a plain name under ``root``, or a path (it contains a '/').
+
+    A plain name is letters, digits, '_', '-' and '.', not starting with '.'
+    (hidden names are this script's temporary folders, and '.'/'..' are not
+    datasets).
+    """
+    if '/' in name or os.sep in name:
+        return os.path.abspath(name)
+    if not PLAIN_NAME.fullmatch(name):
+        raise DataError('--name', f'{name!r} is not a plain name (letters, digits, _, - and ., not starting '
+                                  f'with .) nor a path')
+    return os.path.join(root, name)
+
+
+def is_ours(folder):
+    """True when ``folder`` holds a meta.json that this script wrote."""
+    from DataLoad import read_regular
+    try:
+        meta = json.loads(read_regular(os.path.join(folder, 'meta.json'), 1 << 20))
+    except (DataError, ValueError):
+        return False
+    source = meta.get('source') if isinstance(meta, dict) else None
+    return isinstance(source, dict) and source.get('kind') in SOURCE_KINDS
+
+
+def claim_folder(name, force, root=DATA_ROOT):
+    """(folder, ready) for dataset ``name``; ``ready``: ours already and no --force.
+
+    Nothing this script did not write is ever replaced: an existing folder is
+    replaced only when it holds our meta.json (and --force) or is empty.
+    Temporary folders left by an interrupted run for the same folder go first.
+    """
+    folder = dataset_folder(name, root)
+    remove_partials(folder)
+    if os.path.islink(folder):
+        raise DataError(folder, 'is a symbolic link; refusing to replace it')
+    if os.path.lexists(folder):
+        if not os.path.isdir(folder):
+            raise DataError(folder, 'exists and is not a folder; refusing to replace it')
+        if is_ours(folder):
+            return folder, not force
+        if os.listdir(folder):
+            raise DataError(folder, 'exists and was not written by prepare_data.py (no meta.json of ours); '
+                                    'refusing to replace it')
+    return folder, False
+
+
+def remove_partials(folder):
+    """Remove the temporary siblings ``.<name>-XXXXXXXX`` of ``folder`` whose writer is gone."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    pattern = re.compile(re.escape(f'.{base}-') + r'[a-z0-9_]{8}')
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        tmp = os.path.join(parent, entry)
+        marker = os.path.join(tmp, PARTIAL_MARKER)
+        if not pattern.fullmatch(entry) or os.path.islink(tmp) or not os.path.isfile(marker):
+            continue
+        try:
+            with open(marker) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------
 # Writing a folder
 
 def split_rows(split, num_user):
@@ -59,6 +151,8 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
     try:
+        with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
+            f.write(str(os.getpid()))
         train_off = np.stack([train[:, 0], train[:, 1] + num_user], axis=1).astype(np.int64)
         np.save(os.path.join(tmp, 'train.npy'), train_off)
         np.save(os.path.join(tmp, 'val_full.npy'), split_rows(val, num_user), allow_pickle=True)
@@ -85,8 +179,14 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 'num_test': int(sum(len(v) for v in test.values())), **meta}
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
+        os.unlink(os.path.join(tmp, PARTIAL_MARKER))
+        if os.path.lexists(folder):
+            if os.path.isdir(folder) and not os.path.islink(folder) and is_ours(folder):
+                shutil.rmtree(folder)
+            elif os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+            else:
+                raise DataError(folder, 'exists and was not written by prepare_data.py; refusing to replace it')
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -121,8 +221,8 @@ def split_by_order(user_items, min_each=0):
 def synthetic(name, like='none', scale=1.0, seed=0, num_user=None, num_item=None, inter_per_user=None,
               latent_dim=16, noise=0.5, vocab=2000, force=False, root=DATA_ROOT):
     """A dataset whose item features are noisy projections of the latent tastes that drive interactions."""
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     spec = LIKE[like.lower()]
     users0, items0, inter0 = spec['sizes']
@@ -268,8 +368,8 @@ def movielens(name, min_inter=10, force=False, root=DATA_ROOT, source_folder=Non
     ``embed`` (list of str -> float array) replaces the sentence encoder.
     """
     spec = ML_SOURCES[name]
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     if source_folder is None:
         source_folder, version = package_folder(spec['package'], spec['folder'])
@@ -373,23 +473,83 @@ def kg_features(stem, item_order, dim=64, seed=0):
 # --------------------------------------------------------------------------
 # Generic import: an interaction file plus feature matrices; the MMRec layout
 
+MAX_ID_CHARS = 256          # a user or item id longer than this is refused (ids are written to *_ids.txt)
+TIME_NAMES = ('time', 'timestamp', 'ts', 'date', 'datetime')
+RATING_NAMES = ('rating', 'ratings', 'score', 'stars', 'label', 'weight', 'value')
+
+
+def _read_text_lines(path, what='file'):
+    """The lines of a UTF-8 text file (a BOM is skipped); a regular file only; one-line errors."""
+    from DataLoad import check_regular
+    check_regular(path)
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(path, f'not UTF-8 text (byte {e.start}: {e.reason})') from None
+    except OSError as e:
+        raise DataError(path, f'cannot read the {what} ({e.strerror or e})') from None
+
+
 def _read_table(path):
-    """Rows of a CSV/TSV file (tab, comma or blanks); a first row naming 'user...' and 'item...' is a header."""
+    """(header or None, rows) of a CSV/TSV file (tab, comma or blanks); a first row naming 'user...' and
+    'item...' is a header.  Ids must be UTF-8 (a byte that is not would merge distinct ids) and short."""
     import csv
-    if not os.path.isfile(path):
-        raise DataError(path, 'file not found')
-    with open(path, newline='', encoding='utf-8', errors='replace') as f:
-        sample = f.read(4096)
-        f.seek(0)
-        delimiter = '\t' if '\t' in sample else (',' if ',' in sample else None)
-        reader = csv.reader(f, delimiter=delimiter) if delimiter else (line.split() for line in f)
-        rows = [r for r in reader if r and any(x.strip() for x in r)]
+    lines = _read_text_lines(path, 'interaction file')
+    sample = '\n'.join(lines[:50])[:4096]
+    delimiter = '\t' if '\t' in sample else (',' if ',' in sample else None)
+    reader = csv.reader(lines, delimiter=delimiter) if delimiter else (line.split() for line in lines)
+    rows = []
+    try:
+        for line_no, r in enumerate(reader, start=1):
+            if not r or not any(x.strip() for x in r):
+                continue
+            if any(len(x) > MAX_ID_CHARS for x in r[:2]):
+                raise DataError(path, f'line {line_no}: an id longer than {MAX_ID_CHARS} characters')
+            rows.append(r)
+    except csv.Error as e:
+        raise DataError(path, f'line {reader.line_num}: {e}') from None
+    header = None
     if rows and len(rows[0]) >= 2 and rows[0][0].strip().lower().startswith('user') \
             and rows[0][1].strip().lower().startswith('item'):
-        rows = rows[1:]
+        header, rows = rows[0], rows[1:]
     if not rows:
         raise DataError(path, 'holds no interaction')
-    return rows
+    return header, rows
+
+
+def _time_column(path, header, rows):
+    """(column holding timestamps or None, warning or None).
+
+    A header names the column (time, timestamp, ...); a third column the
+    header calls a rating is refused.  Without a header the third column is
+    the timestamp, with a warning when it looks like a rating: few values, all
+    within 0..10, repeated within most users (timestamps rarely repeat for one
+    user; five rating levels must once a user has six).
+    """
+    if min(len(r) for r in rows) < 3:
+        return None, None
+    if header is not None:
+        names = [h.strip().lower() for h in header]
+        named = [c for c in range(2, len(names)) if names[c] in TIME_NAMES]
+        if named:
+            return named[0], None
+        if names[2] in RATING_NAMES:
+            raise DataError(path, f'the third column is {header[2].strip()!r}, not a timestamp: add a column named '
+                                  f'timestamp, or drop the third for a random split')
+        return 2, None
+    try:
+        values = [float(r[2]) for r in rows]
+    except ValueError:
+        return 2, None               # reported as a non-number by the caller
+    per_user = {}
+    for r, v in zip(rows, values):
+        per_user.setdefault(r[0].strip(), []).append(v)
+    repeating = sum(len(set(v)) < len(v) for v in per_user.values())
+    if len(set(values)) <= 11 and all(0 <= v <= 10 for v in values) and repeating > len(per_user) / 2:
+        return 2, (f'warning: {path}: the third column looks like a rating ({len(set(values))} values within 0..10, '
+                   f'repeated within most users), not a timestamp; the split follows it (drop it for a random split)')
+    return 2, None
 
 
 def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, seed=0, force=False, root=DATA_ROOT):
@@ -399,28 +559,35 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     when given.  With timestamps the split is chronological, else random (``seed``).
     """
     from DataLoad import load_matrix
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
-    rows = _read_table(inter_path)
+    for m in feature_paths:
+        if not isinstance(m, str) or not PLAIN_FEATURE.fullmatch(m):
+            raise DataError('--feature', f'{str(m)[:40]!r} is not a plain modality name (letters, digits, _, -)')
+    header, rows = _read_table(inter_path)
     width = {len(r) for r in rows}
     if min(width) < 2:
         raise DataError(inter_path, 'every row needs at least user and item')
     users = np.array([r[0].strip() for r in rows], dtype=object)
     items = np.array([r[1].strip() for r in rows], dtype=object)
     times = None
-    if min(width) >= 3:
+    time_col, warning = _time_column(inter_path, header, rows)
+    if time_col is not None:
         try:
-            times = np.array([float(r[2]) for r in rows])
+            times = np.array([float(r[time_col]) for r in rows])
         except ValueError:
-            raise DataError(inter_path, 'the third column (timestamp) holds a non-number') from None
+            raise DataError(inter_path, f'column {time_col + 1} (timestamp) holds a non-number') from None
+        if not np.isfinite(times).all():
+            raise DataError(inter_path, f'column {time_col + 1} (timestamp) holds NaN or Inf')
     feats = {m: load_matrix(p) for m, p in feature_paths.items()}
     n_rows = {f.shape[0] for f in feats.values()}
     if len(n_rows) > 1:
         raise DataError(list(feature_paths.values())[0], f'feature matrices disagree on the item count {sorted(n_rows)}')
     if item_list is not None:
-        with open(item_list) as f:
-            row_ids = [line.strip() for line in f if line.strip()]
+        row_ids = [line.strip() for line in _read_text_lines(item_list, 'item list') if line.strip()]
+        if len(set(row_ids)) != len(row_ids):
+            raise DataError(item_list, 'lists an item id twice')
     elif feats:
         row_ids = [str(i) for i in range(n_rows.pop())]
     else:
@@ -433,9 +600,11 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     if unknown:
         raise DataError(inter_path, f'item {unknown[0]!r} has no feature row (feature rows are items '
                                     f'0..{len(row_ids) - 1}{", see --item_list" if item_list is None else ""})')
-    # The same (user, item) twice counts once.
-    _, first = np.unique(np.char.add(np.char.add(users.astype(str), '\t'), items.astype(str)), return_index=True)
-    first = np.sort(first)
+    # The same (user, item) twice counts once (first in file order; no fixed-width string arrays).
+    first_of = {}
+    for n, pair in enumerate(zip(users.tolist(), items.tolist())):
+        first_of.setdefault(pair, n)
+    first = np.fromiter(first_of.values(), dtype=np.int64, count=len(first_of))     # ascending: file order
     users, items = users[first], items[first]
     times = times[first] if times is not None else np.random.default_rng(seed).permutation(len(users)).astype(float)
     keep = k_core(users, items, min_inter)
@@ -451,8 +620,11 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     row_of = {i: n for n, i in enumerate(row_ids)}
     take = [row_of[i] for i in item_order]
     features = [(m, f'feat_{m}.npy', f[take], 'dense') for m, f in feats.items()]
+    if warning:                     # only for an import that succeeds: an error stays the one line
+        print(warning, file=sys.stderr)
     meta = {'source': {'kind': 'csv', 'file': os.path.abspath(inter_path), 'min_inter': min_inter,
-                       'split': 'chronological 8:1:1 per user' if min(width) >= 3 else f'random 8:1:1 per user (seed {seed})'}}
+                       'split': 'chronological 8:1:1 per user' if time_col is not None
+                       else f'random 8:1:1 per user (seed {seed})'}}
     return write_dataset(folder, len(user_order), len(item_order), train, val, test, features, meta,
                          user_ids=user_order, item_ids=item_order)
 
@@ -461,8 +633,8 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
     """The MMRec layout: ``<name>.inter`` (userID, itemID, ..., x_label 0/1/2) plus
     ``image_feat.npy`` / ``text_feat.npy`` with one row per item id."""
     from DataLoad import load_matrix
-    folder = os.path.join(root, name)
-    if os.path.exists(os.path.join(folder, 'meta.json')) and not force:
+    folder, ready = claim_folder(name, force, root)
+    if ready:
         return folder
     inters = [f for f in sorted(os.listdir(source)) if f.endswith('.inter')] if os.path.isdir(source) else []
     if len(inters) != 1:
@@ -505,7 +677,8 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
 # Command line
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    from DataLoad import OneLineParser
+    parser = OneLineParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='source', required=True)
     syn = sub.add_parser('synthetic', help='a generated dataset with planted multimodal signal')
@@ -538,30 +711,51 @@ def build_parser():
     return parser
 
 
+def validate_args(args):
+    """Numeric flags inside their domain, else DataError naming the flag."""
+    import math
+    checks = [('seed', lambda v: v >= 0, 'must be >= 0'), ('min_inter', lambda v: v >= 0, 'must be >= 0'),
+              ('scale', lambda v: math.isfinite(v) and 0 < v <= 10, 'must be in (0, 10]'),
+              ('num_user', lambda v: v is None or 1 <= v <= 10 ** 7, 'must be in [1, 10**7]'),
+              ('num_item', lambda v: v is None or 10 <= v <= 10 ** 7, 'must be in [10, 10**7]'),
+              ('inter_per_user', lambda v: v is None or (math.isfinite(v) and 1 <= v <= 10 ** 4),
+               'must be in [1, 10**4]')]
+    for key, ok, problem in checks:
+        if hasattr(args, key) and not ok(getattr(args, key)):
+            raise DataError(f'--{key}', f'{problem}, got {getattr(args, key)}')
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    root = DATA_ROOT
     try:
+        validate_args(args)
         if args.source == 'synthetic':
-            name = args.name or f'synthetic_{args.like}_{args.scale:g}'
+            name = args.name if args.name is not None else f'synthetic_{args.like}_{args.scale:g}'
             folder = synthetic(name, args.like, args.scale, args.seed, args.num_user, args.num_item,
-                               args.inter_per_user, force=args.force)
+                               args.inter_per_user, force=args.force, root=root)
         elif args.source in ML_SOURCES:
-            folder = movielens(args.source, args.min_inter, args.force)
+            folder = movielens(args.source, args.min_inter, args.force, root=root)
         elif args.source == 'csv':
             feature_paths = {}
             for spec in args.feature:
                 name, sep, path = spec.partition('=')
                 if not sep or not name or not path:
-                    raise DataError(spec, 'expected --feature NAME=PATH')
+                    raise DataError('--feature', f'expected NAME=PATH, got {spec[:80]!r}')
+                if name in feature_paths:
+                    raise DataError('--feature', f'modality {name[:40]!r} given twice')
                 feature_paths[name] = path
             folder = import_csv(args.name, args.inter, feature_paths, args.min_inter, args.item_list, args.seed,
-                                args.force)
+                                args.force, root=root)
         else:
-            folder = import_mmrec(args.name, args.folder, args.force)
+            folder = import_mmrec(args.name, args.folder, args.force, root=root)
         print(f'dataset ready: {folder}')
     except DataError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('interrupted: nothing was written', file=sys.stderr)
+        return 130
     return 0
 
 

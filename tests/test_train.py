@@ -114,7 +114,7 @@ def test_bad_checkpoints_are_one_line_errors(tiny_plain, tmp_path, capsys):
     assert code == 2 and 'does not fit this model' in capsys.readouterr().err
     torch.save({'state': 1}, tmp_path / 'run.last.pt')
     code, _ = _run(tmp_path, tiny_plain, '--resume')
-    assert code == 2 and 'not a checkpoint of this run' in capsys.readouterr().err
+    assert code == 2 and 'malformed checkpoint' in capsys.readouterr().err
 
 
 def test_unknown_values_list_the_valid_ones(capsys):
