@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 import prepare_data  # noqa: E402
 from BaseModel import bipartite_edges, csr_adjacency, normalized_adjacency  # noqa: E402
 from DataLoad import TrainSampler, load_dataset  # noqa: E402
-from main import keep_freed_memory  # noqa: E402
+from main import flush_denormals, keep_freed_memory  # noqa: E402
 from Full_vt import SplitIndex, rank_metrics, rank_metrics_loop  # noqa: E402
 from model_MMGCN import MMGCN  # noqa: E402
 from model_SSL import SLMRec, info_nce  # noqa: E402
@@ -545,6 +545,7 @@ def main(argv=None):
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'), help='folder for the JSON results')
     args = p.parse_args(argv)
     keep_freed_memory()                    # as main.py does; both paths run under it
+    flush_denormals()                      # likewise
     scale = args.scale if args.scale is not None else (0.03 if args.quick else 1.0)
     args.epochs = (not args.quick) if args.epochs is None else args.epochs
     args.torchrun = (not args.quick) if args.torchrun is None else args.torchrun

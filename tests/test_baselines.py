@@ -306,8 +306,8 @@ def test_per_model_defaults_and_flags():
     assert main.parse_args([]).dropout_rate == 0.3
     args = main.parse_args(['--model_name', 'FREEDOM', '--knn_k', '5', '--mm_image_weight', '0.3', '--dropout_rate', '0.5'])
     assert (args.knn_k, args.mm_image_weight, args.dropout_rate) == (5, 0.3, 0.5)
-    for bad, message in ((['--knn_k', '0'], '--knn_k must be >= 1'),
-                         (['--mm_image_weight', '1.5'], '--mm_image_weight must be in [0, 1]')):
+    for bad, message in ((['--knn_k', '0'], '--knn_k: must be in [1, 10000], got 0'),
+                         (['--mm_image_weight', '1.5'], '--mm_image_weight: must be in [0, 1], got 1.5')):
         with pytest.raises(main.InputError, match=re.escape(message)):
             main.parse_args(['--model_name', 'FREEDOM', *bad])
 

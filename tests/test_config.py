@@ -53,7 +53,7 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     if message is None:
-        assert err.startswith('error: --batch_size must be positive')
+        assert err.startswith('error: --batch_size: must be positive')
     else:
         assert err.startswith(f'error: {path}: ') and message in err
 

@@ -70,7 +70,7 @@ def test_grid_of_four_finishes_with_four_distinct_trials_and_writes_the_config(t
     for t in trials:
         if t.params['dim_latent'] == 1:   # a failed run is a failed trial, and the sweep went on
             assert t.state.name == 'FAIL' and t.user_attrs['exit'] == 2
-            assert '--dim_latent must be >= 2' in t.user_attrs['note']
+            assert '--dim_latent: must be in [2, 4096]' in t.user_attrs['note']
             continue
         assert t.state.name == 'COMPLETE'  # the objective: the run's best validation Recall@10; test kept aside
         record = json.loads(_read(os.path.join(t.user_attrs['folder'], 'results.jsonl')).splitlines()[-1])

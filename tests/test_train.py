@@ -125,7 +125,7 @@ def test_unknown_values_list_the_valid_ones(capsys):
 
 def test_per_model_defaults():
     slm = main.parse_args([])
-    assert (slm.l_r, slm.weight_decay, slm.batch_size, slm.num_layer, slm.num_epoch) == (0.01, 1e-4, 2048, 3, 40)
+    assert (slm.l_r, slm.weight_decay, slm.batch_size, slm.num_layer, slm.num_epoch) == (0.01, 1e-4, 2048, 3, 1000)
     mm = main.parse_args(['--model_name', 'MMGCN'])
     assert (mm.l_r, mm.weight_decay, mm.batch_size, mm.num_layer) == (0.0005, 0.1, 1024, 2)
     assert main.parse_args(['--model_name', 'MMGCN', '--num_layer', '4']).num_layer == 4
