@@ -190,8 +190,9 @@ def _config_value(path, key, action, value):
 
 
 def parse_args(argv=None):
+    from DataLoad import OneLineParser
     parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineParser(add_help=False, prog=parser.prog)
     pre.add_argument('--config', default=None)
     config = pre.parse_known_args(argv)[0].config
     if config is not None:
@@ -538,7 +539,7 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
             random.Random().setstate(rng['python'])
             type(sampler_rng.bit_generator)().state = rng['numpy']
             torch.Generator().set_state(rng['torch'])
-        except (TypeError, ValueError, KeyError, RuntimeError):
+        except (TypeError, ValueError, KeyError, RuntimeError, OverflowError):
             raise MalformedCheckpoint("'rng' holds an unusable random state") from None
         state = ckpt['state']
         _need(isinstance(state, dict), f"'state' must be a dict, found {type(state).__name__}")

@@ -28,7 +28,7 @@ def _scalars(folder):
 
 def test_two_epochs_then_resume(tiny_plain, tmp_path):
     record = _run(tmp_path, tiny_plain, '--num_epoch', '2')
-    folder = tmp_path / 'tb' / main.run_name(main.parse_args(['--data_path', tiny_plain]))
+    folder = tmp_path / 'tb' / record['run']
     curves = _scalars(folder)
     metric_tags = {f'{split}/{m}@{k}' for split in ('val', 'test') for m in ('precision', 'recall', 'ndcg')
                    for k in (5, 10)}
