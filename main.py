@@ -11,6 +11,7 @@ JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
 130 interrupted (Ctrl-C).
 """
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -393,13 +394,15 @@ def _process_alive(pid):
     return True
 
 
-def atomic_save(obj, path):
-    """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
+@contextlib.contextmanager
+def atomic_file(path, mode='wb'):
+    """A file for ``path`` written through a temporary beside it, flushed, fsynced and renamed into
+    place on success; on any error or interruption the temporary is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -407,6 +410,12 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def append_results_line(path, record):
@@ -835,11 +844,9 @@ def export_topk(model, data, folder, k, eval_batch, path):
     indptr, items = data.train_csr()
     was_training = model.training
     model.eval()
-    folder_out = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder_out, prefix='.' + os.path.basename(path) + '-')
     try:
         z_user, z_item = model()
-        with os.fdopen(fd, 'w') as f:
+        with atomic_file(path, 'w') as f:
             f.write('user,rank,item,score\n')
             for users, top, scores in top_items(z_user, z_item, np.arange(data.num_user), indptr, items, k,
                                                 eval_batch):
@@ -849,13 +856,6 @@ def export_topk(model, data, folder, k, eval_batch, path):
                         if score == -float('inf'):      # training item or padding: fewer than k candidates
                             break
                         f.write(f'{name},{rank},{item_ids[item] if item_ids else item},{score:.7g}\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         model.train(was_training)
     return data.num_user
