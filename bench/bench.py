@@ -357,12 +357,17 @@ def bench_mmgcn(data, device, args):
         report(f'MMGCN {aggr} step (batch 1024)', t_ours, t_ref, 'outputs+grads equal')
 
 
-def bench_eval(data, device, args):
+def _eval_case(data, device):
+    """Random 64-d user and item representations and the test split's index, for timing the evaluation."""
     torch.manual_seed(0)
     z_user = torch.randn(data.num_user, 64, device=device)
     z_item = torch.randn(data.num_item, 64, device=device)
     indptr, items = data.train_csr()
-    index = SplitIndex(data.test, indptr, items)
+    return z_user, z_item, SplitIndex(data.test, indptr, items)
+
+
+def bench_eval(data, device, args):
+    z_user, z_item, index = _eval_case(data, device)
     t_ours = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch), device, args.repeat,
                    args.warmup)
     t_ref = timed(lambda: rank_metrics_loop(z_user, z_item, index, [10, 20]), device, 1, warmup=0)
@@ -428,19 +433,17 @@ def bench_fast_slmrec(data, device, args):
 
     def compare(name, run, switch):
         _compare(name, run, switch, device, args)
-    patch = _patch
-
     model = _slmrec(data, 'FAC', device)
     step = step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-3), batch)
-    compare('fast path: one propagation (SPEC 3.6)', step, patch(model, 'view_rows', model.view_rows_per_branch))
-    compare('fast path: last layer for batch rows', step, patch(BaseModel, 'sparse_rows', lambda adj, rows: None))
+    compare('fast path: one propagation (SPEC 3.6)', step, _patch(model, 'view_rows', model.view_rows_per_branch))
+    compare('fast path: last layer for batch rows', step, _patch(BaseModel, 'sparse_rows', lambda adj, rows: None))
     if model.word_means:
         def gathered(self):          # the mean of an item's word rows, gathered per (item, word) pair
             item_index, word_id = self._pairs
             total = self.weight.new_zeros(self.num_item, self.weight.shape[1]).index_add(0, item_index,
                                                                                           self.weight[word_id])
             return total / torch.bincount(item_index, minlength=self.num_item).clamp(min=1).unsqueeze(1)
-        compare('fast path: word mean as sparse product', step, patch(BaseModel.WordMean, 'forward', gathered))
+        compare('fast path: word mean as sparse product', step, _patch(BaseModel.WordMean, 'forward', gathered))
     del model, step
 
 
@@ -451,7 +454,6 @@ def bench_fast_mmgcn(data, device, args):
 
     def compare(name, run, switch):
         _compare(name, run, switch, device, args)
-    patch = _patch
     mm_batch = tuple(t.to(device) for t in next(TrainSampler(data.train, data.num_item, 1024,
                                                               np.random.default_rng(0)).batches(True)))
     adj = csr_adjacency(bipartite_edges(data.train, data.num_user), data.num_user + data.num_item)
@@ -460,25 +462,21 @@ def bench_fast_mmgcn(data, device, args):
         mmgcn = MMGCN(data.num_user, data.num_item, data.features, adj, aggr=aggr).to(device)
         step = step_fn(mmgcn, torch.optim.Adam(mmgcn.parameters(), lr=1e-4), mm_batch)
         if aggr == 'mean':
-            compare('fast path: MMGCN row plan (mean step)', step, patch(mmgcn, 'row_block', lambda nodes: None))
+            compare('fast path: MMGCN row plan (mean step)', step, _patch(mmgcn, 'row_block', lambda nodes: None))
 
             def sorted_transpose(adj, rows, symmetric=False):
                 return BaseModel.row_submatrix(adj, rows, symmetric=False)
             compare('fast path: symmetric row-block transpose', step,
-                    patch(model_MMGCN, 'row_submatrix', sorted_transpose))
+                    _patch(model_MMGCN, 'row_submatrix', sorted_transpose))
         else:
             compare('fast path: MMGCN max winners in float64', step,
-                    patch(BaseModel, '_amax_with_sources', lambda adj, x, empty: None))
+                    _patch(BaseModel, '_amax_with_sources', lambda adj, x, empty: None))
         del mmgcn, step
 
 
 def bench_fast_eval(data, device, args):
     """What each fast path of the evaluation gains."""
-    torch.manual_seed(0)
-    z_user = torch.randn(data.num_user, 64, device=device)
-    z_item = torch.randn(data.num_item, 64, device=device)
-    indptr, items = data.train_csr()
-    index = SplitIndex(data.test, indptr, items)
+    z_user, z_item, index = _eval_case(data, device)
     fast = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch), device, args.repeat,
                  args.warmup)
     plain = timed(lambda: rank_metrics(z_user, z_item, index, [10, 20], args.eval_batch, item_block=None), device,
