@@ -84,8 +84,8 @@ def check_regular(path):
         st = os.stat(path)
     except FileNotFoundError:
         raise DataError(path, 'file not found') from None
-    except OSError as e:
-        raise DataError(path, f'cannot read ({e.strerror or e})') from None
+    except (OSError, ValueError) as e:           # ValueError: a path with a null byte
+        raise DataError(path, f'cannot read ({getattr(e, "strerror", None) or e})') from None
     if not stat.S_ISREG(st.st_mode):
         raise DataError(path, 'not a regular file')
     return st.st_size

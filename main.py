@@ -137,10 +137,12 @@ def config_defaults(parser, path):
     import difflib
     import yaml
     try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
             values = yaml.safe_load(f)
-    except OSError as e:
-        raise InputError(f'{path}: cannot read the config file ({e.strerror or e})') from None
+    except (OSError, ValueError) as e:               # ValueError: a path with a null byte
+        raise InputError(f'{path}: cannot read the config file ({getattr(e, "strerror", None) or e})') from None
     except yaml.YAMLError as e:
         raise InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
     if values is None:
@@ -344,10 +346,11 @@ def check_writable(path, what):
         raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
 
 
-def check_outputs(outputs):
-    """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed."""
+def check_outputs(outputs, folders=()):
+    """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed.
+    ``folders`` ([(path, what)]) are output folders: none of the files may be one of them."""
     seen = {}
-    for path, what in outputs:
+    for path, what in list(folders) + list(outputs):
         real = os.path.realpath(path)
         if real in seen:
             raise InputError(f'{path}: the {what} and the {seen[real]} are the same file; give each its own path')
@@ -700,7 +703,7 @@ def run(args):
     if args.export_topk:
         outputs.append((args.export_topk, 'top-K export'))
     if distributed.is_main():                    # rank 0 alone writes files (SPEC 7)
-        check_outputs(outputs)
+        check_outputs(outputs, [(args.tensorboard, 'TensorBoard folder')] if args.tensorboard else [])
         if args.tensorboard:
             check_writable(os.path.join(args.tensorboard, 'events'), 'TensorBoard folder')
 

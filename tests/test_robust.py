@@ -728,3 +728,14 @@ def test_prepare_numeric_flags(flags, tmp_path, capsys):
     assert prepare_data.main(['synthetic', '--name', str(tmp_path / 'x'), *flags]) == 2
     _one_line_error(capsys, flags[0])
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_file_may_not_be_the_tensorboard_folder(tiny_plain, tmp_path, capsys):
+    """Found by the command-line property test: --export_topk and --tensorboard naming one path."""
+    same = str(tmp_path / 'out')
+    code = main.main(['--data_path', tiny_plain, '--num_epoch', '0', '--save_file', str(tmp_path / 'r.jsonl'),
+                      '--checkpoint', str(tmp_path / 'c.pt'), '--PATH_weight_save', str(tmp_path / 'b.pt'),
+                      '--export_topk', same, '--tensorboard', same, '--no-progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == main.EXIT_BAD_INPUT and len(err) == 1 and 'are the same file' in err[0]
+    assert not (tmp_path / 'out').exists()
