@@ -331,6 +331,8 @@ def build_baseline(args, data):
 
 def check_writable(path, what):
     """Fail now, not after hours of training, when ``path`` cannot be written."""
+    if not path:
+        raise InputError(f"'': the {what} needs a file name")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

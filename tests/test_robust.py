@@ -739,3 +739,13 @@ def test_an_output_file_may_not_be_the_tensorboard_folder(tiny_plain, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == main.EXIT_BAD_INPUT and len(err) == 1 and 'are the same file' in err[0]
     assert not (tmp_path / 'out').exists()
+
+
+def test_an_empty_output_path_is_refused_before_training(tiny_plain, tmp_path, capsys):
+    """Found by the command-line property test: --save_file '' trained, wrote its models, then failed."""
+    code = main.main(['--data_path', tiny_plain, '--num_epoch', '1', '--save_file', '',
+                      '--checkpoint', str(tmp_path / 'c.pt'), '--PATH_weight_save', str(tmp_path / 'b.pt'),
+                      '--no-progress'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == main.EXIT_BAD_INPUT and err == ["error: '': the results file needs a file name"]
+    assert not (tmp_path / 'c.pt').exists() and not (tmp_path / 'b.pt').exists()
