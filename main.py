@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -406,6 +407,7 @@ def atomic_file(path, mode='wb'):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
     try:
+        os.fchmod(fd, _plain_file_mode(path))     # mkstemp's 0600 would make every output private
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -415,6 +417,16 @@ def atomic_file(path, mode='wb'):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _plain_file_mode(path):
+    """The permissions ``open(path, 'w')`` would give: the existing file's, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def atomic_save(obj, path):

@@ -187,6 +187,9 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 os.rmdir(folder)
             else:
                 raise DataError(folder, 'exists and was not written by prepare_data.py; refusing to replace it')
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

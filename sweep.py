@@ -33,7 +33,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -277,19 +276,11 @@ def _copy_action(action):
 
 def write_config(path, config, study_name, trial):
     import yaml
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '-')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(f'# sweep.py study {study_name!r}: trial {trial.number}, '
-                    f'validation Recall {trial.value:.4f} (chosen on validation only)\n')
-            yaml.safe_dump(config, f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with main.atomic_file(path, 'w') as f:
+        f.write(f'# sweep.py study {study_name!r}: trial {trial.number}, '
+                f'validation Recall {trial.value:.4f} (chosen on validation only)\n')
+        yaml.safe_dump(config, f, sort_keys=False)
 
 
 # --------------------------------------------------------------------------

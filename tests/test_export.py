@@ -125,3 +125,56 @@ def test_unwritable_export_fails_before_training(tiny_plain, tmp_path, capsys):
     assert _train(tmp_path, tiny_plain, '--num_epoch', '2', '--export_topk', str(tmp_path)) == main.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith(f'error: {tmp_path}: cannot write the top-K export') and not (tmp_path / 'run.jsonl').exists()
+
+
+def _temporaries(folder, name):
+    return [p for p in os.listdir(folder) if p.startswith(f'.{name}-')]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('moment', ['export of a loaded model', 'export after training'])
+def test_killed_export_leaves_no_partial_file_and_the_rerun_loses_nothing(tmp_path, moment):
+    """SIGKILL while the CSV is being written: no export file, only our temporary; the rerun (``--resume``
+    after training) removes the temporary and writes exactly the uninterrupted run's file and record."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import prepare_data
+    folder = prepare_data.synthetic('many_users', like='none', num_user=1500, num_item=120, inter_per_user=6,
+                                    seed=2, root=str(tmp_path))
+    flags = ['--data_path', folder, '--dim_latent', '16', '--batch_size', '2048', '--topK', '40',
+             '--eval_batch', '32', '--no-progress', '--seed', '3']
+    if moment == 'export of a loaded model':
+        assert _train(tmp_path, folder, '--num_epoch', '1', tag='weights') == 0
+        flags += ['--num_epoch', '0', '--PATH_weight_load', str(tmp_path / 'weights.best.pt')]
+    else:
+        flags += ['--num_epoch', '2', '--patience', '50']
+
+    def cmd(tag, *extra):
+        return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(main.__file__)), 'main.py'), *flags, '--export_topk', str(tmp_path / f'{tag}.csv'),
+                '--save_file', str(tmp_path / f'{tag}.jsonl'), '--checkpoint', str(tmp_path / f'{tag}.last.pt'),
+                '--PATH_weight_save', str(tmp_path / f'{tag}.best.pt'), *extra]
+    subprocess.run(cmd('full'), check=True, capture_output=True, cwd=tmp_path)
+    proc = subprocess.Popen(cmd('killed'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:        # kill once the CSV is half written
+        tmp = _temporaries(tmp_path, 'killed.csv')
+        if tmp and os.path.getsize(tmp_path / tmp[0]) > 20000:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the export ended before it could be killed'
+    assert not (tmp_path / 'killed.csv').exists() and not (tmp_path / 'killed.jsonl').exists()
+    assert len(_temporaries(tmp_path, 'killed.csv')) == 1
+
+    rerun = cmd('killed', '--resume') if moment == 'export after training' else cmd('killed')
+    done = subprocess.run(rerun, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / 'killed.csv').read_bytes() == (tmp_path / 'full.csv').read_bytes()
+    assert not _temporaries(tmp_path, 'killed.csv')
+    full, resumed = (json.loads((tmp_path / f'{tag}.jsonl').read_text()) for tag in ('full', 'killed'))
+    assert (resumed['best_epoch'], resumed['val'], resumed['test'], resumed['epochs_run']) == \
+        (full['best_epoch'], full['val'], full['test'], full['epochs_run'])

@@ -749,3 +749,27 @@ def test_an_empty_output_path_is_refused_before_training(tiny_plain, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == main.EXIT_BAD_INPUT and err == ["error: '': the results file needs a file name"]
     assert not (tmp_path / 'c.pt').exists() and not (tmp_path / 'b.pt').exists()
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700): the renamed outputs must still follow the
+    umask like open() would, and an output that exists keeps its own mode."""
+    old = os.umask(0o027)
+    try:
+        folder = prepare_data.synthetic('perm', like='none', num_user=30, num_item=40, inter_per_user=6,
+                                        seed=1, root=str(tmp_path))
+        (tmp_path / 'kept.csv').write_text('old\n')
+        os.chmod(tmp_path / 'kept.csv', 0o604)
+        assert main.main(_train_argv(folder, tmp_path, '--num_epoch', '1', '--export_topk',
+                                     str(tmp_path / 'top.csv'))) == 0
+        assert main.main(_train_argv(folder, tmp_path, '--num_epoch', '0', '--PATH_weight_load',
+                                     str(tmp_path / 'run.best.pt'), '--export_topk', str(tmp_path / 'kept.csv'),
+                                     tag='eval')) == 0
+    finally:
+        os.umask(old)
+    mode = lambda path: os.stat(path).st_mode & 0o777        # noqa: E731
+    assert mode(folder) == 0o750
+    assert {mode(os.path.join(folder, f)) for f in os.listdir(folder)} == {0o640}
+    for name in ('top.csv', 'run.best.pt', 'run.last.pt', 'run.jsonl'):
+        assert mode(tmp_path / name) == 0o640, name
+    assert mode(tmp_path / 'kept.csv') == 0o604 and (tmp_path / 'kept.csv').read_text() != 'old\n'
