@@ -409,6 +409,13 @@ def _check_items(items, num_user, num_item, path, where):
     return items - num_user
 
 
+def in_sorted(sorted_keys, query):
+    """``np.isin(query, sorted_keys)`` for sorted ``sorted_keys``, by binary search: isin sorts its
+    whole second argument at every call, which made one call per user take minutes at Tiktok size."""
+    pos = np.searchsorted(sorted_keys, query)
+    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == query if len(sorted_keys) else pos < 0
+
+
 def load_dataset(folder, modalities=None, require_val=True):
     """Load ``folder`` in the MMGCN layout; ``modalities`` (list) keeps only those, in that order.
 
@@ -483,7 +490,7 @@ def load_dataset(folder, modalities=None, require_val=True):
             if not trained_users[u]:
                 raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
             # A training item is masked out in ranking: kept here it would be a positive never found.
-            in_train = np.isin(u * num_item + its, keys, assume_unique=True)
+            in_train = in_sorted(keys, u * num_item + its)
             dropped += int(in_train.sum())
             if in_train.all():
                 continue

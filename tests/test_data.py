@@ -210,3 +210,13 @@ def test_sampler_covers_every_pair_once():
     pairs = [(int(u), int(i)) for users, items, _ in sampler.batches(True) for u, i in zip(users, items)]
     assert sorted(pairs) == sorted(map(tuple, train.tolist()))
     assert len(sampler) == 4
+
+
+def test_in_sorted_is_isin():
+    from DataLoad import in_sorted
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 500):
+        keys = np.unique(rng.integers(0, 1000, size)).astype(np.int64)
+        query = rng.integers(-5, 1010, 300)
+        assert np.array_equal(in_sorted(keys, query), np.isin(query, keys))
+    assert in_sorted(np.array([3, 8]), np.array([8, 3, 9, 2, 5])).tolist() == [True, True, False, False, False]
