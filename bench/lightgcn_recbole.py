@@ -4,6 +4,7 @@
     .venv-crosscheck/bin/pip install -r requirements-crosscheck.txt
     .venv-crosscheck/bin/pip install --no-deps recbole==1.2.1
     .venv-crosscheck/bin/python bench/lightgcn_recbole.py --dataset ml100k --seeds 1 2 3
+    .venv-crosscheck/bin/python bench/lightgcn_recbole.py --dataset ml1m --time_epochs 2   # epoch time only
 
 The dataset folder (``Data/<name>``, as ``prepare_data.py`` writes it) is
 exported to RecBole's pre-split "benchmark" files (``.train/.valid/.test``
@@ -103,6 +104,8 @@ def run_seed(data, folder, name, seed, l_r, args):
     init_seed(seed, True)
     model = LightGCN(config, train_data.dataset).to('cpu')
     trainer = Trainer(config, model)
+    if args.time_epochs:
+        return time_epochs(trainer, train_data, args.time_epochs)
     started = time.time()
     _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     # RecBole 1.2.1 reloads its best model with torch.load's pre-2.6 default; the file is the one it
@@ -134,6 +137,19 @@ def run_seed(data, folder, name, seed, l_r, args):
             'test_recbole': {k: float(v) for k, v in theirs.items()}, 'ours': ours}
 
 
+def time_epochs(trainer, train_data, epochs):
+    """RecBole's own training epoch (sampling, BPR steps; no evaluation), timed ``epochs`` times."""
+    seconds = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        loss = trainer._train_epoch(train_data, epoch, show_progress=False)
+        seconds.append(time.perf_counter() - started)
+        print(f'RecBole LightGCN epoch {epoch + 1}: {seconds[-1]:.1f}s (loss {float(loss):.4f})', flush=True)
+    print(f'RecBole LightGCN: {np.mean(seconds):.1f}s per training epoch ({epochs} epochs, '
+          f'{torch.get_num_threads()} threads)', flush=True)
+    return None
+
+
 def main_(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset', default='ml100k', help='folder under Data/ or a path')
@@ -148,6 +164,9 @@ def main_(argv=None):
     p.add_argument('--dim', type=int, default=64, help='RecBole default')
     p.add_argument('--batch_size', type=int, default=2048, help='RecBole default')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
+    p.add_argument('--time_epochs', type=int, default=0, metavar='N',
+                   help='only time N training epochs (no evaluation, first seed and learning rate); compare '
+                        'with the "(Ns)" of main.py\'s epoch lines on the same dataset')
     args = p.parse_args(argv)
     folder = args.dataset if os.path.isdir(args.dataset) else os.path.join(ROOT, 'Data', args.dataset)
     data = load_dataset(folder)
@@ -160,6 +179,8 @@ def main_(argv=None):
         cwd = os.getcwd()
         os.chdir(tmp)            # RecBole writes log/ and log_tensorboard/ into the working directory
         try:
+            if args.time_epochs:
+                return run_seed(data, tmp, name, args.seeds[0], args.l_r[0], args)
             grid = [run_seed(data, tmp, name, args.seeds[0], l_r, args) for l_r in args.l_r]
             best = max(grid, key=lambda rec: rec['ours']['val'][20]['recall'])
             records = [best] + [run_seed(data, tmp, name, seed, best['l_r'], args) for seed in args.seeds[1:]]
