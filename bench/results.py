@@ -9,7 +9,10 @@ excluded) and reports test Precision/Recall/NDCG@10 and @20 at the epoch with
 the best *validation* Recall@20.  Hyper-parameters come from a small grid
 (GRID below), chosen on validation only: every grid point is run with the
 first seed, the point with the best validation Recall@20 is kept, and the
-remaining seeds are run with it.  Everything else is the published default
+remaining seeds are run with it.  The rows of SWEPT (``--rows FAC-tuned``)
+take their first seed's grid from ``sweep.py`` instead (the published SLMRec
+grid, 18 points; the study is kept in ``<out>/sweep-<study>.db``, so an
+interrupted grid resumes), then run the other seeds the same way.  Everything else is the published default
 of the model; training stops after ``--max_epoch`` epochs or ``--patience``
 evaluations without validation improvement.
 
@@ -52,11 +55,14 @@ ROWS = {
     'LightGCN': ('LightGCN (BPR)', ['--model_name', 'LightGCN']),
     'VBPR': ('VBPR', ['--model_name', 'VBPR']),
     'FREEDOM': ('FREEDOM', ['--model_name', 'FREEDOM']),
+    'FAC-tuned': ('SLMRec, FAC, tuned (sweep.py grid)', ['--model_name', 'SLMRec', '--ssl_task', 'FAC']),
 }
 # The grid, per model: learning rates around the published defaults (SLMRec 0.01, MMGCN 0.0005,
 # the baselines 0.001; 0.01 is the rate RecBole's LightGCN chose on this split).
 GRID = {'SLMRec': {'l_r': [0.01, 0.001]}, 'MMGCN': {'l_r': [0.001, 0.0005]},
         'LightGCN': {'l_r': [0.01, 0.001]}, 'VBPR': {'l_r': [0.01, 0.001]}, 'FREEDOM': {'l_r': [0.01, 0.001]}}
+# Rows tuned by sweep.py over a wider grid: the published SLMRec grid (MMRec's lr x ssl_temp x ssl_alpha).
+SWEPT = {'FAC-tuned': {'l_r': [0.01, 0.001], 'ssl_temp': [0.1, 0.2, 0.5], 'ssl_alpha': [0.01, 0.1, 0.5]}}
 KS = (10, 20)
 METRICS = (('precision', 'P'), ('recall', 'R'), ('ndcg', 'N'))
 
@@ -133,9 +139,40 @@ class Inline:
         return future
 
 
+def sweep_first_seed(key, flags, args):
+    """A ``SWEPT`` row's grid with the first seed, run by sweep.py (resumable: its study is kept in
+    <out>/sweep-<study>.db); returns the chosen point's flags and its trial's record."""
+    import optuna
+    import yaml
+    name = os.path.basename(os.path.normpath(args.dataset))
+    study = f'results-{name}-{key}-e{args.max_epoch}-p{args.patience}'
+    space, storage = os.path.join(args.out, f'{study}.yaml'), 'sqlite:///' + os.path.join(args.out, f'sweep-{study}.db')
+    with open(space, 'w') as f:
+        yaml.safe_dump(SWEPT[key], f)
+    dataset = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
+    base = ['--data_path', dataset, '--seed', str(args.seeds[0]), '--topK', '20', '10', '--num_epoch',
+            str(args.max_epoch), '--patience', str(args.patience), '--no-progress', *flags]
+    command = [sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', space, '--study', study, '--storage',
+               storage, '--n_jobs', str(args.jobs), '--', *base, *(['--no-cuda'] if args.no_cuda else [])]
+    if subprocess.run(command, cwd=args.out).returncode != 0:     # its trials in <out>/runs/sweep-<study>/
+        raise SystemExit(f'sweep failed: {" ".join(command)}')
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = optuna.load_study(study_name=study, storage=storage).best_trial
+    point = [x for k, v in best.params.items() for x in (f'--{k}', str(v))]
+    record = os.path.join(best.user_attrs['folder'], 'results.jsonl')
+    if not os.path.isfile(record):
+        raise SystemExit(f'{record}: the chosen trial\'s results line is missing (sweep study {study})')
+    with open(record) as f:
+        return point, json.loads(f.readlines()[-1])
+
+
 def row_runs(key, pool, args, log):
     """A row's grid with the first seed, then the other seeds at the chosen point."""
     label, flags = ROWS[key]
+    if key in SWEPT:
+        point, first = sweep_first_seed(key, flags, args)
+        rest = [pool.submit(train, args.dataset, flags + point, s, args, log) for s in args.seeds[1:]]
+        return point, [first] + [f.result() for f in rest]
     points = grid_points(flags, args.grid)
     first = [pool.submit(train, args.dataset, flags + pt, args.seeds[0], args, log) for pt in points]
     first = {tuple(pt): f.result() for pt, f in zip(points, first)}
@@ -154,7 +191,8 @@ def main_(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset', default='ml100k')
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
-    p.add_argument('--rows', default=','.join(ROWS), help=f'comma list of {", ".join(ROWS)}')
+    p.add_argument('--rows', default=','.join(k for k in ROWS if k not in SWEPT),
+                   help=f'comma list of {", ".join(ROWS)} (default: all but the swept {", ".join(SWEPT)})')
     p.add_argument('--max_epoch', type=int, default=100)
     p.add_argument('--patience', type=int, default=10)
     p.add_argument('--no-cuda', dest='no_cuda', action='store_true')
@@ -192,7 +230,8 @@ def main_(argv=None):
     lines.append('')
     lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
                  f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
-                 + (f'grid {GRID}, chosen on validation with seed {args.seeds[0]}; ' if args.grid
+                 + (f'grid {GRID} (swept rows: {SWEPT}), chosen on validation with seed {args.seeds[0]}; '
+                    if args.grid
                     else 'no grid: published learning rates; ')
                  + f'at most {args.max_epoch} epochs, patience {args.patience}; '
                  f'runs by device: {", ".join(f"{d} {n}" for d, n in sorted(devices.items()))}; '

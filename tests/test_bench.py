@@ -127,3 +127,25 @@ def test_peak_memory_sees_a_freed_allocation(kernel_peak, monkeypatch):
         block.close()
     assert mem.peak >= before + 60
     assert bench._rss() < mem.peak - 30               # freed: the peak is not the current size
+
+
+def test_swept_row_takes_its_grid_from_sweep_py(tiny_plain, tmp_path, monkeypatch):
+    import optuna
+    monkeypatch.setattr(results, 'SWEPT', {'FAC-tuned': {'ssl_alpha': [0.01, 1.0]}})
+    out = tmp_path / 'out'
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '2', '--rows', 'FAC-tuned', '--max_epoch', '2',
+            '--patience', '2', '--out', str(out)]
+    results.main_(argv)
+    storage = f'sqlite:///{out}/sweep-results-{os.path.basename(tiny_plain)}-FAC-tuned-e2-p2.db'
+    study = optuna.load_study(study_name=f'results-{os.path.basename(tiny_plain)}-FAC-tuned-e2-p2', storage=storage)
+    trials = {t.params['ssl_alpha']: t for t in study.trials if t.state.name == 'COMPLETE'}
+    assert sorted(trials) == [0.01, 1.0]
+    chosen = max(trials, key=lambda a: trials[a].value)
+    seed2, = _records(out, tiny_plain)               # the grid's runs are the sweep's; seed 2 is results.py's
+    assert (seed2['args']['seed'], seed2['args']['ssl_alpha'], seed2['args']['ssl_task']) == (2, chosen, 'FAC')
+    row = next(line for line in (out / f'results_{os.path.basename(tiny_plain)}.md').read_text().splitlines()
+               if line.startswith('| SLMRec, FAC, tuned'))
+    mean = np.mean([trials[chosen].user_attrs['test']['20']['recall'], seed2['test']['20']['recall']])
+    assert f'{mean:.4f} ± ' in row and f'--ssl_alpha {chosen}' in row
+    results.main_(argv)                               # everything reused: the study is finished, seed 2 kept
+    assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 2
