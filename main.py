@@ -24,10 +24,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
 
-import distributed
+    import distributed
+except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
+    if __name__ != '__main__':
+        raise
+    print('interrupted before anything was read or written', file=sys.stderr)
+    sys.exit(130)
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
@@ -173,13 +179,13 @@ def _config_value(path, key, action, value):
     many = action.nargs in ('+', '*')
     items = value if many and isinstance(value, list) else [value]
     if isinstance(value, (list, dict)) and not many:
-        raise InputError(f'{path}: {key}: expected one value, got {value!r}')
+        raise InputError(f'{path}: {key}: expected one value, got {_short(value)}')
     if many and not items and action.nargs == '+':
         raise InputError(f'{path}: {key}: expected at least one value')
     converted = []
     for item in items:
         if isinstance(item, (list, dict)):
-            raise InputError(f'{path}: {key}: expected a plain value, got {item!r}')
+            raise InputError(f'{path}: {key}: expected a plain value, got {_short(item)}')
         text = str(item)        # YAML reads 1e-3 as a string and 0.001 as a float: both go through the type
         try:
             item = action.type(text) if action.type is not None else text
@@ -191,6 +197,14 @@ def _config_value(path, key, action, value):
             raise InputError(f'{path}: {key}: invalid choice {item!r} (choose from {", ".join(map(str, action.choices))})')
         converted.append(item)
     return converted if many else converted[0]
+
+
+def _short(value):
+    """A bounded repr: YAML aliases can nest a few hundred bytes into billions of items (a full repr hangs)."""
+    import reprlib
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 2, 4, 4, 40
+    return short.repr(value)
 
 
 def parse_args(argv=None):
@@ -337,7 +351,8 @@ def check_writable(path, what):
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
+        # atomic_file's own temporary name: a name near the 255-byte limit fails here, not after training
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-'):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
@@ -487,8 +502,8 @@ def load_weights(model, path):
     state = load_checkpoint_file(path, 'weight file')
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
         state = state['model']
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f'{path}: expected a state dict of tensors')
+    if not isinstance(state, dict) or not all(isinstance(k, str) and _plain_tensor(v) for k, v in state.items()):
+        raise InputError(f'{path}: expected a state dict of dense real tensors')
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise InputError(f'{path}: non-finite weights in {bad!r}')
@@ -512,6 +527,12 @@ NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PAT
 
 def hyper_params(args):
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
+
+
+def _plain_tensor(value):
+    """A dense real tensor: a sparse one fails the finiteness check, a complex one is cast with a warning."""
+    return (isinstance(value, torch.Tensor) and not value.is_nested and value.layout == torch.strided
+            and value.device.type == 'cpu' and not value.is_complex())
 
 
 class MalformedCheckpoint(Exception):
@@ -550,8 +571,8 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
         missing = [k for k in ('model', 'optimizer', 'rng', 'state') if k not in ckpt]
         _need(not missing, f'no {", ".join(map(repr, missing))} entry')
         weights = ckpt['model']
-        _need(isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in weights.items()), "'model' must be a state dict of tensors")
+        _need(isinstance(weights, dict) and all(isinstance(k, str) and _plain_tensor(v) for k, v in weights.items()),
+              "'model' must be a state dict of dense real tensors")
         _need(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
               "'model' holds non-finite weights")
         opt = ckpt['optimizer']
@@ -634,6 +655,11 @@ def changed_hyper_params(ckpt, args):
 def read_checkpoint(path, args, sampler_rng):
     """The ``--resume`` checkpoint at ``path``, its structure validated and its hyper-parameters compared."""
     ckpt = load_checkpoint_file(path, 'checkpoint')
+    saved = ckpt.get('args') if isinstance(ckpt, dict) else None
+    if isinstance(saved, dict) and isinstance(saved.get('topK'), list) and saved['topK'] != args.topK:
+        # the best metrics so far are per cut-off: they cannot be compared with other ones (not even with override)
+        raise InputError(f'{path}: checkpoint of a run with --topK {" ".join(map(str, saved["topK"]))}; '
+                         f'--resume needs the same cut-offs')
     validate_checkpoint(ckpt, path, args, sampler_rng)
     changed = changed_hyper_params(ckpt, args)
     if changed and not args.resume_override:

@@ -18,10 +18,16 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
 
-from DataLoad import DataError
+    from DataLoad import DataError
+except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
+    if __name__ != '__main__':
+        raise
+    print('interrupted: nothing was written', file=sys.stderr)
+    sys.exit(130)
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 

@@ -79,3 +79,118 @@ def test_word_ids_that_would_allocate_the_machine_away(tiny_tiktok):
     torch.save(pairs, path)
     with pytest.raises(DataError, match='feat_t.pt: word id 1048576 is too large'):
         load_dataset(tiny_tiktok)
+
+
+# ---------------------------------------------------------------- main.py: config, outputs, weights, resume
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import main  # noqa: E402
+import prepare_data  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_config_alias_bomb_is_a_short_error(tmp_path, capsys):
+    # found: 'seed: [&a [x, ...x9], &b [*a x9], ...]' of 400 bytes printed (tried to print) 9**9 items: a minute, 3 GB
+    names = 'abcdefg'
+    parts = ['&a [x, x, x, x, x, x, x, x, x]'] + [f'&{c} [{", ".join([f"*{p}"] * 9)}]' for p, c in zip(names, names[1:])]
+    config = tmp_path / 'bomb.yaml'
+    config.write_text('seed: [' + ', '.join(parts) + ']\n')
+    assert main.main(['--config', str(config)]) == 2
+    err = _one_line_error(capsys, 'bomb.yaml: seed: expected one value, got [[')
+    assert len(err) < 1000
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A tiny dataset and one trained run's outputs: (dataset folder, output folder, base argv)."""
+    root = tmp_path_factory.mktemp('adversarial')
+    folder = prepare_data.synthetic('adv', like='none', num_user=24, num_item=30, inter_per_user=8, seed=2,
+                                    root=str(root))
+    base = ['--data_path', folder, '--num_epoch', '1', '--dim_latent', '8', '--batch_size', '64', '--num_layer', '1',
+            '--no-progress']
+    out = root / 'run'
+    assert main.main(base + ['--save_file', str(out / 'r.jsonl'), '--checkpoint', str(out / 'c.pt'),
+                             '--PATH_weight_save', str(out / 'b.pt')]) == 0
+    return folder, out, base
+
+
+def _outputs(tmp_path):
+    return ['--save_file', str(tmp_path / 'r.jsonl'), '--PATH_weight_save', str(tmp_path / 'b.pt')]
+
+
+def test_output_name_too_long_for_its_temporary_is_refused_before_training(trained, tmp_path, capsys):
+    # found: a 244-byte checkpoint name passed the check, trained, then atomic_save's temporary
+    # '.<name>-<pid>-XXXXXXXX' exceeded 255 bytes: an OSError traceback after the first epoch
+    _, _, base = trained
+    long = tmp_path / ('c' * 240 + '.pt')
+    assert main.main(base + _outputs(tmp_path) + ['--checkpoint', str(long)]) == 2
+    _one_line_error(capsys, 'cannot write the checkpoint (File name too long)')
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('how', ['sparse', 'complex', 'int key'])
+def test_weight_file_of_odd_tensors(how, trained, tmp_path, capsys):
+    # found: sparse tensors and an int key were tracebacks, complex ones loaded with torch's cast warning
+    folder, out, base = trained
+    state = torch.load(out / 'b.pt', weights_only=True)
+    if how == 'int key':
+        state = {n: v for n, v in enumerate(state.values())}
+    else:
+        state = {k: v.to_sparse() if how == 'sparse' else v.to(torch.complex64) for k, v in state.items()}
+    torch.save(state, tmp_path / 'w.pt')
+    assert main.main(base + _outputs(tmp_path) + ['--checkpoint', str(tmp_path / 'c.pt'), '--num_epoch', '0',
+                                                  '--PATH_weight_load', str(tmp_path / 'w.pt')]) == 2
+    _one_line_error(capsys, 'w.pt: expected a state dict of dense real tensors')
+
+
+def test_resume_checkpoint_with_sparse_weights_is_malformed(trained, tmp_path, capsys):
+    _, out, base = trained
+    ckpt = torch.load(out / 'c.pt', weights_only=True)
+    ckpt['model'] = {k: v.to_sparse() for k, v in ckpt['model'].items()}
+    torch.save(ckpt, tmp_path / 'c.pt')
+    before = (tmp_path / 'c.pt').read_bytes()
+    assert main.main(base + _outputs(tmp_path) + ['--checkpoint', str(tmp_path / 'c.pt'), '--resume']) == 2
+    _one_line_error(capsys, "malformed checkpoint: 'model' must be a state dict of dense real tensors")
+    assert (tmp_path / 'c.pt').read_bytes() == before
+
+
+@pytest.mark.parametrize('override', [[], ['--resume_override']])
+def test_resume_with_other_cut_offs_names_top_k_not_a_malformed_checkpoint(override, trained, tmp_path, capsys):
+    # found: '--resume --topK 5' called a sound checkpoint 'malformed', and --resume_override could not help
+    _, out, base = trained
+    args = base + ['--save_file', str(tmp_path / 'r.jsonl'), '--checkpoint', str(out / 'c.pt'),
+                   '--PATH_weight_save', str(tmp_path / 'b.pt'), '--resume', '--topK', '5', *override]
+    assert main.main(args) == 2
+    err = _one_line_error(capsys, 'c.pt: checkpoint of a run with --topK 10; --resume needs the same cut-offs')
+    assert 'malformed' not in err
+
+
+def _interrupted_import(tmp_path, script, *args):
+    """Run ``script`` with a numpy whose import is interrupted by Ctrl-C (as a user pressing it while torch loads)."""
+    fake = tmp_path / 'fake'
+    fake.mkdir()
+    (fake / 'numpy.py').write_text('import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n')
+    env = dict(os.environ, PYTHONPATH=str(fake))
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+
+
+@pytest.mark.parametrize('script, args', [('main.py', ['--data_path', 'x']),
+                                          ('prepare_data.py', ['synthetic', '--name', 'x'])])
+def test_ctrl_c_while_the_imports_load_is_one_line(script, args, tmp_path):
+    # found: Ctrl-C in the first second or two (numpy and torch loading) printed an 8-24-line traceback
+    proc = _interrupted_import(tmp_path, script, *args)
+    assert proc.returncode == 130, proc
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith('interrupted'), proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ['fake']
