@@ -194,3 +194,76 @@ def test_ctrl_c_while_the_imports_load_is_one_line(script, args, tmp_path):
     assert proc.returncode == 130, proc
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith('interrupted'), proc.stderr
     assert sorted(os.listdir(tmp_path)) == ['fake']
+
+
+# ---------------------------------------------------------------- sweep.py
+
+@pytest.mark.slow
+@pytest.mark.parametrize('target', ['sweep', 'group'])
+def test_ctrl_c_on_a_sweep_is_one_line_and_the_rerun_runs_the_interrupted_point(target, trained, tmp_path):
+    # found: Ctrl-C printed a 53-line traceback, and optuna had marked the running trial failed, so the
+    # rerun counted it as finished and never ran its grid point ('1 of 2 trials finished')
+    pytest.importorskip('optuna')
+    import signal
+    import time
+    folder, _, _ = trained
+    (tmp_path / 'space.yaml').write_text('l_r: [0.01, 0.001]\n')
+    cmd = [sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', 'space.yaml', '--study', 'i', '--heartbeat', '1',
+           '--', '--data_path', folder, '--num_epoch', '15', '--patience', '100', '--dim_latent', '8',
+           '--batch_size', '64', '--num_layer', '1']
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    ckpt = tmp_path / 'runs' / 'sweep-i' / 'trial-0' / 'last.pt'
+    for _ in range(1200):                       # interrupt trial 0 once it has checkpointed an epoch
+        if ckpt.exists():
+            break
+        time.sleep(0.05)
+    if target == 'sweep':
+        proc.send_signal(signal.SIGINT)         # the sweep alone: its run is stopped with it
+    else:
+        os.killpg(proc.pid, signal.SIGINT)      # a terminal's Ctrl-C: the sweep and its run
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith('interrupted: run the same command again to continue')
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)   # the same command
+    assert done.returncode == 0, done.stdout + done.stderr
+    import optuna
+    trials = optuna.load_study(study_name='i', storage=f'sqlite:///{tmp_path}/runs/sweep-i.db').get_trials()
+    assert sorted(t.params['l_r'] for t in trials if t.state.name == 'COMPLETE') == [0.001, 0.01]
+    assert 'interrupted (Ctrl-C), retried' in done.stdout and 'resumed from' in (ckpt.parent / 'log.txt').read_text()
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'latin-1'])
+def test_sweep_space_file_that_is_a_fifo_or_not_utf8(kind, tmp_path, capsys):
+    # found: a FIFO as --space hung; a byte that is not UTF-8 was a UnicodeDecodeError traceback
+    pytest.importorskip('optuna')
+    import sweep
+    space = tmp_path / 'space.yaml'
+    if kind == 'fifo':
+        os.mkfifo(space)
+    else:
+        space.write_bytes(b'l_r: [0.01]  # \xe9\xff\n')
+    import signal
+
+    def hung(*_):
+        raise TimeoutError('hung on the space file')
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        assert sweep.cli(['--space', str(space), '--study', 'f', '--']) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    _one_line_error(capsys, 'space.yaml: cannot read the space file')
+    assert os.listdir(tmp_path) == ['space.yaml']
+
+
+def test_sweep_argparse_errors_are_one_line(capsys):
+    # found: sweep.py printed argparse's whole usage block (main.py and prepare_data.py print one line)
+    pytest.importorskip('optuna')
+    import sweep
+    with pytest.raises(SystemExit) as stop:
+        sweep.cli(['--space', 'x.yaml', '--study', 's', '--trials', 'many'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trials: invalid int value: 'many' (see ") and err.count('\n') == 1, err
