@@ -22,7 +22,7 @@ try:
     import numpy as np
     import torch
 
-    from DataLoad import DataError
+    from DataLoad import MAX_ID, DataError
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
@@ -626,6 +626,9 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     train, val, test = split_by_order(index_interactions(users, items, times, user_order, item_order))
     if len(train) == 0:
         raise DataError(inter_path, 'the training split is empty')
+    if not val:                     # test gets as many as validation: floor(0.1 n) each
+        raise DataError(inter_path, 'the validation and test splits are empty: a user needs 10 interactions for '
+                                    'one of each (floor(0.1 n))')
     row_of = {i: n for n, i in enumerate(row_ids)}
     take = [row_of[i] for i in item_order]
     features = [(m, f'feat_{m}.npy', f[take], 'dense') for m, f in feats.items()]
@@ -649,9 +652,9 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
     if len(inters) != 1:
         raise DataError(source, f'expected one <name>.inter file, found {len(inters)}')
     path = os.path.join(source, inters[0])
-    with open(path) as f:
-        header = f.readline().rstrip('\n').split('\t')
-        body = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+    lines = _read_text_lines(path, 'interaction file')     # a regular UTF-8 file (a folder, a FIFO: one line)
+    header = lines[0].split('\t') if lines else []
+    body = [line.split('\t') for line in lines[1:] if line.strip()]
     for col in ('userID', 'itemID', 'x_label'):
         if col not in header:
             raise DataError(path, f'missing column {col!r} (header: {header})')
@@ -660,8 +663,15 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
         table = np.array([[int(r[cu]), int(r[ci]), int(r[cx])] for r in body], dtype=np.int64).reshape(-1, 3)
     except (ValueError, IndexError):
         raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
+    except OverflowError:
+        raise DataError(path, 'an id is too large (ids must be below 2**31)') from None
     if len(table) == 0 or table.min() < 0 or not np.isin(table[:, 2], (0, 1, 2)).all():
         raise DataError(path, 'needs non-negative ids and x_label in {0, 1, 2}')
+    if table[:, :2].max() > MAX_ID:
+        raise DataError(path, f'id {int(table[:, :2].max())} is too large (ids must be below 2**31)')
+    for label, what in ((0, 'training'), (1, 'validation'), (2, 'test')):
+        if not (table[:, 2] == label).any():
+            raise DataError(path, f'no line has x_label {label}: the {what} split would be empty')
     features = []
     for m, fname in (('v', 'image_feat.npy'), ('t', 'text_feat.npy')):
         if os.path.exists(os.path.join(source, fname)):

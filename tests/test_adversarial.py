@@ -267,3 +267,50 @@ def test_sweep_argparse_errors_are_one_line(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --trials: invalid int value: 'many' (see ") and err.count('\n') == 1, err
+
+
+# ---------------------------------------------------------------- prepare_data.py
+
+def _mmrec_lines(extra=()):
+    lines = ['userID\titemID\tx_label']
+    lines += [f'{u}\t{(u + i) % 8}\t{0 if i < 3 else (1 if i == 3 else 2)}' for u in range(6) for i in range(5)]
+    return lines + list(extra)
+
+
+@pytest.mark.parametrize('case, problem', [
+    ('latin-1', 'not UTF-8 text'),
+    ('folder', 'not a regular file'),
+    ('id 10**30', 'an id is too large (ids must be below 2**31)'),
+    ('id 2**40', 'id 1099511627776 is too large'),
+    ('no validation line', 'no line has x_label 1: the validation split would be empty'),
+    ('no training line', 'no line has x_label 0: the training split would be empty'),
+])
+def test_mmrec_bad_interaction_file(case, problem, tmp_path, capsys):
+    # found: latin-1 bytes, a folder named *.inter and an id over 2**63 were tracebacks; an id of 2**40 and a
+    # missing split wrote a dataset ("dataset ready") that main.py then refused
+    src = tmp_path / 'baby'
+    src.mkdir()
+    inter = src / 'baby.inter'
+    lines = _mmrec_lines()
+    if case == 'latin-1':
+        inter.write_bytes('\n'.join(lines).encode() + b'\n1\t2\t0\t\xe9\n')
+    elif case == 'folder':
+        inter.mkdir()
+    else:
+        lines += {'id 10**30': [f'{10 ** 30}\t1\t0'], 'id 2**40': [f'{2 ** 40}\t1\t0']}.get(case, [])
+        if case.startswith('no '):
+            drop = '\t1' if 'validation' in case else '\t0'
+            lines = [line if not line.endswith(drop) else line[:-1] + '2' for line in lines]
+        inter.write_text('\n'.join(lines) + '\n')
+    assert prepare_data.main(['mmrec', '--folder', str(src), '--name', str(tmp_path / 'out')]) == 2
+    _one_line_error(capsys, 'baby.inter: ' + problem)
+    assert sorted(os.listdir(tmp_path)) == ['baby']
+
+
+def test_csv_without_validation_and_test_pairs_is_refused(tmp_path, capsys):
+    # found: users with fewer than 10 interactions each get no validation or test pair (floor(0.1 n)); the
+    # import said "dataset ready" and main.py then refused the folder
+    (tmp_path / 'few.csv').write_text('user,item\n' + ''.join(f'u{u},i{(u + k) % 9}\n' for u in range(20) for k in range(3)))
+    assert prepare_data.main(['csv', '--inter', str(tmp_path / 'few.csv'), '--name', str(tmp_path / 'out')]) == 2
+    _one_line_error(capsys, 'few.csv: the validation and test splits are empty')
+    assert os.listdir(tmp_path) == ['few.csv']
