@@ -1,5 +1,6 @@
 """Issue 19, the independent adversarial round: cases of its own, each found ending in a traceback, a hang,
 a second stderr line or a silent loss before its fix (one regression test per case)."""
+import contextlib
 import os
 import re
 
@@ -90,6 +91,22 @@ import main  # noqa: E402
 import prepare_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def _within(seconds):
+    """Fail instead of hanging (a FIFO opened for reading waits for a writer forever)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError(f'hung for {seconds} s')
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _one_line_error(capsys, *needles):
@@ -243,17 +260,8 @@ def test_sweep_space_file_that_is_a_fifo_or_not_utf8(kind, tmp_path, capsys):
         os.mkfifo(space)
     else:
         space.write_bytes(b'l_r: [0.01]  # \xe9\xff\n')
-    import signal
-
-    def hung(*_):
-        raise TimeoutError('hung on the space file')
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    try:
+    with _within(20):
         assert sweep.cli(['--space', str(space), '--study', 'f', '--']) == 2
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     _one_line_error(capsys, 'space.yaml: cannot read the space file')
     assert os.listdir(tmp_path) == ['space.yaml']
 
@@ -314,3 +322,58 @@ def test_csv_without_validation_and_test_pairs_is_refused(tmp_path, capsys):
     assert prepare_data.main(['csv', '--inter', str(tmp_path / 'few.csv'), '--name', str(tmp_path / 'out')]) == 2
     _one_line_error(capsys, 'few.csv: the validation and test splits are empty')
     assert os.listdir(tmp_path) == ['few.csv']
+
+
+# ---------------------------------------------------------------- bench/plot.py
+
+def _plot():
+    pytest.importorskip('matplotlib')
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import plot
+    return plot
+
+
+GOOD = {'run': 'a', 'args': {'topK': [10]}, 'best_epoch': 1,
+        'history': [{'epoch': 1, 'loss': 0.5, 'val': {'10': {'precision': 0.1, 'recall': 0.2, 'ndcg': 0.1}}}]}
+
+
+@pytest.mark.parametrize('change', [dict(history='abc'), dict(history=[1, 2]), dict(history=[{'loss': 1.0}]),
+                                    dict(history=[{'epoch': 1, 'loss': 'x'}]), dict(args=None), dict(args={}),
+                                    dict(run=['a']), dict(run=1)],
+                         ids=lambda c: str(c)[:30])
+def test_plot_refuses_malformed_results_lines(change, tmp_path, capsys):
+    # found: each was a TypeError/KeyError traceback, or (history 'abc') exit 0 with matplotlib's warning lines
+    import json
+    plot = _plot()
+    (tmp_path / 'r.jsonl').write_text(json.dumps({**GOOD, **change}) + '\n')
+    assert plot.main([str(tmp_path / 'r.jsonl'), '--out', str(tmp_path / 'c.png')]) == 2
+    _one_line_error(capsys, 'r.jsonl: line 1 is not a main.py results line')
+    assert os.listdir(tmp_path) == ['r.jsonl']
+
+
+@pytest.mark.parametrize('content, problem', [(b'\xff\xfe{}\n', 'cannot read the results file'),
+                                              (b'[' * 100000 + b']' * 100000 + b'\n', 'line 1 is not JSON'),
+                                              ('fifo', 'cannot read the results file (not a regular file)')],
+                         ids=['not UTF-8', 'nested too deeply', 'fifo'])
+def test_plot_unreadable_results_file(content, problem, tmp_path, capsys):
+    plot = _plot()
+    results = tmp_path / 'r.jsonl'
+    if content == 'fifo':
+        os.mkfifo(results)
+    else:
+        results.write_bytes(content)
+    with _within(20):
+        assert plot.main([str(results), '--out', str(tmp_path / 'c.png')]) == 2
+    _one_line_error(capsys, 'r.jsonl: ' + problem)
+
+
+def test_plot_out_folder_and_argparse_errors_are_one_line(tmp_path, capsys):
+    import json
+    plot = _plot()
+    (tmp_path / 'r.jsonl').write_text(json.dumps(GOOD) + '\n')
+    assert plot.main([str(tmp_path / 'r.jsonl'), '--out', str(tmp_path)]) == 2
+    _one_line_error(capsys, f'{tmp_path}: --out is a folder')
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path / 'r.jsonl'), '--k', 'x'])
+    _one_line_error(capsys, "--k: invalid int value: 'x'")
+    assert os.listdir(tmp_path) == ['r.jsonl']
