@@ -419,18 +419,21 @@ def _process_alive(pid):
 def atomic_file(path, mode='wb'):
     """A file for ``path`` written through a temporary beside it, flushed, fsynced and renamed into
     place on success; on any error or interruption the temporary is removed and ``path`` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
+    folder, tmp = os.path.dirname(os.path.abspath(path)), None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
         os.fchmod(fd, _plain_file_mode(path))     # mkstemp's 0600 would make every output private
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
+            raise InputError(f'{path}: cannot write ({e.strerror or e}); the previous file, if any, is left '
+                             f'as it was') from None
         raise
 
 
@@ -446,8 +449,11 @@ def _plain_file_mode(path):
 
 def atomic_save(obj, path):
     """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
+    import io
+    buffer = io.BytesIO()       # serialised first: torch's writer turns a failed write (a full disk) into a RuntimeError
+    torch.save(obj, buffer)
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def append_results_line(path, record):

@@ -377,3 +377,53 @@ def test_plot_out_folder_and_argparse_errors_are_one_line(tmp_path, capsys):
         plot.main([str(tmp_path / 'r.jsonl'), '--k', 'x'])
     _one_line_error(capsys, "--k: invalid int value: 'x'")
     assert os.listdir(tmp_path) == ['r.jsonl']
+
+
+# ---------------------------------------------------------------- a full disk under the atomic writes
+
+class _FullDisk:
+    """The file os.fdopen returns, on a disk with 64 bytes left: a write beyond them fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f, self.left = f, 64
+
+    def write(self, data):
+        import errno
+        if len(data) > self.left:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        self.left -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(trained, tmp_path, monkeypatch, capsys):
+    # found: torch.save into the temporary on a full disk raised torch's 'unexpected pos 64 vs 0' RuntimeError
+    # (a best-model or export write an OSError): a traceback, exit 1
+    _, _, base = trained
+    args = [x if x != '1' or base[n - 1] != '--num_epoch' else '2' for n, x in enumerate(base)]
+    args += _outputs(tmp_path) + ['--checkpoint', str(tmp_path / 'c.pt')]
+    real_fdopen, saves = os.fdopen, []
+
+    def fdopen(fd, *a, **k):
+        name = os.readlink(f'/proc/self/fd/{fd}')
+        f = real_fdopen(fd, *a, **k)
+        if name.startswith(str(tmp_path / '.c.pt-')):
+            saves.append(name)
+            if len(saves) == 2:                          # the second checkpoint write fails
+                return _FullDisk(f)
+        return f
+    monkeypatch.setattr(main.os, 'fdopen', fdopen)
+    assert main.main(args) == 2
+    _one_line_error(capsys, 'c.pt: cannot write (No space left on device); the previous file')
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ['b.pt', 'c.pt']           # no temporary, no results line
+    assert torch.load(tmp_path / 'c.pt', weights_only=True)['state']['epoch'] == 1
+    assert main.main(args + ['--resume']) == 0
