@@ -197,8 +197,11 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
+            raise DataError(folder, f'cannot write the dataset ({e.strerror or e}); its temporary folder '
+                                    f'is removed') from None
         raise
     return folder
 

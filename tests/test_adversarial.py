@@ -427,3 +427,19 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(traine
     assert sorted(os.listdir(tmp_path)) == ['b.pt', 'c.pt']           # no temporary, no results line
     assert torch.load(tmp_path / 'c.pt', weights_only=True)['state']['epoch'] == 1
     assert main.main(args + ['--resume']) == 0
+
+
+def test_full_disk_while_preparing_a_dataset_is_one_line(tmp_path, monkeypatch, capsys):
+    # found on a 200 KiB tmpfs: np.save's 'OSError: 1974 requested and 496 written' was a traceback
+    import errno
+    real_save, calls = np.save, []
+
+    def save(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(*a, **k)
+    monkeypatch.setattr(prepare_data.np, 'save', save)
+    assert prepare_data.main(['synthetic', '--name', str(tmp_path / 'syn'), '--num_user', '30', '--num_item', '40']) == 2
+    _one_line_error(capsys, 'syn: cannot write the dataset (No space left on device)')
+    assert os.listdir(tmp_path) == []
