@@ -299,6 +299,24 @@ def select_modalities(args, available):
     return [m for m in available if m not in off]
 
 
+def check_memory(args, data):
+    """Refuse what cannot fit in this machine's memory, before the graph or the model is built: sizes in
+    meta.json are checked only against the ids, so a typo (or a hostile file) could allocate the machine away
+    (2**31 items: 512 GiB for the item table alone).  Counted: the float32 embedding tables with their
+    gradients and Adam's two moments, and one evaluation chunk (scores and their buffer, --eval_batch users)."""
+    tables = (data.num_user + data.num_item) * args.dim_latent * 4 * 4
+    chunk = min(args.eval_batch, data.num_user) * data.num_item * 4 * 2
+    try:
+        have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):                        # not a POSIX system: no bound
+        return
+    if tables + chunk > have:
+        raise InputError(f'{data.path}: {data.num_user} users and {data.num_item} items need '
+                         f'{(tables + chunk) / 2 ** 30:.0f} GiB ({tables / 2 ** 30:.0f} GiB of embeddings at '
+                         f'--dim_latent {args.dim_latent}, {chunk / 2 ** 30:.0f} GiB to score --eval_batch '
+                         f'{args.eval_batch} users); this machine has {have / 2 ** 30:.0f} GiB')
+
+
 def build_model(args, data):
     from BaseModel import bipartite_edges, csr_adjacency, normalized_adjacency
     from model_MMGCN import MMGCN
@@ -764,6 +782,7 @@ def run(args):
         folder = resolve_data(args)
     data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
+    check_memory(args, data)
     print(data.summary())
     model = build_model(args, data)
     if args.PATH_weight_load:

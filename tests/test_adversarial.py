@@ -443,3 +443,16 @@ def test_full_disk_while_preparing_a_dataset_is_one_line(tmp_path, monkeypatch, 
     assert prepare_data.main(['synthetic', '--name', str(tmp_path / 'syn'), '--num_user', '30', '--num_item', '40']) == 2
     _one_line_error(capsys, 'syn: cannot write the dataset (No space left on device)')
     assert os.listdir(tmp_path) == []
+
+
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_built(hand_folder, tmp_path, capsys):
+    # found: meta.json's num_item is checked only against the ids, so an ID-only dataset claiming 2**31 items
+    # went on to build a 16 GiB degree vector and a 512 GiB item table (a traceback under a memory limit; without
+    # one the OOM killer). Before the fix this test is safe only under `ulimit -v`.
+    import json
+    (hand_folder / 'meta.json').write_text(json.dumps({'num_user': 2, 'num_item': 2 ** 31 - 3, 'modalities': []}))
+    assert main.main(['--data_path', str(hand_folder), '--model_name', 'LightGCN', '--num_epoch', '0',
+                      '--save_file', str(tmp_path / 'out' / 'r.jsonl'), '--checkpoint', str(tmp_path / 'out' / 'c.pt'),
+                      '--PATH_weight_save', str(tmp_path / 'out' / 'b.pt')]) == 2
+    _one_line_error(capsys, 'hand: 2 users and 2147483645 items need ', 'this machine has')
+    assert not os.listdir(tmp_path / 'out')
