@@ -278,6 +278,11 @@ def run_name(args):
     return f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
 
 
+def _data_folder(data_path):
+    """The real path of the folder ``--data_path`` names (as ``resolve_data`` finds it)."""
+    return os.path.realpath(data_path if os.path.isdir(data_path) else os.path.join(DATA_ROOT, data_path))
+
+
 def resolve_data(args):
     """The dataset folder; the real MovieLens sets are prepared on first use."""
     path = args.data_path if os.path.isdir(args.data_path) else os.path.join(DATA_ROOT, args.data_path)
@@ -619,7 +624,9 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
         _need(not missing, f"'state' has no {', '.join(map(repr, missing))}")
         _need(_is_int(state['epoch']), "'state' epoch must be an integer >= 0")
         _need(_is_int(state['bad_evals']), "'state' bad_evals must be an integer >= 0")
-        _need(_is_real(state['best_recall']), "'state' best_recall must be a finite number")
+        _need(_is_real(state['best_recall']) and -1 <= state['best_recall'] <= 1,
+              "'state' best_recall must be a recall (or -1 before the first evaluation)")
+        _need(isinstance(state.get('board_dir'), (str, type(None))), "'state' board_dir must be a folder name")
         history = state['history']
         _need(isinstance(history, list) and len(history) == state['epoch']
               and all(isinstance(h, dict) and _is_int(h.get('epoch')) and _is_real(h.get('loss'))
@@ -669,7 +676,10 @@ def changed_hyper_params(ckpt, args):
     """Flags whose value differs from the checkpoint's run, as '--flag old -> new' phrases."""
     if ckpt.get('args') is not None:
         saved, now = ckpt['args'], hyper_params(args)
-        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now if saved.get(k) != now[k]]
+        same_data = isinstance(saved.get('data_path'), str) and \
+            _data_folder(saved['data_path']) == _data_folder(now['data_path'])    # './x' and 'x', 'x/', a link
+        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now
+                if saved.get(k) != now[k] and not (k == 'data_path' and same_data)]
     group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # as in run(): MMGCN's is λ
     return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in

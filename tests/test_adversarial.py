@@ -456,3 +456,38 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_built(ha
                       '--PATH_weight_save', str(tmp_path / 'out' / 'b.pt')]) == 2
     _one_line_error(capsys, 'hand: 2 users and 2147483645 items need ', 'this machine has')
     assert not os.listdir(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('change, problem', [
+    (dict(board_dir=5), "'state' board_dir must be a folder name"),                  # found: a TypeError traceback
+    (dict(best_recall=1e300), "'state' best_recall must be a recall"),                # found: accepted, never improved
+])
+def test_resume_checkpoint_state_fields(change, problem, trained, tmp_path, capsys):
+    _, out, base = trained
+    ckpt = torch.load(out / 'c.pt', weights_only=True)
+    ckpt['state'].update(change)
+    torch.save(ckpt, tmp_path / 'c.pt')
+    assert main.main(base + _outputs(tmp_path) + ['--checkpoint', str(tmp_path / 'c.pt'), '--resume', '--num_epoch',
+                                                  '2', '--tensorboard', str(tmp_path / 'tb')]) == 2
+    _one_line_error(capsys, 'c.pt: malformed checkpoint: ' + problem)
+    assert [f for _, _, fs in os.walk(tmp_path) for f in fs] == ['c.pt']      # (the checked folders may exist)
+
+
+@pytest.mark.parametrize('spelling', ['trailing slash', './relative', 'symlink'])
+def test_resume_with_the_same_dataset_spelled_otherwise(spelling, trained, tmp_path, monkeypatch):
+    # found: '--data_path x/' or a relative path after an absolute one was refused as a changed hyper-parameter
+    folder, out, base = trained
+    ckpt = tmp_path / 'c.pt'
+    ckpt.write_bytes((out / 'c.pt').read_bytes())
+    if spelling == 'trailing slash':
+        path = folder + '/'
+    elif spelling == 'symlink':
+        path = str(tmp_path / 'link')
+        os.symlink(folder, path)
+    else:
+        monkeypatch.chdir(os.path.dirname(folder))
+        path = os.path.join('.', os.path.basename(folder))
+    args = [path if x == folder else x for x in base]
+    args = [x if x != '1' or args[n - 1] != '--num_epoch' else '2' for n, x in enumerate(args)]
+    assert main.main(args + _outputs(tmp_path) + ['--checkpoint', str(ckpt), '--resume']) == 0
+    assert torch.load(ckpt, weights_only=True)['state']['epoch'] == 2
