@@ -793,6 +793,9 @@ def run(args):
     data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     check_memory(args, data)
+    if args.export_topk:            # the export reads the source ids at the end: their errors are found now
+        for ids_file, count in (('user_ids.txt', data.num_user), ('item_ids.txt', data.num_item)):
+            read_ids(folder, ids_file, count)
     print(data.summary())
     model = build_model(args, data)
     if args.PATH_weight_load:
@@ -888,14 +891,28 @@ def run(args):
 
 def read_ids(folder, name, count):
     """The source ids of a prepared dataset (line n = index n), or None without the file."""
+    from DataLoad import read_regular
     path = os.path.join(folder, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
-    with open(path) as f:
-        ids = f.read().splitlines()
+    try:
+        text = read_regular(path, 1 << 30).decode('utf-8')     # a regular file: a FIFO would hang
+    except UnicodeDecodeError as e:
+        raise InputError(f'{path}: not UTF-8 text (byte {e.start}: {e.reason})') from None
+    lines = text.split('\n')             # prepare_data writes one id per '\n' line; str.splitlines would also
+    if lines[-1] == '':                  # break at the separators an id may hold (\u2028, \x85, \x0c, ...)
+        lines.pop()
+    ids = [line[:-1] if line.endswith('\r') else line for line in lines]
     if len(ids) != count:
         raise InputError(f'{path}: {len(ids)} ids for {count} indices')
     return ids
+
+
+def _csv_fields(ids):
+    """Ids as CSV fields: quoted where they hold a comma, a quote or a line break (a CSV import keeps them)."""
+    if ids is None:
+        return None
+    return [f'"{x.replace(chr(34), chr(34) * 2)}"' if any(c in x for c in ',"\r\n') else x for x in ids]
 
 
 def export_best_topk(args, model, data, folder, best_path, state, device):
@@ -917,8 +934,8 @@ def export_topk(model, data, folder, k, eval_batch, path):
     exist, else the 0-based indices (items without the user offset).
     """
     from Full_vt import top_items
-    user_ids = read_ids(folder, 'user_ids.txt', data.num_user)
-    item_ids = read_ids(folder, 'item_ids.txt', data.num_item)
+    user_ids = _csv_fields(read_ids(folder, 'user_ids.txt', data.num_user))
+    item_ids = _csv_fields(read_ids(folder, 'item_ids.txt', data.num_item))
     indptr, items = data.train_csr()
     was_training = model.training
     model.eval()

@@ -491,3 +491,57 @@ def test_resume_with_the_same_dataset_spelled_otherwise(spelling, trained, tmp_p
     args = [x if x != '1' or args[n - 1] != '--num_epoch' else '2' for n, x in enumerate(args)]
     assert main.main(args + _outputs(tmp_path) + ['--checkpoint', str(ckpt), '--resume']) == 0
     assert torch.load(ckpt, weights_only=True)['state']['epoch'] == 2
+
+
+# ---------------------------------------------------------------- the top-K export's source ids
+
+@pytest.fixture
+def with_ids(tmp_path):
+    """A CSV import (it writes user_ids.txt and item_ids.txt) of 12 users, whose first user id holds a comma."""
+    inter = tmp_path / 'inter.csv'
+    inter.write_text('user,item,timestamp\n' + ''.join(f'"u{u}{", x" if u == 0 else ""}",i{(u * 7 + k) % 25},{k}\n'
+                                                          for u in range(12) for k in range(12)))
+    return prepare_data.import_csv('ids', str(inter), {}, root=str(tmp_path / 'Data'))
+
+
+def _export(folder, tmp_path, *extra):
+    return main.main(['--data_path', folder, '--model_name', 'LightGCN', '--dim_latent', '8', '--num_epoch', '1',
+                      '--no-progress', '--topK', '3', '--export_topk', str(tmp_path / 'out' / 'top.csv'),
+                      '--save_file', str(tmp_path / 'out' / 'r.jsonl'), '--checkpoint', str(tmp_path / 'out' / 'c.pt'),
+                      '--PATH_weight_save', str(tmp_path / 'out' / 'b.pt'), *extra])
+
+
+@pytest.mark.parametrize('how, problem', [('latin-1', 'user_ids.txt: not UTF-8 text'),
+                                          ('fifo', 'user_ids.txt: not a regular file'),
+                                          ('folder', 'user_ids.txt: not a regular file')])
+def test_unreadable_ids_file_is_refused_before_training(how, problem, with_ids, tmp_path, capsys):
+    # found: latin-1 bytes were a UnicodeDecodeError traceback after training; a FIFO or a folder silently
+    # exported indices instead of the source ids
+    path = os.path.join(with_ids, 'user_ids.txt')
+    if how == 'latin-1':
+        with open(path, 'ab') as f:
+            f.write(b'\xe9\n')
+    else:
+        os.remove(path)
+        os.mkfifo(path) if how == 'fifo' else os.mkdir(path)
+    with _within(60):
+        assert _export(with_ids, tmp_path) == 2
+    _one_line_error(capsys, problem)
+    assert not os.listdir(tmp_path / 'out')                      # refused before training: no best model
+
+
+def test_exported_ids_are_csv_fields(with_ids, tmp_path):
+    # found: the id 'u0, x' (a quoted CSV field at import) was written bare, so its rows had five columns;
+    # an id holding U+2028 (a line separator to str.splitlines) miscounted the ids file
+    import csv
+    path = os.path.join(with_ids, 'user_ids.txt')
+    with open(path, encoding='utf-8') as f:
+        ids = f.read().split('\n')[:-1]
+    ids[1] = 'u1\u2028y'
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(''.join(f'{x}\n' for x in ids))
+    assert _export(with_ids, tmp_path) == 0
+    with open(tmp_path / 'out' / 'top.csv', newline='', encoding='utf-8') as f:
+        rows = list(csv.reader(f))
+    assert {len(r) for r in rows} == {4}
+    assert {r[0] for r in rows[1:]} == set(ids)
