@@ -107,7 +107,8 @@ def build_parser():
     a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
     a('--resume', action='store_true', help='continue the run from --checkpoint')
     a('--resume_override', action='store_true',
-      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply)')
+      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply; '
+           'not --topK)')
     a('--save_file', default='results.jsonl', help='results file: one JSON line appended per run')
     a('--ssl_task', default='FAC', choices=('FAC', 'FD', 'FM', 'FD+FM', 'none'), help='SLMRec self-supervised task')
     a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
