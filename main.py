@@ -402,6 +402,23 @@ def check_outputs(outputs, folders=()):
         remove_stale_temporaries(path)
 
 
+def check_not_inputs(outputs, folder, args):
+    """No output may overwrite an input: none inside the dataset folder (a results line appended to train.npy
+    destroys the dataset), none the --config file, and only the best model or the checkpoint the
+    --PATH_weight_load file (continuing from it)."""
+    data = os.path.realpath(folder)
+    weights = os.path.realpath(args.PATH_weight_load) if args.PATH_weight_load else None
+    config = os.path.realpath(args.config) if args.config else None
+    for path, what in outputs:
+        real = os.path.realpath(path)
+        if real.startswith(data + os.sep):
+            raise InputError(f'{path}: the {what} would be written into the dataset folder {folder}; '
+                             f'give it a path outside')
+        if real == config or (real == weights and what in ('results file', 'top-K export')):
+            raise InputError(f'{path}: the {what} would overwrite the '
+                             f'{"--config" if real == config else "--PATH_weight_load"} file; give it its own path')
+
+
 def _temporary_prefix(path):
     return f'.{os.path.basename(path)}-'
 
@@ -791,6 +808,8 @@ def run(args):
 
     with distributed.main_first():              # one rank prepares a dataset on first use
         folder = resolve_data(args)
+    if distributed.is_main():
+        check_not_inputs(outputs, folder, args)
     data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     check_memory(args, data)

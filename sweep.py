@@ -340,6 +340,8 @@ def sweep(args, base):
     except SystemExit:
         raise main.InputError('the main.py flags after -- do not parse (see above)') from None
     for path, what in ((args.write_config, 'config file'),):
+        if path and os.path.realpath(path) == os.path.realpath(args.space):
+            raise main.InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
         if path:
             main.check_writable(path, what)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

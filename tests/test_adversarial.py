@@ -545,3 +545,51 @@ def test_exported_ids_are_csv_fields(with_ids, tmp_path):
         rows = list(csv.reader(f))
     assert {len(r) for r in rows} == {4}
     assert {r[0] for r in rows[1:]} == set(ids)
+
+
+# ---------------------------------------------------------------- outputs over inputs
+
+def _contents(folder):
+    out = {}
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), 'rb') as f:
+            out[name] = f.read()
+    return out
+
+
+@pytest.mark.parametrize('flag, target, problem', [
+    ('--save_file', 'train.npy', 'would be written into the dataset folder'),
+    ('--export_topk', 'item_ids.txt', 'would be written into the dataset folder'),
+    ('--checkpoint', 'new.pt', 'would be written into the dataset folder'),
+    ('--save_file', 'config', 'the results file would overwrite the --config file'),
+    ('--save_file', 'weights', 'the results file would overwrite the --PATH_weight_load file'),
+])
+def test_an_output_may_not_overwrite_an_input(flag, target, problem, trained, tmp_path, capsys):
+    # found: '--save_file Data/x/train.npy' trained and appended its JSON line to the array file (the dataset
+    # then failed to load: '1621 bytes after the array'); '--save_file' = the --config file broke the YAML
+    folder, out, base = trained
+    config = tmp_path / 'config.yaml'
+    config.write_text('seed: 1\n')
+    weights = tmp_path / 'w.pt'
+    weights.write_bytes((out / 'b.pt').read_bytes())
+    path = {'config': config, 'weights': weights}.get(target, os.path.join(folder, target))
+    args = base + ['--config', str(config), '--PATH_weight_load', str(weights), '--save_file', str(tmp_path / 'r.jsonl'),
+                   '--checkpoint', str(tmp_path / 'c.pt'), '--PATH_weight_save', str(tmp_path / 'b.pt'), flag, str(path)]
+    before = _contents(folder)
+    assert main.main(args) == 2
+    _one_line_error(capsys, problem)
+    assert _contents(folder) == before
+    assert config.read_text() == 'seed: 1\n' and weights.read_bytes() == (out / 'b.pt').read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ['config.yaml', 'w.pt']
+
+
+def test_sweep_config_may_not_overwrite_its_space(tmp_path, capsys, monkeypatch):
+    # found: '--write_config space.yaml' replaced the user's space with the chosen configuration
+    pytest.importorskip('optuna')
+    import sweep
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'space.yaml').write_text('l_r: [0.01, 0.001]\n')
+    assert sweep.cli(['--space', 'space.yaml', '--study', 'w', '--write_config', './space.yaml', '--',
+                      '--data_path', str(tmp_path / 'none'), '--num_epoch', '1']) == 2
+    _one_line_error(capsys, './space.yaml: --write_config would overwrite the --space file')
+    assert os.listdir(tmp_path) == ['space.yaml'] and (tmp_path / 'space.yaml').read_text() == 'l_r: [0.01, 0.001]\n'
