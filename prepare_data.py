@@ -120,7 +120,10 @@ def remove_partials(folder):
         except (OSError, ValueError):
             continue
         if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                _remove_partial(tmp)
+            except OSError:
+                pass
 
 
 def _alive(pid):
@@ -156,6 +159,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+    old = None
     try:
         with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
             f.write(str(os.getpid()))
@@ -185,10 +189,9 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 'num_test': int(sum(len(v) for v in test.values())), **meta}
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        os.unlink(os.path.join(tmp, PARTIAL_MARKER))
         if os.path.lexists(folder):
             if os.path.isdir(folder) and not os.path.islink(folder) and is_ours(folder):
-                shutil.rmtree(folder)
+                old = _set_aside(folder)           # removed only once the new folder is in place
             elif os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
                 os.rmdir(folder)
             else:
@@ -197,13 +200,41 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
         os.replace(tmp, folder)
+        os.unlink(os.path.join(folder, PARTIAL_MARKER))
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.lexists(folder):    # stopped between the two renames: the old back
+            os.replace(old, folder)
+            os.unlink(os.path.join(folder, PARTIAL_MARKER))
+            old = None
         if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
             raise DataError(folder, f'cannot write the dataset ({e.strerror or e}); its temporary folder '
                                     f'is removed') from None
         raise
+    finally:
+        if old is not None:
+            _remove_partial(old)
     return folder
+
+
+def _set_aside(folder):
+    """Rename our ``folder`` to a hidden sibling marked as partial (so a run killed before removing it, or
+    before the new folder is in place, leaves what ``remove_partials`` cleans); returns the new path."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    aside = tempfile.mkdtemp(prefix=f'.{base}-', dir=parent)
+    with open(os.path.join(folder, PARTIAL_MARKER), 'w') as f:
+        f.write(str(os.getpid()))
+    os.replace(folder, aside)                       # onto the empty folder mkdtemp made
+    return aside
+
+
+def _remove_partial(path):
+    """Remove a marked temporary folder, its marker last (an interrupted removal stays recognisable)."""
+    for entry in os.listdir(path):
+        if entry != PARTIAL_MARKER:
+            target = os.path.join(path, entry)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def split_by_order(user_items, min_each=0):

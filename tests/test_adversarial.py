@@ -593,3 +593,48 @@ def test_sweep_config_may_not_overwrite_its_space(tmp_path, capsys, monkeypatch)
                       '--data_path', str(tmp_path / 'none'), '--num_epoch', '1']) == 2
     _one_line_error(capsys, './space.yaml: --write_config would overwrite the --space file')
     assert os.listdir(tmp_path) == ['space.yaml'] and (tmp_path / 'space.yaml').read_text() == 'l_r: [0.01, 0.001]\n'
+
+
+def test_ctrl_c_while_force_replaces_a_dataset_never_leaves_it_half_deleted(tmp_path, monkeypatch, capsys):
+    # found: --force removed the old folder (shutil.rmtree) before renaming the new one into place; Ctrl-C
+    # during that removal left the old one half-deleted and removed the new one ("interrupted: nothing was written")
+    name = str(tmp_path / 'syn')
+    flags = ['synthetic', '--name', name, '--num_user', '30', '--num_item', '40']
+    assert prepare_data.main(flags + ['--seed', '1']) == 0
+    real_rmtree, calls = prepare_data.shutil.rmtree, []
+
+    def rmtree(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 1:                      # the first removal is interrupted after one file
+            train = os.path.join(path, 'train.npy')
+            if os.path.exists(train):
+                os.unlink(train)
+            raise KeyboardInterrupt
+        return real_rmtree(path, *a, **k)
+    monkeypatch.setattr(prepare_data.shutil, 'rmtree', rmtree)
+    assert prepare_data.main(flags + ['--seed', '2', '--force']) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    data = load_dataset(name)                    # whole: the new one (the old is gone only once it is in place)
+    import json
+    with open(os.path.join(name, 'meta.json')) as f:
+        assert json.load(f)['source']['seed'] == 2
+    assert prepare_data.PARTIAL_MARKER not in os.listdir(name) and data.num_user == 30
+
+
+def test_ctrl_c_before_the_new_dataset_is_in_place_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    import json
+    name = str(tmp_path / 'syn')
+    flags = ['synthetic', '--name', name, '--num_user', '30', '--num_item', '40']
+    assert prepare_data.main(flags + ['--seed', '1']) == 0
+
+    def chmod(*_):                               # just before the rename that puts the new folder in place
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_data.os, 'chmod', chmod)
+    assert prepare_data.main(flags + ['--seed', '2', '--force']) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    load_dataset(name)
+    with open(os.path.join(name, 'meta.json')) as f:
+        assert json.load(f)['source']['seed'] == 1
+    assert os.listdir(tmp_path) == ['syn'] and prepare_data.PARTIAL_MARKER not in os.listdir(name)
