@@ -300,6 +300,9 @@ def select_modalities(args, available):
         unknown = [m for m in names if m not in available]
         if unknown:
             raise InputError(f'--modalities: unknown modality {unknown[0]!r}; valid: {", ".join(available) or "none"}')
+        twice = [m for n, m in enumerate(names) if m in names[:n]]
+        if twice:
+            raise InputError(f'--modalities: {twice[0]!r} given twice')
         return names
     off = {m for m, flag in (('v', args.has_v), ('a', args.has_a), ('t', args.has_t)) if not flag}
     return [m for m in available if m not in off]
@@ -372,11 +375,12 @@ def check_writable(path, what):
     """Fail now, not after hours of training, when ``path`` cannot be written."""
     if not path:
         raise InputError(f"'': the {what} needs a file name")
-    folder = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(path)                  # a symbolic link: its target is written (atomic_file)
+    folder = os.path.dirname(real)
     try:
         os.makedirs(folder, exist_ok=True)
         # atomic_file's own temporary name: a name near the 255-byte limit fails here, not after training
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-'):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'{_temporary_prefix(real)}{os.getpid()}-'):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
@@ -426,7 +430,8 @@ def _temporary_prefix(path):
 def remove_stale_temporaries(path):
     """Remove what atomic_save left beside ``path`` when killed: ``.<name>-<pid>-XXXXXXXX`` of a process
     that is gone (or ``.<name>-XXXXXXXX``, the pattern before the pid was added); nothing else."""
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)                  # where atomic_file writes
+    folder = os.path.dirname(path)
     pattern = re.compile(re.escape(_temporary_prefix(path)) + r'(?:(\d+)-)?[a-z0-9_]{8}')
     try:
         entries = os.listdir(folder)
@@ -459,8 +464,10 @@ def _process_alive(pid):
 @contextlib.contextmanager
 def atomic_file(path, mode='wb'):
     """A file for ``path`` written through a temporary beside it, flushed, fsynced and renamed into
-    place on success; on any error or interruption the temporary is removed and ``path`` is untouched."""
-    folder, tmp = os.path.dirname(os.path.abspath(path)), None
+    place on success; on any error or interruption the temporary is removed and ``path`` is untouched.
+    A symbolic link is followed (its target is replaced, as an append to the results file would write there)."""
+    path = os.path.realpath(path)
+    folder, tmp = os.path.dirname(path), None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
         os.fchmod(fd, _plain_file_mode(path))     # mkstemp's 0600 would make every output private

@@ -638,3 +638,26 @@ def test_ctrl_c_before_the_new_dataset_is_in_place_keeps_the_old_one(tmp_path, m
     with open(os.path.join(name, 'meta.json')) as f:
         assert json.load(f)['source']['seed'] == 1
     assert os.listdir(tmp_path) == ['syn'] and prepare_data.PARTIAL_MARKER not in os.listdir(name)
+
+
+def test_duplicate_modalities_flag_is_refused(trained, tmp_path, capsys):
+    # found: '--modalities v,v' silently trained on 'v' once (as duplicate names in meta.json did before issue 19)
+    _, _, base = trained
+    assert main.main(base + _outputs(tmp_path) + ['--checkpoint', str(tmp_path / 'c.pt'), '--modalities', 'v,a,v']) == 2
+    _one_line_error(capsys, "--modalities: 'v' given twice")
+
+
+def test_outputs_through_a_symlink_keep_the_link(trained, tmp_path):
+    # found: the checkpoint and best model replaced a symbolic link given as their path with a regular file
+    # (the user's link deleted, its target left stale), while the results file was appended through its link
+    _, _, base = trained
+    (tmp_path / 'store').mkdir()
+    for name in ('c.pt', 'b.pt', 'top.csv'):
+        os.symlink(tmp_path / 'store' / name, tmp_path / name)
+    args = base + ['--save_file', str(tmp_path / 'r.jsonl'), '--checkpoint', str(tmp_path / 'c.pt'),
+                   '--PATH_weight_save', str(tmp_path / 'b.pt'), '--export_topk', str(tmp_path / 'top.csv')]
+    assert main.main(args) == 0
+    for name in ('c.pt', 'b.pt', 'top.csv'):
+        assert os.path.islink(tmp_path / name) and (tmp_path / 'store' / name).stat().st_size > 0
+    assert torch.load(tmp_path / 'c.pt', weights_only=True)['state']['epoch'] == 1
+    assert sorted(os.listdir(tmp_path / 'store')) == ['b.pt', 'c.pt', 'top.csv']     # no temporary left
