@@ -379,8 +379,9 @@ def check_writable(path, what):
     folder = os.path.dirname(real)
     try:
         os.makedirs(folder, exist_ok=True)
-        # atomic_file's own temporary name: a name near the 255-byte limit fails here, not after training
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'{_temporary_prefix(real)}{os.getpid()}-'):
+        # as long as atomic_file's temporary name (so a name near the 255-byte limit fails here, not after
+        # training), with '~' for its first '-' (so it is never taken for one)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'.{os.path.basename(real)}~{os.getpid()}-'):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
@@ -815,8 +816,7 @@ def run(args):
 
     with distributed.main_first():              # one rank prepares a dataset on first use
         folder = resolve_data(args)
-    if distributed.is_main():
-        check_not_inputs(outputs, folder, args)
+    check_not_inputs(outputs, folder, args)    # every rank: it only reads, and all of them stop together
     data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
     check_memory(args, data)
