@@ -65,6 +65,14 @@ def describe(error, limit=200):
     return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
 
 
+LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'}   # str.splitlines's
+
+
+def one_line(text):
+    """``text`` on one line: a line break in it (a file name may hold one) is written escaped, as ``\\n``."""
+    return str(text).translate(LINE_BREAKS)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line, ``error: <flag>: <problem> (see --help)``, exit 2."""
 

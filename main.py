@@ -1008,13 +1008,14 @@ def flush_denormals():
 
 
 def main(argv=None):
-    from DataLoad import DataError
+    from DataLoad import DataError, one_line
+    threads = torch.get_num_threads()
     restore = flush_denormals()
     try:
         return run(parse_args(argv))
     except (DataError, InputError) as e:
         if distributed.is_main():               # every rank meets the same bad input
-            print(f'error: {e}', file=sys.stderr)
+            print(f'error: {one_line(e)}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
@@ -1028,6 +1029,9 @@ def main(argv=None):
     finally:
         distributed.cleanup()
         restore()
+        # an in-process caller (a test) gets its thread count back: threads started under the flush-to-zero
+        # mode above keep it, and would flush its subnormals (BaseModel._amax_with_sources needs them)
+        torch.set_num_threads(threads)
 
 
 if __name__ == '__main__':

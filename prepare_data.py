@@ -804,7 +804,8 @@ def main(argv=None):
             folder = import_mmrec(args.name, args.folder, args.force, root=root)
         print(f'dataset ready: {folder}')
     except DataError as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('interrupted: nothing was written', file=sys.stderr)

@@ -433,7 +433,8 @@ def cli(argv=None):
     try:
         return sweep(args, base)
     except main.InputError as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return main.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print('interrupted: run the same command again to continue (an interrupted trial resumes from its '

@@ -142,7 +142,8 @@ def main(argv=None):
         runs = load_runs(args.results, args.runs)
         k = plot(runs, args.out, args.k)
     except (PlotError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     print(f'{len(runs)} runs, validation Recall@{k} and loss, written to {args.out}')
     return 0
