@@ -1031,7 +1031,8 @@ def main(argv=None):
         restore()
         # an in-process caller (a test) gets its thread count back: threads started under the flush-to-zero
         # mode above keep it, and would flush its subnormals (BaseModel._amax_with_sources needs them)
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 if __name__ == '__main__':
