@@ -65,6 +65,14 @@ def describe(error, limit=200):
     return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
 
 
+LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'}   # str.splitlines's
+
+
+def one_line(text):
+    """``text`` on one line: a line break in it (a file name may hold one) is written escaped, as ``\\n``."""
+    return str(text).translate(LINE_BREAKS)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line, ``error: <flag>: <problem> (see --help)``, exit 2."""
 
@@ -108,6 +116,7 @@ def read_regular(path, limit):
 
 
 MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
+MAX_WORD_ID = 2 ** 20 - 1       # a word table of 2**20 rows is 512 MiB at 128 dims (the official Tiktok one: 11,574)
 MAX_ID = 2 ** 31 - 1            # user and item ids, and the sizes, stay below this: no int64 overflow in user*I+item
 
 
@@ -204,23 +213,33 @@ def load_pt_tensor(path):
         obj = torch.from_numpy(obj)
     if not isinstance(obj, torch.Tensor):
         raise DataError(path, f'expected a tensor, found {type(obj).__name__}')
-    return obj
+    if obj.is_nested or obj.layout != torch.strided or obj.device.type != 'cpu':
+        layout = 'nested' if obj.is_nested else f'{obj.layout} on {obj.device}'.replace('torch.', '')
+        raise DataError(path, f'expected a dense tensor, found a {layout} one')
+    return obj.detach()
 
 
 def load_matrix(path):
     """A dense 2-D float feature matrix from ``.npy`` or ``.pt``."""
     if path.endswith('.pt'):
-        arr = load_pt_tensor(path).numpy()
+        tensor = load_pt_tensor(path)
+        if tensor.is_floating_point():          # bfloat16 and float8 have no numpy type
+            tensor = tensor.double()
+        arr = tensor.numpy()
     else:
         arr = load_npy(path)
     if arr.ndim != 2 or arr.shape[1] == 0:
         raise DataError(path, f'expected a 2-D feature matrix with at least one column, found shape {tuple(arr.shape)}')
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DataError(path, f'expected numeric features, found dtype {arr.dtype}')
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise DataError(path, f'NaN or Inf in feature row {bad}')
+    with np.errstate(over='ignore'):            # checked below: numpy's own warning would be a second line
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise DataError(path, f'feature row {bad} holds a value beyond the float32 range')
     return arr
 
 
@@ -372,9 +391,13 @@ def _load_train(path):
 def _load_split(path):
     """user -> list of raw (offset) item ids, merged over rows."""
     arr = load_npy(path, allow_object=True)
+    if not (arr.ndim == 2 or (arr.ndim == 1 and arr.dtype == object)):
+        raise DataError(path, f'expected one row [user, item+U, ...] per entry, found an array of shape {arr.shape}')
     rows = arr.tolist() if arr.dtype == object else [list(r) for r in arr]
     out = {}
     for n, row in enumerate(rows):
+        if not isinstance(row, (list, tuple, np.ndarray)):
+            raise DataError(path, f'row {n} is a {type(row).__name__}, not a list [user, item+U, ...]')
         ids = _as_int_array(row, path, f'row {n}')
         if ids.size == 0:
             raise DataError(path, f'row {n} is empty (expected [user, item+U, ...])')
@@ -544,6 +567,9 @@ def _load_words(path, num_item):
         raise DataError(path, f'negative id {int(pairs.min())}')
     if pairs[0].max() >= num_item:
         raise DataError(path, f'item index {int(pairs[0].max())} out of range (items are 0..{num_item - 1}, not offset)')
+    if pairs[1].max() > MAX_WORD_ID:    # the vocabulary is the largest id + 1: one embedding row per id
+        raise DataError(path, f'word id {int(pairs[1].max())} is too large (word ids must be below 2**20; '
+                              f'number the words densely)')
     return WordFeature(pairs[0].clone(), pairs[1].clone(), int(pairs[1].max()) + 1)
 
 

@@ -24,10 +24,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
 
-import distributed
+    import distributed
+except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
+    if __name__ != '__main__':
+        raise
+    print('interrupted before anything was read or written', file=sys.stderr)
+    sys.exit(130)
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
@@ -101,7 +107,8 @@ def build_parser():
     a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
     a('--resume', action='store_true', help='continue the run from --checkpoint')
     a('--resume_override', action='store_true',
-      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply)')
+      help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply; '
+           'not --topK)')
     a('--save_file', default='results.jsonl', help='results file: one JSON line appended per run')
     a('--ssl_task', default='FAC', choices=('FAC', 'FD', 'FM', 'FD+FM', 'none'), help='SLMRec self-supervised task')
     a('--ssl_alpha', type=float, default=0.1, help='SLMRec: weight of the SSL loss')
@@ -173,13 +180,13 @@ def _config_value(path, key, action, value):
     many = action.nargs in ('+', '*')
     items = value if many and isinstance(value, list) else [value]
     if isinstance(value, (list, dict)) and not many:
-        raise InputError(f'{path}: {key}: expected one value, got {value!r}')
+        raise InputError(f'{path}: {key}: expected one value, got {_short(value)}')
     if many and not items and action.nargs == '+':
         raise InputError(f'{path}: {key}: expected at least one value')
     converted = []
     for item in items:
         if isinstance(item, (list, dict)):
-            raise InputError(f'{path}: {key}: expected a plain value, got {item!r}')
+            raise InputError(f'{path}: {key}: expected a plain value, got {_short(item)}')
         text = str(item)        # YAML reads 1e-3 as a string and 0.001 as a float: both go through the type
         try:
             item = action.type(text) if action.type is not None else text
@@ -191,6 +198,14 @@ def _config_value(path, key, action, value):
             raise InputError(f'{path}: {key}: invalid choice {item!r} (choose from {", ".join(map(str, action.choices))})')
         converted.append(item)
     return converted if many else converted[0]
+
+
+def _short(value):
+    """A bounded repr: YAML aliases can nest a few hundred bytes into billions of items (a full repr hangs)."""
+    import reprlib
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 2, 4, 4, 40
+    return short.repr(value)
 
 
 def parse_args(argv=None):
@@ -264,6 +279,11 @@ def run_name(args):
     return f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
 
 
+def _data_folder(data_path):
+    """The real path of the folder ``--data_path`` names (as ``resolve_data`` finds it)."""
+    return os.path.realpath(data_path if os.path.isdir(data_path) else os.path.join(DATA_ROOT, data_path))
+
+
 def resolve_data(args):
     """The dataset folder; the real MovieLens sets are prepared on first use."""
     path = args.data_path if os.path.isdir(args.data_path) else os.path.join(DATA_ROOT, args.data_path)
@@ -280,9 +300,30 @@ def select_modalities(args, available):
         unknown = [m for m in names if m not in available]
         if unknown:
             raise InputError(f'--modalities: unknown modality {unknown[0]!r}; valid: {", ".join(available) or "none"}')
+        twice = [m for n, m in enumerate(names) if m in names[:n]]
+        if twice:
+            raise InputError(f'--modalities: {twice[0]!r} given twice')
         return names
     off = {m for m, flag in (('v', args.has_v), ('a', args.has_a), ('t', args.has_t)) if not flag}
     return [m for m in available if m not in off]
+
+
+def check_memory(args, data):
+    """Refuse what cannot fit in this machine's memory, before the graph or the model is built: sizes in
+    meta.json are checked only against the ids, so a typo (or a hostile file) could allocate the machine away
+    (2**31 items: 512 GiB for the item table alone).  Counted: the float32 embedding tables with their
+    gradients and Adam's two moments, and one evaluation chunk (scores and their buffer, --eval_batch users)."""
+    tables = (data.num_user + data.num_item) * args.dim_latent * 4 * 4
+    chunk = min(args.eval_batch, data.num_user) * data.num_item * 4 * 2
+    try:
+        have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):                        # not a POSIX system: no bound
+        return
+    if tables + chunk > have:
+        raise InputError(f'{data.path}: {data.num_user} users and {data.num_item} items need '
+                         f'{(tables + chunk) / 2 ** 30:.0f} GiB ({tables / 2 ** 30:.0f} GiB of embeddings at '
+                         f'--dim_latent {args.dim_latent}, {chunk / 2 ** 30:.0f} GiB to score --eval_batch '
+                         f'{args.eval_batch} users); this machine has {have / 2 ** 30:.0f} GiB')
 
 
 def build_model(args, data):
@@ -334,10 +375,13 @@ def check_writable(path, what):
     """Fail now, not after hours of training, when ``path`` cannot be written."""
     if not path:
         raise InputError(f"'': the {what} needs a file name")
-    folder = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(path)                  # a symbolic link: its target is written (atomic_file)
+    folder = os.path.dirname(real)
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
+        # as long as atomic_file's temporary name (so a name near the 255-byte limit fails here, not after
+        # training), with '~' for its first '-' (so it is never taken for one)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'.{os.path.basename(real)}~{os.getpid()}-'):
             pass
         if os.path.isdir(path):
             raise OSError('is a directory')
@@ -363,6 +407,23 @@ def check_outputs(outputs, folders=()):
         remove_stale_temporaries(path)
 
 
+def check_not_inputs(outputs, folder, args):
+    """No output may overwrite an input: none inside the dataset folder (a results line appended to train.npy
+    destroys the dataset), none the --config file, and only the best model or the checkpoint the
+    --PATH_weight_load file (continuing from it)."""
+    data = os.path.realpath(folder)
+    weights = os.path.realpath(args.PATH_weight_load) if args.PATH_weight_load else None
+    config = os.path.realpath(args.config) if args.config else None
+    for path, what in outputs:
+        real = os.path.realpath(path)
+        if real.startswith(data + os.sep):
+            raise InputError(f'{path}: the {what} would be written into the dataset folder {folder}; '
+                             f'give it a path outside')
+        if real == config or (real == weights and what in ('results file', 'top-K export')):
+            raise InputError(f'{path}: the {what} would overwrite the '
+                             f'{"--config" if real == config else "--PATH_weight_load"} file; give it its own path')
+
+
 def _temporary_prefix(path):
     return f'.{os.path.basename(path)}-'
 
@@ -370,7 +431,8 @@ def _temporary_prefix(path):
 def remove_stale_temporaries(path):
     """Remove what atomic_save left beside ``path`` when killed: ``.<name>-<pid>-XXXXXXXX`` of a process
     that is gone (or ``.<name>-XXXXXXXX``, the pattern before the pid was added); nothing else."""
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)                  # where atomic_file writes
+    folder = os.path.dirname(path)
     pattern = re.compile(re.escape(_temporary_prefix(path)) + r'(?:(\d+)-)?[a-z0-9_]{8}')
     try:
         entries = os.listdir(folder)
@@ -403,19 +465,24 @@ def _process_alive(pid):
 @contextlib.contextmanager
 def atomic_file(path, mode='wb'):
     """A file for ``path`` written through a temporary beside it, flushed, fsynced and renamed into
-    place on success; on any error or interruption the temporary is removed and ``path`` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
+    place on success; on any error or interruption the temporary is removed and ``path`` is untouched.
+    A symbolic link is followed (its target is replaced, as an append to the results file would write there)."""
+    path = os.path.realpath(path)
+    folder, tmp = os.path.dirname(path), None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
         os.fchmod(fd, _plain_file_mode(path))     # mkstemp's 0600 would make every output private
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
+            raise InputError(f'{path}: cannot write ({e.strerror or e}); the previous file, if any, is left '
+                             f'as it was') from None
         raise
 
 
@@ -431,8 +498,11 @@ def _plain_file_mode(path):
 
 def atomic_save(obj, path):
     """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
+    import io
+    buffer = io.BytesIO()       # serialised first: torch's writer turns a failed write (a full disk) into a RuntimeError
+    torch.save(obj, buffer)
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def append_results_line(path, record):
@@ -487,8 +557,8 @@ def load_weights(model, path):
     state = load_checkpoint_file(path, 'weight file')
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
         state = state['model']
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f'{path}: expected a state dict of tensors')
+    if not isinstance(state, dict) or not all(isinstance(k, str) and _plain_tensor(v) for k, v in state.items()):
+        raise InputError(f'{path}: expected a state dict of dense real tensors')
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise InputError(f'{path}: non-finite weights in {bad!r}')
@@ -512,6 +582,12 @@ NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PAT
 
 def hyper_params(args):
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
+
+
+def _plain_tensor(value):
+    """A dense real tensor: a sparse one fails the finiteness check, a complex one is cast with a warning."""
+    return (isinstance(value, torch.Tensor) and not value.is_nested and value.layout == torch.strided
+            and value.device.type == 'cpu' and not value.is_complex())
 
 
 class MalformedCheckpoint(Exception):
@@ -550,8 +626,8 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
         missing = [k for k in ('model', 'optimizer', 'rng', 'state') if k not in ckpt]
         _need(not missing, f'no {", ".join(map(repr, missing))} entry')
         weights = ckpt['model']
-        _need(isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in weights.items()), "'model' must be a state dict of tensors")
+        _need(isinstance(weights, dict) and all(isinstance(k, str) and _plain_tensor(v) for k, v in weights.items()),
+              "'model' must be a state dict of dense real tensors")
         _need(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
               "'model' holds non-finite weights")
         opt = ckpt['optimizer']
@@ -574,7 +650,9 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
         _need(not missing, f"'state' has no {', '.join(map(repr, missing))}")
         _need(_is_int(state['epoch']), "'state' epoch must be an integer >= 0")
         _need(_is_int(state['bad_evals']), "'state' bad_evals must be an integer >= 0")
-        _need(_is_real(state['best_recall']), "'state' best_recall must be a finite number")
+        _need(_is_real(state['best_recall']) and -1 <= state['best_recall'] <= 1,
+              "'state' best_recall must be a recall (or -1 before the first evaluation)")
+        _need(isinstance(state.get('board_dir'), (str, type(None))), "'state' board_dir must be a folder name")
         history = state['history']
         _need(isinstance(history, list) and len(history) == state['epoch']
               and all(isinstance(h, dict) and _is_int(h.get('epoch')) and _is_real(h.get('loss'))
@@ -624,7 +702,10 @@ def changed_hyper_params(ckpt, args):
     """Flags whose value differs from the checkpoint's run, as '--flag old -> new' phrases."""
     if ckpt.get('args') is not None:
         saved, now = ckpt['args'], hyper_params(args)
-        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now if saved.get(k) != now[k]]
+        same_data = isinstance(saved.get('data_path'), str) and \
+            _data_folder(saved['data_path']) == _data_folder(now['data_path'])    # './x' and 'x', 'x/', a link
+        return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now
+                if saved.get(k) != now[k] and not (k == 'data_path' and same_data)]
     group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
     adam_decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0   # as in run(): MMGCN's is λ
     return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in
@@ -634,6 +715,11 @@ def changed_hyper_params(ckpt, args):
 def read_checkpoint(path, args, sampler_rng):
     """The ``--resume`` checkpoint at ``path``, its structure validated and its hyper-parameters compared."""
     ckpt = load_checkpoint_file(path, 'checkpoint')
+    saved = ckpt.get('args') if isinstance(ckpt, dict) else None
+    if isinstance(saved, dict) and isinstance(saved.get('topK'), list) and saved['topK'] != args.topK:
+        # the best metrics so far are per cut-off: they cannot be compared with other ones (not even with override)
+        raise InputError(f'{path}: checkpoint of a run with --topK {" ".join(map(str, saved["topK"]))}; '
+                         f'--resume needs the same cut-offs')
     validate_checkpoint(ckpt, path, args, sampler_rng)
     changed = changed_hyper_params(ckpt, args)
     if changed and not args.resume_override:
@@ -730,8 +816,13 @@ def run(args):
 
     with distributed.main_first():              # one rank prepares a dataset on first use
         folder = resolve_data(args)
+    check_not_inputs(outputs, folder, args)    # every rank: it only reads, and all of them stop together
     data = load_dataset(folder, require_val=args.num_epoch > 0)
     data.features = {m: data.features[m] for m in select_modalities(args, data.modalities)}
+    check_memory(args, data)
+    if args.export_topk:            # the export reads the source ids at the end: their errors are found now
+        for ids_file, count in (('user_ids.txt', data.num_user), ('item_ids.txt', data.num_item)):
+            read_ids(folder, ids_file, count)
     print(data.summary())
     model = build_model(args, data)
     if args.PATH_weight_load:
@@ -827,14 +918,28 @@ def run(args):
 
 def read_ids(folder, name, count):
     """The source ids of a prepared dataset (line n = index n), or None without the file."""
+    from DataLoad import read_regular
     path = os.path.join(folder, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
-    with open(path) as f:
-        ids = f.read().splitlines()
+    try:
+        text = read_regular(path, 1 << 30).decode('utf-8')     # a regular file: a FIFO would hang
+    except UnicodeDecodeError as e:
+        raise InputError(f'{path}: not UTF-8 text (byte {e.start}: {e.reason})') from None
+    lines = text.split('\n')             # prepare_data writes one id per '\n' line; str.splitlines would also
+    if lines[-1] == '':                  # break at the separators an id may hold (\u2028, \x85, \x0c, ...)
+        lines.pop()
+    ids = [line[:-1] if line.endswith('\r') else line for line in lines]
     if len(ids) != count:
         raise InputError(f'{path}: {len(ids)} ids for {count} indices')
     return ids
+
+
+def _csv_fields(ids):
+    """Ids as CSV fields: quoted where they hold a comma, a quote or a line break (a CSV import keeps them)."""
+    if ids is None:
+        return None
+    return [f'"{x.replace(chr(34), chr(34) * 2)}"' if any(c in x for c in ',"\r\n') else x for x in ids]
 
 
 def export_best_topk(args, model, data, folder, best_path, state, device):
@@ -856,8 +961,8 @@ def export_topk(model, data, folder, k, eval_batch, path):
     exist, else the 0-based indices (items without the user offset).
     """
     from Full_vt import top_items
-    user_ids = read_ids(folder, 'user_ids.txt', data.num_user)
-    item_ids = read_ids(folder, 'item_ids.txt', data.num_item)
+    user_ids = _csv_fields(read_ids(folder, 'user_ids.txt', data.num_user))
+    item_ids = _csv_fields(read_ids(folder, 'item_ids.txt', data.num_item))
     indptr, items = data.train_csr()
     was_training = model.training
     model.eval()
@@ -903,13 +1008,14 @@ def flush_denormals():
 
 
 def main(argv=None):
-    from DataLoad import DataError
+    from DataLoad import DataError, one_line
+    threads = torch.get_num_threads()
     restore = flush_denormals()
     try:
         return run(parse_args(argv))
     except (DataError, InputError) as e:
         if distributed.is_main():               # every rank meets the same bad input
-            print(f'error: {e}', file=sys.stderr)
+            print(f'error: {one_line(e)}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
@@ -923,6 +1029,10 @@ def main(argv=None):
     finally:
         distributed.cleanup()
         restore()
+        # an in-process caller (a test) gets its thread count back: threads started under the flush-to-zero
+        # mode above keep it, and would flush its subnormals (BaseModel._amax_with_sources needs them)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 if __name__ == '__main__':

@@ -18,10 +18,16 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
 
-from DataLoad import DataError
+    from DataLoad import MAX_ID, DataError
+except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
+    if __name__ != '__main__':
+        raise
+    print('interrupted: nothing was written', file=sys.stderr)
+    sys.exit(130)
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 
@@ -114,7 +120,10 @@ def remove_partials(folder):
         except (OSError, ValueError):
             continue
         if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                _remove_partial(tmp)
+            except OSError:
+                pass
 
 
 def _alive(pid):
@@ -150,6 +159,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+    old = None
     try:
         with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
             f.write(str(os.getpid()))
@@ -179,10 +189,9 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 'num_test': int(sum(len(v) for v in test.values())), **meta}
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        os.unlink(os.path.join(tmp, PARTIAL_MARKER))
         if os.path.lexists(folder):
             if os.path.isdir(folder) and not os.path.islink(folder) and is_ours(folder):
-                shutil.rmtree(folder)
+                old = _set_aside(folder)           # removed only once the new folder is in place
             elif os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
                 os.rmdir(folder)
             else:
@@ -191,10 +200,41 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
         os.replace(tmp, folder)
-    except BaseException:
+        os.unlink(os.path.join(folder, PARTIAL_MARKER))
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.lexists(folder):    # stopped between the two renames: the old back
+            os.replace(old, folder)
+            os.unlink(os.path.join(folder, PARTIAL_MARKER))
+            old = None
+        if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
+            raise DataError(folder, f'cannot write the dataset ({e.strerror or e}); its temporary folder '
+                                    f'is removed') from None
         raise
+    finally:
+        if old is not None:
+            _remove_partial(old)
     return folder
+
+
+def _set_aside(folder):
+    """Rename our ``folder`` to a hidden sibling marked as partial (so a run killed before removing it, or
+    before the new folder is in place, leaves what ``remove_partials`` cleans); returns the new path."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    aside = tempfile.mkdtemp(prefix=f'.{base}-', dir=parent)
+    with open(os.path.join(folder, PARTIAL_MARKER), 'w') as f:
+        f.write(str(os.getpid()))
+    os.replace(folder, aside)                       # onto the empty folder mkdtemp made
+    return aside
+
+
+def _remove_partial(path):
+    """Remove a marked temporary folder, its marker last (an interrupted removal stays recognisable)."""
+    for entry in os.listdir(path):
+        if entry != PARTIAL_MARKER:
+            target = os.path.join(path, entry)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def split_by_order(user_items, min_each=0):
@@ -620,6 +660,9 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     train, val, test = split_by_order(index_interactions(users, items, times, user_order, item_order))
     if len(train) == 0:
         raise DataError(inter_path, 'the training split is empty')
+    if not val:                     # test gets as many as validation: floor(0.1 n) each
+        raise DataError(inter_path, 'the validation and test splits are empty: a user needs 10 interactions for '
+                                    'one of each (floor(0.1 n))')
     row_of = {i: n for n, i in enumerate(row_ids)}
     take = [row_of[i] for i in item_order]
     features = [(m, f'feat_{m}.npy', f[take], 'dense') for m, f in feats.items()]
@@ -643,9 +686,9 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
     if len(inters) != 1:
         raise DataError(source, f'expected one <name>.inter file, found {len(inters)}')
     path = os.path.join(source, inters[0])
-    with open(path) as f:
-        header = f.readline().rstrip('\n').split('\t')
-        body = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+    lines = _read_text_lines(path, 'interaction file')     # a regular UTF-8 file (a folder, a FIFO: one line)
+    header = lines[0].split('\t') if lines else []
+    body = [line.split('\t') for line in lines[1:] if line.strip()]
     for col in ('userID', 'itemID', 'x_label'):
         if col not in header:
             raise DataError(path, f'missing column {col!r} (header: {header})')
@@ -654,8 +697,15 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
         table = np.array([[int(r[cu]), int(r[ci]), int(r[cx])] for r in body], dtype=np.int64).reshape(-1, 3)
     except (ValueError, IndexError):
         raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
+    except OverflowError:
+        raise DataError(path, 'an id is too large (ids must be below 2**31)') from None
     if len(table) == 0 or table.min() < 0 or not np.isin(table[:, 2], (0, 1, 2)).all():
         raise DataError(path, 'needs non-negative ids and x_label in {0, 1, 2}')
+    if table[:, :2].max() > MAX_ID:
+        raise DataError(path, f'id {int(table[:, :2].max())} is too large (ids must be below 2**31)')
+    for label, what in ((0, 'training'), (1, 'validation'), (2, 'test')):
+        if not (table[:, 2] == label).any():
+            raise DataError(path, f'no line has x_label {label}: the {what} split would be empty')
     features = []
     for m, fname in (('v', 'image_feat.npy'), ('t', 'text_feat.npy')):
         if os.path.exists(os.path.join(source, fname)):
@@ -754,7 +804,8 @@ def main(argv=None):
             folder = import_mmrec(args.name, args.folder, args.force, root=root)
         print(f'dataset ready: {folder}')
     except DataError as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('interrupted: nothing was written', file=sys.stderr)

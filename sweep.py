@@ -37,7 +37,13 @@ import threading
 import time
 import warnings
 
-import main
+try:
+    import main
+except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
+    if __name__ != '__main__':
+        raise
+    print('interrupted before anything was run', file=sys.stderr)
+    sys.exit(130)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(ROOT, 'main.py')
@@ -61,10 +67,12 @@ def load_space(path, parser):
     """{dest: list of values | (low, high, log)} from the YAML space file, checked like a --config file."""
     import yaml
     try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
             raw = yaml.safe_load(f)
-    except OSError as e:
-        raise main.InputError(f'{path}: cannot read the space file ({e.strerror or e})') from None
+    except (OSError, ValueError) as e:               # ValueError: not UTF-8
+        raise main.InputError(f'{path}: cannot read the space file ({getattr(e, "strerror", None) or e})') from None
     except yaml.YAMLError as e:
         raise main.InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
     if not isinstance(raw, dict) or not raw:
@@ -145,6 +153,8 @@ def run_trial(trial, space, base, folder, parser, lock):
         proc = subprocess.run([sys.executable, '-c', CHILD, MAIN, *argv], stdout=log, stderr=subprocess.PIPE,
                               text=True, env=dict(os.environ, SWEEP_PID=str(os.getpid())), cwd=ROOT)
         log.write(proc.stderr)
+    if proc.returncode == main.EXIT_INTERRUPTED:      # Ctrl-C reached the run first: retried, not failed
+        raise KeyboardInterrupt
     trial.set_user_attr('exit', proc.returncode)
     trial.set_user_attr('folder', out)
     trial.set_user_attr('wall_s', round(time.time() - started, 1))
@@ -246,7 +256,8 @@ def table(study):
         test_r = f'{test[key]["recall"]:.4f}' if test else '—'
         note = t.user_attrs.get('note', '')
         if t.state == TrialState.FAIL and 'exit' not in t.user_attrs:
-            note = note or 'killed (no heartbeat), retried'
+            note = note or ('interrupted (Ctrl-C), retried' if t.user_attrs.get('interrupted')
+                            else 'killed (no heartbeat), retried')
         params = ', '.join(f'{k}={v}' for k, v in t.params.items())
         lines.append(f'{t.number:4d}  {t.state.name:9}  {val:>7}  {test_r:>7}  {str(t.user_attrs.get("best_epoch", "—")):>5}'
                      f'  {params}{"  (" + note + ")" if note else ""}')
@@ -286,7 +297,8 @@ def write_config(path, config, study_name, trial):
 # --------------------------------------------------------------------------
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+    from DataLoad import OneLineParser
+    p = OneLineParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage='python sweep.py --space FILE.yaml --study NAME [options] -- <main.py flags>')
     p.add_argument('--space', required=True, metavar='FILE.yaml', help='flags to search: lists (grid) or ranges (TPE)')
@@ -328,6 +340,8 @@ def sweep(args, base):
     except SystemExit:
         raise main.InputError('the main.py flags after -- do not parse (see above)') from None
     for path, what in ((args.write_config, 'config file'),):
+        if path and os.path.realpath(path) == os.path.realpath(args.space):
+            raise main.InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
         if path:
             main.check_writable(path, what)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -347,13 +361,22 @@ def sweep(args, base):
         if not work_left(study):
             study.stop()
 
+    def objective(trial):
+        try:
+            return run_trial(trial, space, base, folder, parser, lock)
+        except KeyboardInterrupt:
+            trial.set_user_attr('interrupted', True)    # retried at the next start (retry_interrupted)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)   # not optuna's traceback: cli's one line
+            raise
+
     idle_since = time.time()
     while True:         # until nothing is left to run here
         fail_stale(study)                               # a killed process's trials: failed, retried (waiting)
+        retry_interrupted(study)
         if work_left(study):
             with warnings.catch_warnings():     # optimize calls the (experimental) stale-trial check itself
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-                study.optimize(lambda t: run_trial(t, space, base, folder, parser, lock), n_jobs=args.n_jobs,
+                study.optimize(objective, n_jobs=args.n_jobs,
                                catch=(TrialFailed,), callbacks=[stop_when_done])
             idle_since = time.time()
         elif (any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
@@ -376,6 +399,22 @@ def sweep(args, base):
     return 0
 
 
+def retry_interrupted(study):
+    """Queue a retry (as for a killed trial) of each trial that Ctrl-C ended: optuna marks it failed, with
+    no exit status of ours; without the retry its grid point would count as run and never be."""
+    import optuna
+    from optuna.trial import TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {r for t in trials for r in t.system_attrs.get('retry_history', [])}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for t in trials:
+        if t.state == TrialState.FAIL and 'exit' not in t.user_attrs and t.number not in retried \
+                and t.user_attrs.get('interrupted'):
+            retry(study, t)
+
+
 def fail_stale(study):
     import optuna
     from optuna.exceptions import ExperimentalWarning
@@ -394,8 +433,13 @@ def cli(argv=None):
     try:
         return sweep(args, base)
     except main.InputError as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return main.EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print('interrupted: run the same command again to continue (an interrupted trial resumes from its '
+              'checkpoint)', file=sys.stderr)
+        return main.EXIT_INTERRUPTED
 
 
 if __name__ == '__main__':

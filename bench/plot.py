@@ -25,10 +25,12 @@ class PlotError(Exception):
 def load_runs(path, names=None):
     """[(label, record)] of the records with a history, in file order, restricted to ``names`` if given."""
     try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
             lines = f.read().splitlines()
-    except OSError as e:
-        raise PlotError(f'{path}: cannot read the results file ({e.strerror or e})') from None
+    except (OSError, ValueError) as e:               # ValueError: not UTF-8
+        raise PlotError(f'{path}: cannot read the results file ({getattr(e, "strerror", None) or e})') from None
     records = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -37,7 +39,9 @@ def load_runs(path, names=None):
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise PlotError(f'{path}: line {n} is not JSON ({e.msg})') from None
-        if not isinstance(record, dict) or 'run' not in record:
+        except RecursionError:
+            raise PlotError(f'{path}: line {n} is not JSON (nested too deeply)') from None
+        if not _is_results_line(record):
             raise PlotError(f'{path}: line {n} is not a main.py results line')
         if names is None or record['run'] in names:
             records.append((n, record))
@@ -52,6 +56,17 @@ def load_runs(path, names=None):
     for n, r in records:
         groups.setdefault(r['run'], []).append((n, r))
     return [(_label(n, r, groups[r['run']]), r) for n, r in records]
+
+
+def _is_results_line(record):
+    """The fields plot reads, with their types: run, args.topK, and history entries with epoch and loss."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return (isinstance(record, dict) and isinstance(record.get('run'), str) and isinstance(record.get('args'), dict)
+            and isinstance(record['args'].get('topK'), list) and record['args']['topK']
+            and isinstance(record.get('history', []), list)
+            and all(isinstance(h, dict) and number(h.get('epoch')) and number(h.get('loss'))
+                    and isinstance(h.get('val', {}), dict) for h in record.get('history') or []))
 
 
 OUTPUT_FLAGS = ('save_file', 'PATH_weight_save', 'checkpoint', 'export_topk', 'tensorboard', 'config', 'progress')
@@ -113,17 +128,22 @@ def plot(runs, out, k=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from DataLoad import OneLineParser
+    p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('results', help='results file written by main.py (--save_file)')
     p.add_argument('--runs', nargs='+', default=None, metavar='NAME', help='run names to plot (default all)')
     p.add_argument('--k', type=int, default=None, help='the K of Recall@K (default each run\'s first --topK)')
     p.add_argument('--out', default='curves.png', help='PNG to write (default curves.png)')
     args = p.parse_args(argv)
     try:
+        if os.path.isdir(args.out):
+            raise PlotError(f'{args.out}: --out is a folder; give a .png file name')
         runs = load_runs(args.results, args.runs)
         k = plot(runs, args.out, args.k)
     except (PlotError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        from DataLoad import one_line
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     print(f'{len(runs)} runs, validation Recall@{k} and loss, written to {args.out}')
     return 0
