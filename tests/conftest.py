@@ -25,6 +25,15 @@ def tiny_plain(tmp_path):
                                   seed=5, root=str(tmp_path))
 
 
+def one_line_error(capsys, *needles):
+    """The captured stderr is one ``error: ...`` line holding every needle; returns it."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
 def write_split(path, rows):
     arr = np.empty(len(rows), dtype=object)
     for n, r in enumerate(rows):

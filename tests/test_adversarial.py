@@ -89,6 +89,7 @@ import sys  # noqa: E402
 
 import main  # noqa: E402
 import prepare_data  # noqa: E402
+from conftest import one_line_error as _one_line_error  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,14 +108,6 @@ def _within(seconds):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and '\n' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_config_alias_bomb_is_a_short_error(tmp_path, capsys):

@@ -10,14 +10,7 @@ import torch
 import main
 import prepare_data
 from DataLoad import DataError, load_dataset
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and '\n' not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+from conftest import one_line_error as _one_line_error  # noqa: E402
 
 
 # ---------------------------------------------------------------- prepare_data --name
