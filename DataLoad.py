@@ -435,8 +435,10 @@ def _check_items(items, num_user, num_item, path, where):
 def in_sorted(sorted_keys, query):
     """``np.isin(query, sorted_keys)`` for sorted ``sorted_keys``, by binary search: isin sorts its
     whole second argument at every call, which made one call per user take minutes at Tiktok size."""
+    if len(sorted_keys) == 0:
+        return np.zeros(np.shape(query), dtype=bool)
     pos = np.searchsorted(sorted_keys, query)
-    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == query if len(sorted_keys) else pos < 0
+    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == query
 
 
 def load_dataset(folder, modalities=None, require_val=True):

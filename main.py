@@ -140,19 +140,24 @@ def build_parser():
     return p
 
 
-def config_defaults(parser, path):
-    """The flag values of a --config YAML file, checked by the same type functions as the command line."""
-    import difflib
+def read_yaml(path, what):
+    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError."""
     import yaml
     try:
         if os.path.exists(path) and not os.path.isfile(path):
             raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
-            values = yaml.safe_load(f)
-    except (OSError, ValueError) as e:               # ValueError: a path with a null byte
-        raise InputError(f'{path}: cannot read the config file ({getattr(e, "strerror", None) or e})') from None
+            return yaml.safe_load(f)
+    except (OSError, ValueError) as e:               # ValueError: a path with a null byte, a file not UTF-8
+        raise InputError(f'{path}: cannot read the {what} ({getattr(e, "strerror", None) or e})') from None
     except yaml.YAMLError as e:
         raise InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
+
+
+def config_defaults(parser, path):
+    """The flag values of a --config YAML file, checked by the same type functions as the command line."""
+    import difflib
+    values = read_yaml(path, 'config file')
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -65,16 +65,7 @@ class TrialFailed(Exception):
 
 def load_space(path, parser):
     """{dest: list of values | (low, high, log)} from the YAML space file, checked like a --config file."""
-    import yaml
-    try:
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise OSError('not a regular file')      # a FIFO would hang
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except (OSError, ValueError) as e:               # ValueError: not UTF-8
-        raise main.InputError(f'{path}: cannot read the space file ({getattr(e, "strerror", None) or e})') from None
-    except yaml.YAMLError as e:
-        raise main.InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
+    raw = main.read_yaml(path, 'space file')
     if not isinstance(raw, dict) or not raw:
         raise main.InputError(f'{path}: expected a mapping of flag names to lists or ranges')
     actions = {a.dest: a for a in parser._actions}

@@ -226,13 +226,15 @@ def main_(argv=None):
         seconds = np.mean([r['wall_time_s'] for r in records])
         lines.append(f'| {ROWS[key][0]} | ' + ' | '.join(cols) + f' | {" ".join(point)} | {epochs} | {seconds:.0f} |')
         print(lines[-1], flush=True)
+    swept = {k: SWEPT[k] for k in keys if k in SWEPT}
+    swept = f'grid by sweep.py {swept}, chosen on validation with seed {args.seeds[0]}; ' if swept else ''
     devices = Counter(r.get('device_name', r['device']) for _, records in rows for r in records)
     lines.append('')
     lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
                  f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
-                 + (f'grid {GRID} (swept rows: {SWEPT}), chosen on validation with seed {args.seeds[0]}; '
-                    if args.grid
+                 + (f'grid {GRID}, chosen on validation with seed {args.seeds[0]}; ' if args.grid
                     else 'no grid: published learning rates; ')
+                 + swept
                  + f'at most {args.max_epoch} epochs, patience {args.patience}; '
                  f'runs by device: {", ".join(f"{d} {n}" for d, n in sorted(devices.items()))}; '
                  f'total {time.time() - started:.0f}s.')
