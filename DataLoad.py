@@ -1,4 +1,4 @@
-"""Datasets in the MMGCN folder layout, safe file loading, and the training sampler.
+"""Datasets in the MMGCN folder layout and the training sampler.
 
 A dataset is a folder ``Data/<name>/`` (SPEC 1.1):
 
@@ -19,17 +19,17 @@ restricted unpickler.
     from DataLoad import load_dataset
     data = load_dataset('Data/tiktok_small')
 """
-import argparse
 import json
 import os
-import pickle
 import re
-import stat
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from errors import DataError, describe
+from safe_read import load_matrix, load_npy, load_pt_tensor, read_regular
 
 # Published sizes of the three legacy datasets (SPEC 1.1).
 LEGACY_SIZES = {'movielens': (55485, 5986), 'tiktok': (36656, 76085), 'kwai': (7010, 86483)}
@@ -43,204 +43,20 @@ LEGACY_FEATURES = {
     'kwai': {'v': ('feat_v.pt', 'dense')},
 }
 
+# Where --data_path and prepare_data.py --name look for a dataset folder given by name.
+DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
+
 # A modality name (it becomes a file name and a flag value) and a file name inside the folder.
-PLAIN_NAME = re.compile(r'[A-Za-z0-9_-]+')
+MODALITY_NAME = re.compile(r'[A-Za-z0-9_-]+')
 PLAIN_FILE = re.compile(r'[A-Za-z0-9_.-]+')
 
 # Width of the trainable word embedding behind a word-id text modality (SPEC 1.2).
 WORD_DIM = 128
 
 
-class DataError(Exception):
-    """A malformed input: the message names the file and what is wrong."""
 
-    def __init__(self, path, problem):
-        super().__init__(f'{path}: {problem}')
-        self.path, self.problem = path, problem
-
-
-def describe(error, limit=200):
-    """'TypeName: first line of the message', for one-line error reports."""
-    lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
-
-
-LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'}   # str.splitlines's
-
-
-def one_line(text):
-    """``text`` on one line: a line break in it (a file name may hold one) is written escaped, as ``\\n``."""
-    return str(text).translate(LINE_BREAKS)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors as one line, ``error: <flag>: <problem> (see --help)``, exit 2."""
-
-    def error(self, message):
-        message = ' '.join(message.split())
-        if message.startswith('argument '):
-            message = message[len('argument '):]
-        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
-
-
-# --------------------------------------------------------------------------
-# Safe loading
-
-def check_regular(path):
-    """Raise DataError unless ``path`` is a regular file (a FIFO or a device would hang or never end)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(path, 'file not found') from None
-    except (OSError, ValueError) as e:           # ValueError: a path with a null byte
-        raise DataError(path, f'cannot read ({getattr(e, "strerror", None) or e})') from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(path, 'not a regular file')
-    return st.st_size
-
-
-def read_regular(path, limit):
-    """The bytes of the regular file ``path``, refused above ``limit`` bytes."""
-    check_regular(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
-        with os.fdopen(fd, 'rb') as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):   # swapped since the check
-                raise DataError(path, 'not a regular file')
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise DataError(path, f'cannot read ({e.strerror or e})') from None
-    if len(data) > limit:
-        raise DataError(path, f'larger than {limit} bytes')
-    return data
-
-
-MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
 MAX_WORD_ID = 2 ** 20 - 1       # a word table of 2**20 rows is 512 MiB at 128 dims (the official Tiktok one: 11,574)
 MAX_ID = 2 ** 31 - 1            # user and item ids, and the sizes, stay below this: no int64 overflow in user*I+item
-
-
-class _ArrayClass:
-    """Stands for ``numpy.ndarray`` inside a pickle: usable only as ``_reconstruct``'s first argument."""
-
-
-def _bounded_reconstruct(subtype, shape, dtype):
-    """numpy's ``_reconstruct`` as ``np.save`` pickles it: an empty array that BUILD then fills (and checks).
-
-    A pickle that asks for any other shape could allocate without limit from a few bytes.
-    """
-    if subtype is not _ArrayClass or tuple(shape) != (0,):
-        raise pickle.UnpicklingError('refused an array reconstructed with a non-empty shape')
-    return np.ndarray.__new__(np.ndarray, (0,), dtype)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what the legacy split/dict files hold (SPEC 1.4).
-
-    Nothing it admits builds more than the stream spells out: arrays start
-    empty and get their data from the stream (numpy checks its size), and the
-    containers hold what the stream appends.  A shared sub-list (a "billion
-    laughs" bomb) stays small here and is refused by the flat-row checks of
-    ``_as_int_array`` before anything walks it.
-    """
-
-    ALLOWED = {
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('numpy', 'dtype'),
-        ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'list'),
-        ('builtins', 'dict'), ('builtins', 'int'), ('builtins', 'tuple'),
-        ('collections', 'defaultdict'), ('collections', 'OrderedDict'),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in (('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')):
-            return _bounded_reconstruct
-        if (module, name) == ('numpy', 'ndarray'):
-            return _ArrayClass
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f'refused to load {module}.{name}')
-        import importlib
-        return getattr(importlib.import_module(module), name)
-
-
-def load_npy(path, allow_object=False):
-    """Load a ``.npy`` file; object arrays only when ``allow_object``, through the restricted unpickler.
-
-    The file must be a regular file; a plain array must fill the file exactly
-    (a header that understates the rows would silently drop data); a pickled
-    one is refused above ``MAX_PICKLE_BYTES``.
-    """
-    size = check_regular(path)
-    try:
-        with open(path, 'rb') as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            if not dtype.hasobject:
-                expected = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
-                if size > expected:
-                    raise DataError(path, f'{size - expected} bytes after the array of shape {tuple(shape)} its '
-                                          f'header describes (the header understates the rows?)')
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
-            if not allow_object:
-                raise DataError(path, 'holds pickled objects where a numeric array is expected')
-            if size > MAX_PICKLE_BYTES:
-                raise DataError(path, f'a pickled file of {size} bytes; more than {MAX_PICKLE_BYTES} is refused')
-            obj = _RestrictedUnpickler(f).load()
-    except DataError:
-        raise
-    except pickle.UnpicklingError as e:
-        raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
-    except RecursionError:
-        raise DataError(path, 'unsafe or corrupt pickle (nested too deeply)') from None
-    except Exception as e:  # truncated, not numpy, bad header ...
-        raise DataError(path, f'not a readable .npy file ({describe(e)})') from None
-    if not isinstance(obj, np.ndarray):
-        raise DataError(path, f'expected a numpy array, found {type(obj).__name__}')
-    return obj
-
-
-def load_pt_tensor(path):
-    """Load a tensor from ``.pt`` with ``weights_only=True``."""
-    check_regular(path)
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise DataError(path, f'not a readable tensor file ({describe(e)})') from None
-    if isinstance(obj, np.ndarray):
-        obj = torch.from_numpy(obj)
-    if not isinstance(obj, torch.Tensor):
-        raise DataError(path, f'expected a tensor, found {type(obj).__name__}')
-    if obj.is_nested or obj.layout != torch.strided or obj.device.type != 'cpu':
-        layout = 'nested' if obj.is_nested else f'{obj.layout} on {obj.device}'.replace('torch.', '')
-        raise DataError(path, f'expected a dense tensor, found a {layout} one')
-    return obj.detach()
-
-
-def load_matrix(path):
-    """A dense 2-D float feature matrix from ``.npy`` or ``.pt``."""
-    if path.endswith('.pt'):
-        tensor = load_pt_tensor(path)
-        if tensor.is_floating_point():          # bfloat16 and float8 have no numpy type
-            tensor = tensor.double()
-        arr = tensor.numpy()
-    else:
-        arr = load_npy(path)
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise DataError(path, f'expected a 2-D feature matrix with at least one column, found shape {tuple(arr.shape)}')
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise DataError(path, f'expected numeric features, found dtype {arr.dtype}')
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise DataError(path, f'NaN or Inf in feature row {bad}')
-    with np.errstate(over='ignore'):            # checked below: numpy's own warning would be a second line
-        arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise DataError(path, f'feature row {bad} holds a value beyond the float32 range')
-    return arr
 
 
 def _as_int_array(values, path, what):
@@ -346,7 +162,7 @@ def _read_meta(folder):
     seen = set()
     for n, m in enumerate(mods):
         name, file, kind = m['name'], m['file'], m.get('kind', 'dense')
-        if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        if not isinstance(name, str) or not MODALITY_NAME.fullmatch(name):
             raise DataError(path, f'modality {n}: name must be a plain name (letters, digits, _, -), '
                                   f'found {str(name)[:40]!r}')
         if name in seen:

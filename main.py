@@ -11,17 +11,12 @@ JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
 130 interrupted (Ctrl-C).
 """
 import argparse
-import contextlib
-import errno
 import hashlib
 import json
 import math
 import os
 import random
-import re
-import stat
 import sys
-import tempfile
 import time
 
 try:
@@ -29,16 +24,19 @@ try:
     import torch
 
     import distributed
+    from DataLoad import DATA_ROOT
+    from errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, InputError
+    from safe_read import read_yaml
+    from safe_write import (append_results_line, atomic_file, atomic_save, check_not_inputs, check_outputs,
+                            check_writable)
 except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
     if __name__ != '__main__':
         raise
     print('interrupted before anything was read or written', file=sys.stderr)
     sys.exit(130)
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 MODELS = ('SLMRec', 'MMGCN', 'LightGCN', 'VBPR', 'FREEDOM')
 BASELINES = ('LightGCN', 'VBPR', 'FREEDOM')   # SPEC 6, built by build_baseline
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 # Published defaults per model, used for every flag left out (SPEC 3.4, 5).
 MODEL_DEFAULTS = {
@@ -54,10 +52,6 @@ MODEL_DEFAULTS = {
 AUTO_PREPARED = ('ml100k', 'ml1m')
 
 
-class InputError(Exception):
-    """Bad arguments or output paths: one line for the user."""
-
-
 def str2bool(value):
     if isinstance(value, bool):
         return value
@@ -70,7 +64,7 @@ def str2bool(value):
 
 def build_parser():
     per_model = '; '.join(f'{m}: ' + ', '.join(f'{k}={v}' for k, v in d.items()) for m, d in MODEL_DEFAULTS.items())
-    from DataLoad import OneLineParser
+    from errors import OneLineParser
     p = OneLineParser(description=__doc__.split('\n\n')[0],
                       epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
@@ -140,20 +134,6 @@ def build_parser():
     return p
 
 
-def read_yaml(path, what):
-    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError."""
-    import yaml
-    try:
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise OSError('not a regular file')      # a FIFO would hang
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except (OSError, ValueError) as e:               # ValueError: a path with a null byte, a file not UTF-8
-        raise InputError(f'{path}: cannot read the {what} ({getattr(e, "strerror", None) or e})') from None
-    except yaml.YAMLError as e:
-        raise InputError(f'{path}: not valid YAML ({" ".join(str(e).split())})') from None
-
-
 def config_defaults(parser, path):
     """The flag values of a --config YAML file, checked by the same type functions as the command line."""
     import difflib
@@ -214,7 +194,7 @@ def _short(value):
 
 
 def parse_args(argv=None):
-    from DataLoad import OneLineParser
+    from errors import OneLineParser
     parser = build_parser()
     pre = OneLineParser(add_help=False, prog=parser.prog)
     pre.add_argument('--config', default=None)
@@ -376,177 +356,8 @@ def build_baseline(args, data):
                    args.num_layer, args.dropout_rate, reg_weight=args.weight_decay)
 
 
-def check_writable(path, what):
-    """Fail now, not after hours of training, when ``path`` cannot be written."""
-    if not path:
-        raise InputError(f"'': the {what} needs a file name")
-    real = os.path.realpath(path)                  # a symbolic link: its target is written (atomic_file)
-    folder = os.path.dirname(real)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        # as long as atomic_file's temporary name (so a name near the 255-byte limit fails here, not after
-        # training), with '~' for its first '-' (so it is never taken for one)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f'.{os.path.basename(real)}~{os.getpid()}-'):
-            pass
-        if os.path.isdir(path):
-            raise OSError('is a directory')
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise OSError('not a regular file')        # e.g. /dev/null: atomic_save would replace it
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            raise OSError('permission denied')
-    except OSError as e:
-        raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
-
-
-def check_outputs(outputs, folders=()):
-    """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed.
-    ``folders`` ([(path, what)]) are output folders: none of the files may be one of them."""
-    seen = {}
-    for path, what in list(folders) + list(outputs):
-        real = os.path.realpath(path)
-        if real in seen:
-            raise InputError(f'{path}: the {what} and the {seen[real]} are the same file; give each its own path')
-        seen[real] = what
-    for path, what in outputs:
-        check_writable(path, what)
-        remove_stale_temporaries(path)
-
-
-def check_not_inputs(outputs, folder, args):
-    """No output may overwrite an input: none inside the dataset folder (a results line appended to train.npy
-    destroys the dataset), none the --config file, and only the best model or the checkpoint the
-    --PATH_weight_load file (continuing from it)."""
-    data = os.path.realpath(folder)
-    weights = os.path.realpath(args.PATH_weight_load) if args.PATH_weight_load else None
-    config = os.path.realpath(args.config) if args.config else None
-    for path, what in outputs:
-        real = os.path.realpath(path)
-        if real.startswith(data + os.sep):
-            raise InputError(f'{path}: the {what} would be written into the dataset folder {folder}; '
-                             f'give it a path outside')
-        if real == config or (real == weights and what in ('results file', 'top-K export')):
-            raise InputError(f'{path}: the {what} would overwrite the '
-                             f'{"--config" if real == config else "--PATH_weight_load"} file; give it its own path')
-
-
-def _temporary_prefix(path):
-    return f'.{os.path.basename(path)}-'
-
-
-def remove_stale_temporaries(path):
-    """Remove what atomic_save left beside ``path`` when killed: ``.<name>-<pid>-XXXXXXXX`` of a process
-    that is gone (or ``.<name>-XXXXXXXX``, the pattern before the pid was added); nothing else."""
-    path = os.path.realpath(path)                  # where atomic_file writes
-    folder = os.path.dirname(path)
-    pattern = re.compile(re.escape(_temporary_prefix(path)) + r'(?:(\d+)-)?[a-z0-9_]{8}')
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.fullmatch(entry)
-        tmp = os.path.join(folder, entry)
-        if not match or os.path.islink(tmp) or not os.path.isfile(tmp):
-            continue
-        pid = int(match.group(1)) if match.group(1) else None
-        if pid is not None and pid != os.getpid() and _process_alive(pid):
-            continue                               # another run is writing it now
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return pid > 0
-    return True
-
-
-@contextlib.contextmanager
-def atomic_file(path, mode='wb'):
-    """A file for ``path`` written through a temporary beside it, flushed, fsynced and renamed into
-    place on success; on any error or interruption the temporary is removed and ``path`` is untouched.
-    A symbolic link is followed (its target is replaced, as an append to the results file would write there)."""
-    path = os.path.realpath(path)
-    folder, tmp = os.path.dirname(path), None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{_temporary_prefix(path)}{os.getpid()}-')
-        os.fchmod(fd, _plain_file_mode(path))     # mkstemp's 0600 would make every output private
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):               # a full disk, a quota: one line, not a traceback
-            raise InputError(f'{path}: cannot write ({e.strerror or e}); the previous file, if any, is left '
-                             f'as it was') from None
-        raise
-
-
-def _plain_file_mode(path):
-    """The permissions ``open(path, 'w')`` would give: the existing file's, else 0666 less the umask."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
-
-
-def atomic_save(obj, path):
-    """torch.save through a temporary file, flushed and renamed, so a kill leaves the old file intact."""
-    import io
-    buffer = io.BytesIO()       # serialised first: torch's writer turns a failed write (a full disk) into a RuntimeError
-    torch.save(obj, buffer)
-    with atomic_file(path) as f:
-        f.write(buffer.getbuffer())
-
-
-def append_results_line(path, record):
-    """Append ``record`` as one JSON line in a single write on an O_APPEND descriptor.
-
-    A failed or short write (a full disk) truncates the file back to its old
-    size and is an ``InputError``; a last line left unterminated by an older
-    failure gets its newline first, so the new record is never glued to it.
-    """
-    line = (json.dumps(record, default=str) + '\n').encode()
-    existed = os.path.lexists(path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise InputError(f'{path}: cannot write the results file ({e.strerror or e})') from None
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b'\n':
-            line = b'\n' + line
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(errno.ENOSPC, f'short write, {written} of {len(line)} bytes')
-            os.fsync(fd)
-        except OSError as e:
-            try:
-                os.ftruncate(fd, size)
-                if not existed:
-                    os.unlink(path)
-            except OSError:
-                pass
-            raise InputError(f'{path}: cannot append the results line ({e.strerror or e}); '
-                             f'the file is left as it was') from None
-    finally:
-        os.close(fd)
-
-
 def load_checkpoint_file(path, what):
-    from DataLoad import describe
+    from errors import describe
     if not os.path.isfile(path):
         raise InputError(f'{path}: {what} not found')
     try:
@@ -557,7 +368,7 @@ def load_checkpoint_file(path, what):
 
 def load_weights(model, path):
     """Load our state dict (plain, or inside a checkpoint) or an official SLMRec one (SPEC 3.5)."""
-    from DataLoad import describe
+    from errors import describe
     from model_SSL import from_official_state_dict, is_official_state_dict
     state = load_checkpoint_file(path, 'weight file')
     if isinstance(state, dict) and isinstance(state.get('model'), dict):
@@ -737,7 +548,7 @@ def read_checkpoint(path, args, sampler_rng):
 
 def resume_from(ckpt, path, optimizer, sampler_rng):
     """Optimiser and RNG states from a checkpoint of ``read_checkpoint``; returns the training state."""
-    from DataLoad import describe
+    from errors import describe
     validate_optimizer_state(ckpt['optimizer'], path, optimizer)
     own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
     try:
@@ -794,7 +605,8 @@ def seed_everything(seed):
 
 
 def run(args):
-    from DataLoad import TrainSampler, describe, load_dataset
+    from DataLoad import TrainSampler, load_dataset
+    from errors import describe
     from Full_vt import SplitIndex, format_metrics, full_ranking
     from Board import open_board
     from Train import Divergence, train_epoch
@@ -923,7 +735,7 @@ def run(args):
 
 def read_ids(folder, name, count):
     """The source ids of a prepared dataset (line n = index n), or None without the file."""
-    from DataLoad import read_regular
+    from safe_read import read_regular
     path = os.path.join(folder, name)
     if not os.path.lexists(path):
         return None
@@ -1013,7 +825,7 @@ def flush_denormals():
 
 
 def main(argv=None):
-    from DataLoad import DataError, one_line
+    from errors import DataError, one_line
     threads = torch.get_num_threads()
     restore = flush_denormals()
     try:

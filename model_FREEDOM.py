@@ -30,7 +30,6 @@ feature tables ``F_m`` themselves trainable (from the raw features, as the autho
 import hashlib
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -39,7 +38,9 @@ from torch import nn
 
 from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, item_feature_modules, normalized_adjacency, \
     propagate_layers, take_rows
+from errors import InputError
 from model_LightGCN import bpr_loss
+from safe_write import atomic_save
 
 SIMILARITY_FLOATS = 2 ** 24     # one block of the similarity matrix: 64 MB of float32, whatever the item count
 CACHE_AFTER_S = 2.0             # a kNN graph that took longer than this to build is cached beside the dataset
@@ -162,16 +163,10 @@ def cached_knn(name, feature, num_item, k, cache_dir):
     started = time.time()
     indices = knn_indices(feature, num_item, k)
     if path and time.time() - started > CACHE_AFTER_S:
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f'.freedom_knn_{name}-')
         try:
-            with os.fdopen(fd, 'wb') as f:
-                torch.save({'digest': digest, 'indices': indices}, f)
-            os.replace(tmp, path)
-        except OSError as e:
-            print(f'note: {path}: kNN graph not cached ({e.strerror or e})', file=sys.stderr)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            atomic_save({'digest': digest, 'indices': indices}, path)
+        except InputError as e:      # a read-only dataset folder, a full disk: the run goes on uncached
+            print(f'note: kNN graph not cached ({e})', file=sys.stderr)
     return indices
 
 

@@ -22,33 +22,31 @@ try:
     import numpy as np
     import torch
 
-    from DataLoad import MAX_ID, DataError
+    from DataLoad import DATA_ROOT, LEGACY_FEATURES, LEGACY_SIZES, MAX_ID, MODALITY_NAME
+    from errors import DataError
+    from safe_write import process_alive
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
     print('interrupted: nothing was written', file=sys.stderr)
     sys.exit(130)
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'Data')
 
-# Published sizes (users, items, interactions) and feature files of the legacy datasets.
-LIKE = {
-    'tiktok': dict(sizes=(36656, 76085, 726065),
-                   modalities=[('v', 'feat_v.pt', 128), ('a', 'feat_a.pt', 128), ('t', 'feat_t.pt', 'words')]),
-    'kwai': dict(sizes=(7010, 86483, 298492), modalities=[('v', 'feat_v.pt', 2048)]),
-    'movielens': dict(sizes=(55485, 5986, 1239508),
-                      modalities=[('v', 'FeatureVideo_normal.npy', 2048), ('a', 'FeatureAudio_avg_normal.npy', 128),
-                                  ('t', 'FeatureText_stl_normal.npy', 100)]),
-    'none': dict(sizes=(2000, 3000, 60000),
-                 modalities=[('v', 'feat_v.npy', 128), ('a', 'feat_a.npy', 64), ('t', 'feat_t.npy', 32)]),
-}
+# What --like imitates: a legacy dataset's sizes and feature files (DataLoad's tables) with its interaction
+# count and each feature's published width ('words': word-id text, SPEC 1.2).
+LEGACY_SHAPES = {'tiktok': (726065, {'v': 128, 'a': 128, 't': 'words'}), 'kwai': (298492, {'v': 2048}),
+                 'movielens': (1239508, {'v': 2048, 'a': 128, 't': 100})}
+LIKE = {key: dict(sizes=LEGACY_SIZES[key] + (pairs,),
+                  modalities=[(m, LEGACY_FEATURES[key][m][0], dim) for m, dim in dims.items()])
+        for key, (pairs, dims) in LEGACY_SHAPES.items()}
+LIKE['none'] = dict(sizes=(2000, 3000, 60000),
+                    modalities=[('v', 'feat_v.npy', 128), ('a', 'feat_a.npy', 64), ('t', 'feat_t.npy', 32)])
 
 
 # --------------------------------------------------------------------------
 # Where a dataset goes, and what may be replaced there
 
-PLAIN_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
-PLAIN_FEATURE = re.compile(r'[A-Za-z0-9_-]+')   # a modality name: it becomes the file name feat_<name>.npy
+DATASET_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')     # a folder under Data/
 SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec')
 PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
 
@@ -62,7 +60,7 @@ def dataset_folder(name, root=DATA_ROOT):
     """
     if '/' in name or os.sep in name:
         return os.path.abspath(name)
-    if not PLAIN_NAME.fullmatch(name):
+    if not DATASET_NAME.fullmatch(name):
         raise DataError('--name', f'{name!r} is not a plain name (letters, digits, _, - and ., not starting '
                                   f'with .) nor a path')
     return os.path.join(root, name)
@@ -70,7 +68,7 @@ def dataset_folder(name, root=DATA_ROOT):
 
 def is_ours(folder):
     """True when ``folder`` holds a meta.json that this script wrote."""
-    from DataLoad import read_regular
+    from safe_read import read_regular
     try:
         meta = json.loads(read_regular(os.path.join(folder, 'meta.json'), 1 << 20))
     except (DataError, ValueError):
@@ -119,23 +117,13 @@ def remove_partials(folder):
                 pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             try:
                 _remove_partial(tmp)
             except OSError:
                 pass
 
 
-def _alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------
@@ -523,7 +511,7 @@ RATING_NAMES = ('rating', 'ratings', 'score', 'stars', 'label', 'weight', 'value
 
 def _read_text_lines(path, what='file'):
     """The lines of a UTF-8 text file (a BOM is skipped); a regular file only; one-line errors."""
-    from DataLoad import check_regular
+    from safe_read import check_regular
     check_regular(path)
     try:
         with open(path, newline='', encoding='utf-8-sig') as f:
@@ -601,12 +589,12 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
     Feature row r belongs to item id r, or to the r-th line of ``item_list``
     when given.  With timestamps the split is chronological, else random (``seed``).
     """
-    from DataLoad import load_matrix
+    from safe_read import load_matrix
     folder, ready = claim_folder(name, force, root)
     if ready:
         return folder
     for m in feature_paths:
-        if not isinstance(m, str) or not PLAIN_FEATURE.fullmatch(m):
+        if not isinstance(m, str) or not MODALITY_NAME.fullmatch(m):
             raise DataError('--feature', f'{str(m)[:40]!r} is not a plain modality name (letters, digits, _, -)')
     header, rows = _read_table(inter_path)
     width = {len(r) for r in rows}
@@ -678,7 +666,7 @@ def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, see
 def import_mmrec(name, source, force=False, root=DATA_ROOT):
     """The MMRec layout: ``<name>.inter`` (userID, itemID, ..., x_label 0/1/2) plus
     ``image_feat.npy`` / ``text_feat.npy`` with one row per item id."""
-    from DataLoad import load_matrix
+    from safe_read import load_matrix
     folder, ready = claim_folder(name, force, root)
     if ready:
         return folder
@@ -730,7 +718,7 @@ def import_mmrec(name, source, force=False, root=DATA_ROOT):
 # Command line
 
 def build_parser():
-    from DataLoad import OneLineParser
+    from errors import OneLineParser
     parser = OneLineParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='source', required=True)
@@ -804,7 +792,7 @@ def main(argv=None):
             folder = import_mmrec(args.name, args.folder, args.force, root=root)
         print(f'dataset ready: {folder}')
     except DataError as e:
-        from DataLoad import one_line
+        from errors import one_line
         print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,6 +39,9 @@ import warnings
 
 try:
     import main
+    from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+    from safe_read import read_yaml
+    from safe_write import atomic_file, check_writable
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
@@ -65,32 +68,32 @@ class TrialFailed(Exception):
 
 def load_space(path, parser):
     """{dest: list of values | (low, high, log)} from the YAML space file, checked like a --config file."""
-    raw = main.read_yaml(path, 'space file')
+    raw = read_yaml(path, 'space file')
     if not isinstance(raw, dict) or not raw:
-        raise main.InputError(f'{path}: expected a mapping of flag names to lists or ranges')
+        raise InputError(f'{path}: expected a mapping of flag names to lists or ranges')
     actions = {a.dest: a for a in parser._actions}
     space = {}
     for key, value in raw.items():
         if key in OWN_OUTPUTS or key not in actions or key == 'help':
-            raise main.InputError(f'{path}: {key!r} is not a flag the sweep can vary')
+            raise InputError(f'{path}: {key!r} is not a flag the sweep can vary')
         action = actions[key]
         if action.nargs is not None or not action.option_strings or action.const is not None:
-            raise main.InputError(f'{path}: {key}: only single-valued flags can be searched')
+            raise InputError(f'{path}: {key}: only single-valued flags can be searched')
         if isinstance(value, list):
             if not value:
-                raise main.InputError(f'{path}: {key}: an empty list')
+                raise InputError(f'{path}: {key}: an empty list')
             space[key] = [main._config_value(path, key, action, v) for v in value]
             if len(set(map(str, space[key]))) != len(value):
-                raise main.InputError(f'{path}: {key}: a value appears twice')
+                raise InputError(f'{path}: {key}: a value appears twice')
         elif isinstance(value, dict) and set(value) <= {'low', 'high', 'log'} and {'low', 'high'} <= set(value):
             if action.type not in (int, float):
-                raise main.InputError(f'{path}: {key}: a range needs a numeric flag; give a list')
+                raise InputError(f'{path}: {key}: a range needs a numeric flag; give a list')
             low, high = (main._config_value(path, key, action, value[end]) for end in ('low', 'high'))
             if not low < high or (value.get('log') and low <= 0):
-                raise main.InputError(f'{path}: {key}: need low < high (and low > 0 with log)')
+                raise InputError(f'{path}: {key}: need low < high (and low > 0 with log)')
             space[key] = (low, high, bool(value.get('log', False)))
         else:
-            raise main.InputError(f'{path}: {key}: expected a list of values or {{low: .., high: .., log: ..}}')
+            raise InputError(f'{path}: {key}: expected a list of values or {{low: .., high: .., log: ..}}')
     return space
 
 
@@ -144,7 +147,7 @@ def run_trial(trial, space, base, folder, parser, lock):
         proc = subprocess.run([sys.executable, '-c', CHILD, MAIN, *argv], stdout=log, stderr=subprocess.PIPE,
                               text=True, env=dict(os.environ, SWEEP_PID=str(os.getpid())), cwd=ROOT)
         log.write(proc.stderr)
-    if proc.returncode == main.EXIT_INTERRUPTED:      # Ctrl-C reached the run first: retried, not failed
+    if proc.returncode == EXIT_INTERRUPTED:      # Ctrl-C reached the run first: retried, not failed
         raise KeyboardInterrupt
     trial.set_user_attr('exit', proc.returncode)
     trial.set_user_attr('folder', out)
@@ -225,7 +228,7 @@ def open_study(args, space):
                 break
             except Exception as e:             # a bad URL, a missing driver, an unreachable server
                 if attempt == 4 or not type(e).__name__ in ('IntegrityError', 'OperationalError'):
-                    raise main.InputError(f'--storage: cannot open {url} ({type(e).__name__}: '
+                    raise InputError(f'--storage: cannot open {url} ({type(e).__name__}: '
                                           f'{" ".join(str(e).split())[:300]})') from None
                 time.sleep(0.5 + attempt)
     if is_grid(space):
@@ -279,7 +282,7 @@ def _copy_action(action):
 def write_config(path, config, study_name, trial):
     import yaml
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with main.atomic_file(path, 'w') as f:
+    with atomic_file(path, 'w') as f:
         f.write(f'# sweep.py study {study_name!r}: trial {trial.number}, '
                 f'validation Recall {trial.value:.4f} (chosen on validation only)\n')
         yaml.safe_dump(config, f, sort_keys=False)
@@ -288,7 +291,7 @@ def write_config(path, config, study_name, trial):
 # --------------------------------------------------------------------------
 
 def build_parser():
-    from DataLoad import OneLineParser
+    from errors import OneLineParser
     p = OneLineParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage='python sweep.py --space FILE.yaml --study NAME [options] -- <main.py flags>')
@@ -322,19 +325,19 @@ def sweep(args, base):
     for key in space:
         if any(a == o or a.startswith(o + '=') for a in base for o in
                next(x for x in parser._actions if x.dest == key).option_strings):
-            raise main.InputError(f'{key}: both in {args.space} and in the main.py flags')
+            raise InputError(f'{key}: both in {args.space} and in the main.py flags')
     if args.trials is not None and args.trials < 1 or args.n_jobs < 1 or args.heartbeat < 1:
-        raise main.InputError('--trials, --n_jobs and --heartbeat must be positive')
+        raise InputError('--trials, --n_jobs and --heartbeat must be positive')
     first = {k: (v[0] if isinstance(v, list) else v[0]) for k, v in space.items()}
     try:
         main.parse_args(base + flag_argv(parser, first))            # the main.py flags are checked now, once
     except SystemExit:
-        raise main.InputError('the main.py flags after -- do not parse (see above)') from None
+        raise InputError('the main.py flags after -- do not parse (see above)') from None
     for path, what in ((args.write_config, 'config file'),):
         if path and os.path.realpath(path) == os.path.realpath(args.space):
-            raise main.InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
+            raise InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
         if path:
-            main.check_writable(path, what)
+            check_writable(path, what)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, url = open_study(args, space)
     folder = os.path.abspath(os.path.join('runs', f'sweep-{args.study}'))
@@ -423,14 +426,14 @@ def cli(argv=None):
     args, base = parse(argv)
     try:
         return sweep(args, base)
-    except main.InputError as e:
-        from DataLoad import one_line
+    except InputError as e:
+        from errors import one_line
         print(f'error: {one_line(e)}', file=sys.stderr)
-        return main.EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print('interrupted: run the same command again to continue (an interrupted trial resumes from its '
               'checkpoint)', file=sys.stderr)
-        return main.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
 
 
 if __name__ == '__main__':

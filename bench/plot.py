@@ -129,7 +129,7 @@ def plot(runs, out, k=None):
 
 def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from DataLoad import OneLineParser
+    from errors import OneLineParser
     p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('results', help='results file written by main.py (--save_file)')
     p.add_argument('--runs', nargs='+', default=None, metavar='NAME', help='run names to plot (default all)')
@@ -142,7 +142,7 @@ def main(argv=None):
         runs = load_runs(args.results, args.runs)
         k = plot(runs, args.out, args.k)
     except (PlotError, OSError) as e:
-        from DataLoad import one_line
+        from errors import one_line
         print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     print(f'{len(runs)} runs, validation Recall@{k} and loss, written to {args.out}')

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from DataLoad import DataError, load_dataset
+from DataLoad import load_dataset
+from errors import DataError
 
 
 # ---------------------------------------------------------------- dataset files

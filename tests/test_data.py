@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import ROOT, write_split
-from DataLoad import DataError, TrainSampler, load_dataset, load_npy
+from DataLoad import TrainSampler, load_dataset
+from errors import DataError
+from safe_read import load_npy
 
 
 def test_hand_folder_loads_with_offset_removed(hand_folder):
@@ -157,7 +159,7 @@ def test_pt_file_with_code_is_refused(tmp_path):
     with open(path, 'wb') as f:
         pickle.dump(_Exploit(), f)
     with pytest.raises(DataError, match='feat_v.pt: not a readable tensor file'):
-        from DataLoad import load_pt_tensor
+        from safe_read import load_pt_tensor
         load_pt_tensor(str(path))
     assert not os.path.exists('/tmp/slmrec_pwned')
 

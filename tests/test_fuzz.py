@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import main
 from conftest import write_split
-from DataLoad import DataError, load_dataset
+from DataLoad import load_dataset
+from errors import DataError
 
 MARKER = os.path.join(tempfile.gettempdir(), 'slmrec_fuzz_pwned')
 FILES = ['train.npy', 'val_full.npy', 'test_full.npy', 'user_item_dict.npy', 'feat_v.npy', 'meta.json']

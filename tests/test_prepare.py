@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import prepare_data
-from DataLoad import DataError, load_dataset
+from DataLoad import load_dataset
+from errors import DataError
 
 
 def _read(path):

@@ -9,7 +9,8 @@ import torch
 
 import main
 import prepare_data
-from DataLoad import DataError, load_dataset
+from DataLoad import load_dataset
+from errors import DataError
 from conftest import one_line_error as _one_line_error  # noqa: E402
 
 
@@ -606,8 +607,8 @@ def test_pickle_asking_for_a_huge_array_is_refused(hand_folder):
 
 
 def test_pickled_file_size_is_capped(hand_folder, monkeypatch):
-    import DataLoad
-    monkeypatch.setattr(DataLoad, 'MAX_PICKLE_BYTES', 100)
+    import safe_read
+    monkeypatch.setattr(safe_read, 'MAX_PICKLE_BYTES', 100)
     with pytest.raises(DataError, match='_full.npy: a pickled file of .* bytes; more than 100 is refused'):
         load_dataset(str(hand_folder))
 
