@@ -195,6 +195,41 @@ def propagate_layers(adj, x0, num_layer, dropout=0.0, training=False, drop_from=
     return take_rows(_LayerMeanPropagation.apply(x0, adj, num_layer, dropout, drop_from, unique, parity), inverse)
 
 
+def propagate_layers_plain(adj, x0, num_layer, dropout=0.0, training=False, drop_from=0, rows=None, parity=False):
+    """``propagate_layers`` written as the formula, with autograd: the reference its tests and the bench
+    compare with.  ``X^{k+1} = dropout(Â X^k)`` (columns from ``drop_from`` on), the mean of ``X^0..X^L``
+    (with ``parity``, ``[Σ_even X^k ‖ Σ_odd X^k] / (L+1)``), at ``rows`` when given.  The dropout masks are
+    drawn in the fast path's order: it computes the last layer for the distinct rows alone when they are few
+    (``sparse_rows``), so the last mask then covers those rows only."""
+    if not training:
+        dropout = 0.0
+    unique = None
+    if rows is not None:
+        sparse = sparse_rows(adj if adj.layout == torch.sparse_csr else adj.to_sparse_csr(), rows)
+        if sparse is not None:
+            unique, inverse = sparse
+
+    def drop(x):
+        if dropout > 0:
+            keep = torch.rand(x.shape[0], x.shape[1] - drop_from, device=x.device) >= dropout
+            x = torch.cat([x[:, :drop_from], x[:, drop_from:] * keep / (1 - dropout)], dim=1)
+        return x
+    layers, x = [x0], x0
+    for k in range(num_layer):
+        if unique is not None and k == num_layer - 1:          # the last layer at the distinct rows alone
+            layers = [layer[unique] for layer in layers] + [drop((adj @ x)[unique])]
+            break
+        x = drop(adj @ x)
+        layers.append(x)
+    if unique is not None and num_layer == 0:
+        layers = [layers[0][unique]]
+    out = torch.cat([sum(layers[0::2]), sum(layers[1::2])], 1) if parity else sum(layers)
+    out = out / (num_layer + 1)
+    if rows is None:
+        return out
+    return out[inverse] if unique is not None else out[rows]
+
+
 def take_rows(x, index):
     """``x[index]`` for a 1-D ``index``, with a backward that gives the same bits at every run.
 

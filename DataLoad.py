@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from errors import DataError, describe
+from errors import DataError, InputError, describe
 from safe_read import load_matrix, load_npy, load_pt_tensor, read_regular
 
 # Published sizes of the three legacy datasets (SPEC 1.1).
@@ -135,6 +135,40 @@ class Dataset:
         return (f'{self.name}: {self.num_user} users, {self.num_item} items, {len(self.train)} train / '
                 f'{sum(map(len, self.val.values()))} val / {sum(map(len, self.test.values()))} test '
                 f'interactions; modalities {mods}')
+
+
+AUTO_PREPARED = ('ml100k', 'ml1m')      # real MovieLens sets that --data_path prepares on first use
+
+
+def dataset_path(data_path):
+    """The folder ``--data_path`` names: a folder as given, else a name under ``Data/``."""
+    return data_path if os.path.isdir(data_path) else os.path.join(DATA_ROOT, data_path)
+
+
+def resolve_data(data_path):
+    """The dataset folder; the real MovieLens sets are prepared on first use."""
+    path = dataset_path(data_path)
+    if not os.path.isdir(path) and data_path in AUTO_PREPARED:
+        import prepare_data
+        print(f'preparing {data_path} (first use) ...')
+        prepare_data.movielens(data_path)
+    return path
+
+
+def select_modalities(args, available):
+    """The modalities a run uses, in order: ``--modalities`` when given, else the available ones less those
+    switched off by ``--has_v/--has_a/--has_t False``."""
+    if args.modalities is not None:
+        names = [] if args.modalities.strip().lower() == 'none' else [m.strip() for m in args.modalities.split(',') if m.strip()]
+        unknown = [m for m in names if m not in available]
+        if unknown:
+            raise InputError(f'--modalities: unknown modality {unknown[0]!r}; valid: {", ".join(available) or "none"}')
+        twice = [m for n, m in enumerate(names) if m in names[:n]]
+        if twice:
+            raise InputError(f'--modalities: {twice[0]!r} given twice')
+        return names
+    off = {m for m, flag in (('v', args.has_v), ('a', args.has_a), ('t', args.has_t)) if not flag}
+    return [m for m in available if m not in off]
 
 
 def legacy_key(name):

@@ -1,9 +1,18 @@
-"""One training epoch: shuffled mini-batches, one optimiser step each, a tqdm bar.
+"""Training: one epoch of shuffled mini-batches (``train_epoch``), and the run's loop (``fit``).
 
-    from Train import train_epoch
+    from Train import fit, train_epoch
     mean_loss, mean_parts = train_epoch(model, sampler, optimizer, device, epoch)
+    status = fit(model, trainer, sampler, optimizer, device, state, evaluate, saver, args)
+
+``fit`` trains epoch after epoch, evaluates after each (validation and test,
+SPEC 4), keeps the best model by validation Recall at the first K, stops
+early after ``--patience`` evaluations without improvement, writes the
+end-of-epoch checkpoint, and stops cleanly when training diverges (the best
+model so far is kept).
 """
 import math
+import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -59,3 +68,44 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
         bar.set_postfix({k: f'{v:.4f}' for k, v in parts.items()})
     check_finite_parameters(model, f'after epoch {epoch}')
     return total / max(steps, 1), {k: v / max(steps, 1) for k, v in part_sums.items()}
+
+
+def fit(model, trainer, sampler, optimizer, device, state, evaluate, saver, args, board=None):
+    """Train until ``--num_epoch`` or ``--patience``; ``state`` (see ``checkpoint.new_state``) is updated in
+    place.  ``evaluate(epoch)`` returns ``{'val': metrics, 'test': metrics}``; ``saver`` writes the best model
+    and the checkpoint.  Returns the run's status, 'done' or 'diverged'.  ``--num_epoch 0`` only evaluates."""
+    key = args.topK[0]
+    try:
+        if args.num_epoch == 0:
+            metrics = evaluate(0)
+            state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
+            if board:
+                board.epoch(0, None, {}, metrics, 0.0)
+        while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
+            epoch = state['epoch'] + 1
+            t0 = time.time()
+            loss, loss_parts = train_epoch(trainer, sampler, optimizer, device, epoch,
+                                           show_bar=args.progress and distributed.is_main())
+            tqdm.write(f'epoch {epoch:4d}  loss {loss:.4f}  ({time.time() - t0:.1f}s)')
+            metrics = evaluate(epoch)
+            seconds = time.time() - t0
+            if board:
+                board.epoch(epoch, loss, loss_parts, metrics, seconds)
+            recall = metrics['val'][key]['recall']
+            if recall > state['best_recall']:
+                state.update(best_epoch=epoch, best_val=metrics['val'], best_test=metrics['test'],
+                             best_recall=recall, bad_evals=0)
+                saver.best(model)
+            else:
+                state['bad_evals'] += 1
+            state['epoch'] = epoch
+            state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall, 'loss_parts': loss_parts,
+                                     'val': metrics['val'], 'seconds': round(seconds, 3)})
+            saver.last(model, optimizer, state)
+        if state['bad_evals'] >= args.patience:
+            print(f'early stop: no validation improvement in {args.patience} evaluations')
+    except Divergence as e:
+        kept = f'the best model so far is kept in {saver.best_path}' if state['best_epoch'] else 'no best model was saved'
+        print(f'training diverged: {e}; {kept}', file=sys.stderr)
+        return 'diverged'
+    return 'done'

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, item_feature_modules, normalized_adjacency, \
+from BaseModel import _RowMeanProduct, _quiet_csr, as_tensor, normalized_adjacency, \
     propagate_layers, take_rows
 from errors import InputError
 from model_LightGCN import bpr_loss
+from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 from safe_write import atomic_save
 
 SIMILARITY_FLOATS = 2 ** 24     # one block of the similarity matrix: 64 MB of float32, whatever the item count
@@ -188,7 +189,7 @@ def pruned_adjacency(users, items, weights, dropout, num_user, num_item):
 
 # ---------------------------------------------------------------------- the model
 
-class FREEDOM(nn.Module):
+class FREEDOM(Recommender):
     """FREEDOM over a fixed user-item graph and item-item graph.
 
     Args:
@@ -230,12 +231,10 @@ class FREEDOM(nn.Module):
         self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))
         nn.init.xavier_uniform_(self.embedding_user)
         nn.init.xavier_uniform_(self.embedding_item)
-        self.word_means, dense = item_feature_modules(features, num_item)
-        self.feature_tables = nn.ParameterDict({m: nn.Parameter(f.clone()) for m, f in dense.items()})
+        widths = self.register_item_features(features, trainable=True)      # F_m trainable, as the authors' code
         self.transforms = nn.ModuleDict()
         for m in self.modalities:
-            width = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
-            self.transforms[m] = nn.Linear(width, dim_latent)
+            self.transforms[m] = nn.Linear(widths[m], dim_latent)
 
     def on_epoch_start(self):
         """Draw this epoch's pruned graph ``Â_p`` (called by ``Train.train_epoch``)."""
@@ -259,8 +258,7 @@ class FREEDOM(nn.Module):
 
     def modality_items(self, m, items):
         """``T_m F_m`` at the rows ``items``."""
-        table = self.word_means[m]() if m in self.word_means else self.feature_tables[m]
-        return self.transforms[m](take_rows(table, items))
+        return self.transforms[m](take_rows(self.item_input(m), items))
 
     def loss(self, users, pos, neg):
         """``BPR(z_u, z_i) + λ Σ_m BPR(z_u, T_m F_m)`` on this epoch's pruned graph; the loss and its parts."""
@@ -281,3 +279,29 @@ class FREEDOM(nn.Module):
             parts[f'bpr_{m}'] = term.item()
             modality = modality + term
         return bpr + self.reg_weight * modality, parts
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    needs_modality('FREEDOM', data)
+    adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    if args.knn_k > data.num_item:
+        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
+    return FREEDOM(data.num_user, data.num_item, data.features, data.train, adj, graph, args.dim_latent,
+                   args.num_layer, args.dropout_rate, reg_weight=args.weight_decay)
+
+
+MODEL = ModelEntry(
+    name='FREEDOM', build=build, summary='frozen item-item kNN graph plus a pruned user-item graph, BPR (SPEC 6)',
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=2, num_epoch=1000, dropout_rate=0.8),
+    flags=(
+        Flag('knn_k', 10, "neighbours per item in each modality's item-item kNN graph", type=int,
+             check=lambda a: 1 <= a.knn_k <= 10000, problem='must be in [1, 10000]'),
+        Flag('mm_image_weight', 0.1, 'weight of the first modality in the item-item graph (the others share the '
+             'rest equally)', type=float, check=lambda a: finite(a.mm_image_weight) and 0 <= a.mm_image_weight <= 1,
+             problem='must be in [0, 1]'),
+    ),
+    reads=('dropout_rate',),
+)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import propagate_layers, take_rows
+from BaseModel import normalized_adjacency, propagate_layers, take_rows
+from registry import ModelEntry, Recommender
 
 INIT_STD = 0.1
 
@@ -27,7 +28,7 @@ def bpr_loss(user, pos, neg):
     return -F.logsigmoid((user * pos).sum(1) - (user * neg).sum(1)).mean()
 
 
-class LightGCN(nn.Module):
+class LightGCN(Recommender):
     """LightGCN over a fixed user-item graph.
 
     Args:
@@ -59,3 +60,18 @@ class LightGCN(nn.Module):
         bpr = bpr_loss(z_user, z_pos, z_neg)
         reg = 0.5 * take_rows(self.embedding, nodes).pow(2).sum() / len(users)
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    return LightGCN(data.num_user, data.num_item, adj, args.dim_latent, args.num_layer, reg_weight=args.weight_decay)
+
+
+MODEL = ModelEntry(
+    name='LightGCN', build=build, summary='ID-only graph baseline, BPR (SPEC 6)',
+    # its authors' code: weight_decay is the loss coefficient λ
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=1000),
+    rows={'LightGCN': ('LightGCN (BPR)', [])},
+)

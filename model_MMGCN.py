@@ -18,8 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import (BaseModel, check_symmetric, edge_share, item_feature_modules, row_submatrix,
+from BaseModel import (BaseModel, bipartite_edges, check_symmetric, csr_adjacency, edge_share, row_submatrix,
                        rows_are_sparse, take_rows, xavier_normal_param)
+from config import str2bool
+from registry import Flag, ModelEntry, Recommender, needs_modality
 
 MLP_WIDTH = 256   # item features of the visual modality or wider than this go through Linear(dim → 256)
 INNER_ROWS_SHARE = 0.75   # see row_plan
@@ -53,29 +55,37 @@ class GCN(nn.Module):
         for layer in list(self.linears) + [self.gates[0]]:
             nn.init.xavier_normal_(layer.weight)
 
+    def layer(self, l, x, x_rows, adj, adj_t, ids):
+        """Layer l of SPEC 2, for the rows of ``adj``: ``x`` the layer input of every node, ``x_rows`` and
+        ``ids`` (``E_id`` or None) those of the rows.
+
+            h = leaky_relu(conv_l(x, edges)),  x̂ = leaky_relu(linear_l(x)) + E_id,
+            x = leaky_relu(g_l([h ‖ x̂]))  (concat)  or  leaky_relu(g_l(h) + x̂)
+        """
+        h = F.leaky_relu(self.convs[l](x, adj, adj_t))
+        x_hat = F.leaky_relu(self.linears[l](x_rows))
+        if ids is not None:
+            x_hat = x_hat + ids
+        return F.leaky_relu(self.gates[l](torch.cat([h, x_hat], dim=1)) if self.concat else self.gates[l](h) + x_hat)
+
     def forward(self, item_features, adj, id_embedding=None, dropout=0.0, plan=None):
-        """``x^L`` of every node [(U+I), d].  With a ``plan`` (``row_plan``) a layer whose entry is
-        ``(nodes, block, block_t)`` is computed for ``nodes`` alone; the output is then
-        ``x^L`` of the last layer's nodes, in their order."""
+        """``x^L`` of every node [(U+I), d] (``layer`` over the whole graph, the plain formula).  With a
+        ``plan`` (``row_plan``) a layer whose entry is ``(nodes, block, block_t)`` is computed for
+        ``nodes`` alone; the output is then ``x^L`` of the last layer's nodes, in their order."""
         items = self.mlp(item_features) if self.mlp is not None else item_features
         x = F.normalize(torch.cat([self.preference, items]), dim=1)
         num_nodes, last = x.shape[0], len(self.convs) - 1
-        for layer, (conv, linear, gate) in enumerate(zip(self.convs, self.linears, self.gates)):
-            ids, rows = id_embedding, None if plan is None else plan[layer]
-            if rows is not None:
+        for l in range(len(self.convs)):
+            rows = None if plan is None else plan[l]
+            if rows is None:                         # the bipartite graph is symmetric: its own transpose
+                x = self.layer(l, x, x, adj, adj, id_embedding)
+            else:
                 nodes, block, block_t = rows
-                h = F.leaky_relu(conv(x, block, block_t))
-                x = take_rows(x, nodes)
                 ids = None if id_embedding is None else take_rows(id_embedding, nodes)
-            else:                                    # the bipartite graph is symmetric: its own transpose
-                h = F.leaky_relu(conv(x, adj, adj))
-            x_hat = F.leaky_relu(linear(x))
-            if ids is not None:
-                x_hat = x_hat + ids
-            x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
+                x = self.layer(l, x, take_rows(x, nodes), block, block_t, ids)
             if dropout > 0:
                 x = F.dropout(x, dropout, self.training)
-            if rows is not None and layer < last:
+            if rows is not None and l < last:
                 # Back to node ids; the next layer reads only these rows (its nodes and their neighbours).
                 x = x.new_zeros(num_nodes, x.shape[1]).index_copy(0, nodes, x)
         return x
@@ -105,7 +115,7 @@ def row_plan(adj, nodes, num_layer):
     return plan
 
 
-class MMGCN(nn.Module):
+class MMGCN(Recommender):
     """MMGCN over a fixed user-item graph.
 
     Args:
@@ -132,25 +142,19 @@ class MMGCN(nn.Module):
         self.modalities = list(features)
         check_symmetric(adj)
         self.register_buffer('adj', adj, persistent=False)
-        self.word_means, dense = item_feature_modules(features, num_item)
-        for m, feat in dense.items():
-            self.register_buffer(f'feat_{m}', feat, persistent=False)
+        widths = self.register_item_features(features)
         self.id_embedding = xavier_normal_param(num_user + num_item, dim_latent) if has_id else None
         self.gcns = nn.ModuleDict()
         for m in self.modalities:
-            dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
-            self.gcns[m] = GCN(num_user, dim, dim_latent, num_layer, aggr, concat,
-                               use_mlp=(m == 'v' or dim > MLP_WIDTH))
-
-    def item_features(self, m):
-        return self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
+            self.gcns[m] = GCN(num_user, widths[m], dim_latent, num_layer, aggr, concat,
+                               use_mlp=(m == 'v' or widths[m] > MLP_WIDTH))
 
     def modality_outputs(self, dropout=0.0, masked=None, plan=None):
         """Each modality's ``x^L`` [(U+I), d]; ``masked`` names one whose item input is zeroed;
         ``plan`` (see ``row_plan``) restricts the outputs to a few nodes."""
         outs = []
         for m in self.modalities:
-            items = self.item_features(m)
+            items = self.item_input(m)
             if m == masked:
                 items = torch.zeros_like(items)
             outs.append(self.gcns[m](items, self.adj, self.id_embedding, dropout, plan))
@@ -190,3 +194,27 @@ class MMGCN(nn.Module):
             e_user, e_pos, e_neg = take_rows(self.id_embedding, nodes).pow(2).split(len(users))
             reg = reg + e_user.mean() + (e_pos.mean() + e_neg.mean()) / 2
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    """MMGCN for ``data`` over the plain (unnormalised) bipartite graph."""
+    needs_modality('MMGCN', data)
+    adj = csr_adjacency(bipartite_edges(data.train, data.num_user), data.num_user + data.num_item)
+    return MMGCN(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
+                 args.aggr_mode, args.concat, args.has_id, reg_weight=args.weight_decay)
+
+
+MODEL = ModelEntry(
+    name='MMGCN', build=build, summary='one GCN per modality, BPR (SPEC 2)',
+    defaults=dict(l_r=0.0005, weight_decay=0.1, batch_size=1024, num_layer=2, num_epoch=1000),
+    flags=(
+        Flag('aggr_mode', 'mean', 'neighbour aggregation', choices=('mean', 'max', 'add')),
+        Flag('concat', False, 'g_l on [h ‖ x̂] (True) or g_l(h) + x̂ (False)', type=str2bool),
+        Flag('has_id', True, 'add the trainable ID embedding', type=str2bool,
+             check=lambda a: a.has_id or a.model_name == 'MMGCN', problem='False applies to MMGCN only'),
+    ),
+    rows={'MMGCN': ('MMGCN', ['--aggr_mode', 'mean', '--concat', 'False'])},
+    lr_grid=(0.001, 0.0005),
+)

@@ -29,8 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import distributed
-from BaseModel import check_symmetric, item_feature_modules, propagate_layers, take_rows
+from BaseModel import bipartite_edges, check_symmetric, csr_adjacency, normalized_adjacency, propagate_layers, take_rows
 from model_MMGCN import MMGCN
+from registry import Flag, ModelEntry, Recommender, finite
 
 SSL_TASKS = ('FAC', 'FD', 'FM', 'FD+FM', 'none')
 FUSION_MODES = ('concat', 'mean')
@@ -60,7 +61,7 @@ def _xavier_linear(n_in, n_out):
     return layer
 
 
-class SLMRec(nn.Module):
+class SLMRec(Recommender):
     """SLMRec over a fixed user-item graph.
 
     Args:
@@ -112,14 +113,11 @@ class SLMRec(nn.Module):
             self.embedding_item = nn.Embedding(num_item, dim_latent)
             nn.init.xavier_uniform_(self.embedding_user.weight)
             nn.init.xavier_uniform_(self.embedding_item.weight)
-            self.word_means, dense = item_feature_modules(features, num_item)
-            for m, feat in dense.items():
-                self.register_buffer(f'feat_{m}', F.normalize(feat, dim=1), persistent=False)
+            widths = self.register_item_features(features, normalize=True)
             self.dense = nn.ModuleDict()
             for m in self.modalities:
-                dim = self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
-                self.dense[m] = _xavier_linear(dim, dim_latent)
-            self._propagate_fixed_inputs(dense)
+                self.dense[m] = _xavier_linear(widths[m], dim_latent)
+            self._propagate_fixed_inputs([m for m in self.modalities if m not in self.word_means])
         else:
             self.encoder = MMGCN(num_user, num_item, features, adj, dim_latent, num_layer, aggr, concat, has_id=True)
 
@@ -141,8 +139,7 @@ class SLMRec(nn.Module):
         """Item input of each branch, [I, d] each: ``E_i``, then ``H_m`` per modality."""
         sides = [self.embedding_item.weight]
         for m in self.modalities:
-            feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
-            sides.append(self.dense[m](feat))
+            sides.append(self.dense[m](self.item_input(m)))
         return sides
 
     def item_side_rows(self, branch, items):
@@ -150,14 +147,13 @@ class SLMRec(nn.Module):
         if branch == 0:
             return take_rows(self.embedding_item.weight, items)
         m = self.modalities[branch - 1]
-        feat = self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
-        return self.dense[m](take_rows(feat, items))
+        return self.dense[m](take_rows(self.item_input(m), items))
 
     # SPEC 3.6: the plain view at LightGCN's price.  With P = (I + Â + … + Â^L) / (L+1), branch b's
     # output is P[E_u ; S_b] = P[E_u ; 0] + P[0 ; S_b]; ``propagate`` below is the per-branch reference.
 
     def _propagate_fixed_inputs(self, dense):
-        """Buffers ``prop_<m> = P[0 ; F̂_m]`` per dense modality and ``prop_ones = P[0 ; 1]``: they
+        """Buffers ``prop_<m> = P[0 ; F̂_m]`` per dense modality (``dense``, in dataset order) and ``prop_ones = P[0 ; 1]``: they
         depend on the graph alone, so they are propagated once (not parameters, not in checkpoints)."""
         inputs = [getattr(self, f'feat_{m}') for m in dense] + [torch.ones(self.num_item, 1)]
         widths = [x.shape[1] for x in inputs]
@@ -331,6 +327,27 @@ class SLMRec(nn.Module):
         delta[:, second * d:(second + 1) * d] = self.item_side_rows(second, items) * scale
         return [item_views[1] + delta, item_views[0] - delta]
 
+    def fm_views_per_branch(self, rows, first, second):
+        """The readable reference of the official FM views (SPEC 3.3), what ``cross_fm_views`` computes:
+        every branch propagated, each view's layer 0 from its own mask and its layers 1..L from the other's
+
+            view 1 = mean(X⁰₍₁₎, Â X⁰₍₂₎, …, Â^L X⁰₍₂₎),   view 2 = mean(X⁰₍₂₎, Â X⁰₍₁₎, …, Â^L X⁰₍₁₎)
+
+        as pre-fusion rows [len(rows), B·d] at the node rows ``rows`` (no dropout: FM)."""
+        sides = self.item_sides()
+
+        def inputs(masked):
+            items = torch.cat([torch.zeros_like(side) if b == masked else side for b, side in enumerate(sides)], 1)
+            return torch.cat([self.embedding_user.weight.repeat(1, self.num_branch), items])
+        views = []
+        for own, other in ((first, second), (second, first)):
+            layers, x = [inputs(own)], inputs(other)
+            for _ in range(self.num_layer):
+                x = torch.sparse.mm(self.adj, x)
+                layers.append(x)
+            views.append(take_rows(sum(layers) / (self.num_layer + 1), rows))
+        return views
+
     def fac_loss(self, item_branches):
         """FAC (SPEC 3.3): ``x_1 = g(id)``, ``x_s = g(x_{s-1})``, ``y_s = g'(m_s)``; no normalisation."""
         x, total = item_branches[0], 0.0
@@ -390,3 +407,53 @@ def from_official_state_dict(model, state):
     if unknown:
         raise ValueError(f'unexpected official key {unknown[0]!r} (modalities here: {model.modalities})')
     return converted
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    """SLMRec for ``data``: the normalised graph ``Â`` (lightgcn backbone) or the plain one (mmgcn)."""
+    n = data.num_user + data.num_item
+    if args.backbone == 'mmgcn':
+        adj = csr_adjacency(bipartite_edges(data.train, data.num_user), n)
+    else:
+        adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    return SLMRec(data.num_user, data.num_item, data.features, adj, args.dim_latent, args.num_layer,
+                  args.mm_fusion_mode, args.ssl_task, args.ssl_alpha, args.temp, args.ssl_temp,
+                  args.dropout_rate, args.backbone, args.aggr_mode, args.concat, args.fm_views)
+
+
+MODEL = ModelEntry(
+    name='SLMRec', build=build, summary='in-batch InfoNCE plus a self-supervised task (SPEC 3)',
+    # The published budget: 1000 epochs, early stopping by --patience (the default run on ML-100K stops
+    # after about 45; README, Quick start).
+    defaults=dict(l_r=0.01, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=1000, dropout_rate=0.3),
+    flags=(
+        Flag('ssl_task', 'FAC', 'self-supervised task', choices=SSL_TASKS),
+        Flag('ssl_alpha', 0.1, 'weight of the SSL loss', type=float,
+             check=lambda a: finite(a.ssl_alpha) and a.ssl_alpha >= 0, problem='must be a finite number >= 0'),
+        Flag('ssl_temp', 0.2, 'temperature of the SSL losses', type=float,
+             check=lambda a: finite(a.ssl_temp) and a.ssl_temp > 0, problem='must be a positive finite number'),
+        Flag('temp', 0.2, 'temperature of the main InfoNCE', type=float,
+             check=lambda a: finite(a.temp) and a.temp > 0, problem='must be a positive finite number'),
+        Flag('mm_fusion_mode', 'concat', 'branch fusion', choices=FUSION_MODES),
+        Flag('backbone', 'lightgcn', 'encoder', choices=BACKBONES),
+        Flag('fm_views', 'official', "FM/FD+FM views: 'official' (each view's layer 0 from its own mask, its "
+             "propagated layers from the other view's, as the official code) or 'clean' (its own mask at every "
+             "layer; extension)", choices=FM_VIEWS),
+    ),
+    reads=('aggr_mode', 'concat'),
+    adam_weight_decay=True,
+    run_tag=lambda args: f'-{args.ssl_task}',
+    official_weights=(is_official_state_dict, from_official_state_dict),
+    rows={'FAC': ('SLMRec, FAC', ['--ssl_task', 'FAC']),
+          'FD': ('SLMRec, FD', ['--ssl_task', 'FD']),
+          'FM': ('SLMRec, FM', ['--ssl_task', 'FM']),
+          'FD+FM': ('SLMRec, FD+FM', ['--ssl_task', 'FD+FM']),
+          'none': ('SLMRec, no SSL task', ['--ssl_task', 'none']),
+          'ID': ('ID only (LightGCN-style)', ['--ssl_task', 'none', '--modalities', 'none']),
+          'FAC-tuned': ('SLMRec, FAC, tuned (sweep.py grid)', ['--ssl_task', 'FAC'])},
+    lr_grid=(0.01, 0.001),
+    # the published SLMRec grid (MMRec's lr x ssl_temp x ssl_alpha), run by sweep.py for the tuned row
+    tuning_grid={'FAC-tuned': {'l_r': [0.01, 0.001], 'ssl_temp': [0.1, 0.2, 0.5], 'ssl_alpha': [0.01, 0.1, 0.5]}},
+)

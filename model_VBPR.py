@@ -12,13 +12,13 @@ a batch of B triples (user, positive, sampled negative):
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from BaseModel import item_feature_modules, take_rows
+from BaseModel import take_rows
 from model_LightGCN import bpr_loss
+from registry import ModelEntry, Recommender, needs_modality
 
 
-class VBPR(nn.Module):
+class VBPR(Recommender):
     """VBPR; no graph.
 
     Args:
@@ -36,11 +36,7 @@ class VBPR(nn.Module):
             raise ValueError('VBPR needs at least one modality')
         self.num_user, self.num_item, self.reg_weight = num_user, num_item, reg_weight
         self.modalities = list(features)
-        self.word_means, dense = item_feature_modules(features, num_item)
-        for m, feat in dense.items():
-            self.register_buffer(f'feat_{m}', F.normalize(feat, dim=1), persistent=False)
-        width = sum(self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
-                    for m in self.modalities)
+        width = sum(self.register_item_features(features, normalize=True).values())
         self.user = nn.Parameter(torch.empty(num_user, 2 * dim_latent))      # [γ_u ‖ θ_u]
         self.item = nn.Parameter(torch.empty(num_item, dim_latent))          # γ_i
         self.project = nn.Linear(width, dim_latent)                           # E
@@ -49,8 +45,7 @@ class VBPR(nn.Module):
 
     def content(self, items=None):
         """``f_i`` [I, Σ dim] (or its rows ``items``): the modalities side by side, in dataset order."""
-        parts = [self.word_means[m]() if m in self.word_means else getattr(self, f'feat_{m}')
-                 for m in self.modalities]
+        parts = [self.item_input(m) for m in self.modalities]
         if items is not None:
             parts = [take_rows(p, items) for p in parts]
         return torch.cat(parts, dim=1)
@@ -71,3 +66,17 @@ class VBPR(nn.Module):
         bpr = bpr_loss(z_user, z_pos, z_neg)
         reg = (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    needs_modality('VBPR', data)
+    return VBPR(data.num_user, data.num_item, data.features, args.dim_latent, reg_weight=args.weight_decay)
+
+
+MODEL = ModelEntry(
+    name='VBPR', build=build, summary='matrix factorisation with a content projection, BPR (SPEC 6)',
+    # no graph: num_layer is unused
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=1, num_epoch=1000),
+)

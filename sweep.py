@@ -38,7 +38,7 @@ import time
 import warnings
 
 try:
-    import main
+    import config
     from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
     from safe_read import read_yaml
     from safe_write import atomic_file, check_writable
@@ -82,13 +82,13 @@ def load_space(path, parser):
         if isinstance(value, list):
             if not value:
                 raise InputError(f'{path}: {key}: an empty list')
-            space[key] = [main._config_value(path, key, action, v) for v in value]
+            space[key] = [config.config_value(path, key, action, v) for v in value]
             if len(set(map(str, space[key]))) != len(value):
                 raise InputError(f'{path}: {key}: a value appears twice')
         elif isinstance(value, dict) and set(value) <= {'low', 'high', 'log'} and {'low', 'high'} <= set(value):
             if action.type not in (int, float):
                 raise InputError(f'{path}: {key}: a range needs a numeric flag; give a list')
-            low, high = (main._config_value(path, key, action, value[end]) for end in ('low', 'high'))
+            low, high = (config.config_value(path, key, action, value[end]) for end in ('low', 'high'))
             if not low < high or (value.get('log') and low <= 0):
                 raise InputError(f'{path}: {key}: need low < high (and low > 0 with log)')
             space[key] = (low, high, bool(value.get('log', False)))
@@ -265,10 +265,10 @@ def chosen_config(parser, base, params):
         if action.option_strings and action.dest != 'help':
             explicit._add_action(_copy_action(action))
     given = vars(explicit.parse_args(base))
-    config = main.config_defaults(parser, given['config']) if given.get('config') else {}
-    config.update({k: v for k, v in given.items() if k not in OWN_OUTPUTS})
-    config.update(params)
-    return config
+    chosen = config.config_defaults(parser, given['config']) if given.get('config') else {}
+    chosen.update({k: v for k, v in given.items() if k not in OWN_OUTPUTS})
+    chosen.update(params)
+    return chosen
 
 
 def _copy_action(action):
@@ -320,7 +320,7 @@ def parse(argv):
 def sweep(args, base):
     import optuna
     from Full_vt import format_metrics
-    parser = main.build_parser()
+    parser = config.build_parser()
     space = load_space(args.space, parser)
     for key in space:
         if any(a == o or a.startswith(o + '=') for a in base for o in
@@ -330,7 +330,7 @@ def sweep(args, base):
         raise InputError('--trials, --n_jobs and --heartbeat must be positive')
     first = {k: (v[0] if isinstance(v, list) else v[0]) for k, v in space.items()}
     try:
-        main.parse_args(base + flag_argv(parser, first))            # the main.py flags are checked now, once
+        config.parse_args(base + flag_argv(parser, first))            # the main.py flags are checked now, once
     except SystemExit:
         raise InputError('the main.py flags after -- do not parse (see above)') from None
     for path, what in ((args.write_config, 'config file'),):

@@ -42,27 +42,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402
+import registry  # noqa: E402
 
-# Row key -> (label, flags).
-ROWS = {
-    'FAC': ('SLMRec, FAC', ['--model_name', 'SLMRec', '--ssl_task', 'FAC']),
-    'FD': ('SLMRec, FD', ['--model_name', 'SLMRec', '--ssl_task', 'FD']),
-    'FM': ('SLMRec, FM', ['--model_name', 'SLMRec', '--ssl_task', 'FM']),
-    'FD+FM': ('SLMRec, FD+FM', ['--model_name', 'SLMRec', '--ssl_task', 'FD+FM']),
-    'none': ('SLMRec, no SSL task', ['--model_name', 'SLMRec', '--ssl_task', 'none']),
-    'MMGCN': ('MMGCN', ['--model_name', 'MMGCN', '--aggr_mode', 'mean', '--concat', 'False']),
-    'ID': ('ID only (LightGCN-style)', ['--model_name', 'SLMRec', '--ssl_task', 'none', '--modalities', 'none']),
-    'LightGCN': ('LightGCN (BPR)', ['--model_name', 'LightGCN']),
-    'VBPR': ('VBPR', ['--model_name', 'VBPR']),
-    'FREEDOM': ('FREEDOM', ['--model_name', 'FREEDOM']),
-    'FAC-tuned': ('SLMRec, FAC, tuned (sweep.py grid)', ['--model_name', 'SLMRec', '--ssl_task', 'FAC']),
-}
-# The grid, per model: learning rates around the published defaults (SLMRec 0.01, MMGCN 0.0005,
-# the baselines 0.001; 0.01 is the rate RecBole's LightGCN chose on this split).
-GRID = {'SLMRec': {'l_r': [0.01, 0.001]}, 'MMGCN': {'l_r': [0.001, 0.0005]},
-        'LightGCN': {'l_r': [0.01, 0.001]}, 'VBPR': {'l_r': [0.01, 0.001]}, 'FREEDOM': {'l_r': [0.01, 0.001]}}
-# Rows tuned by sweep.py over a wider grid: the published SLMRec grid (MMRec's lr x ssl_temp x ssl_alpha).
-SWEPT = {'FAC-tuned': {'l_r': [0.01, 0.001], 'ssl_temp': [0.1, 0.2, 0.5], 'ssl_alpha': [0.01, 0.1, 0.5]}}
+
+def _table():
+    """Row key -> (label, flags), the learning-rate grid per model and the rows sweep.py tunes, from the
+    models' registry entries (each declares its rows, its lr grid and any wider tuning grid)."""
+    rows, grid, swept = {}, {}, {}
+    for name, model in registry.entries().items():
+        for key, (label, flags) in model.table_rows().items():
+            rows[key] = (label, ['--model_name', name, *flags])
+        grid[name] = {'l_r': list(model.lr_grid)}
+        swept.update(model.tuning_grid)
+    return rows, grid, swept
+
+
+# Row key -> (label, flags); the grid, per model: learning rates around the published defaults (SLMRec 0.01,
+# MMGCN 0.0005, the baselines 0.001; 0.01 is the rate RecBole's LightGCN chose on this split); rows tuned by
+# sweep.py over a wider grid (SLMRec's published lr x ssl_temp x ssl_alpha).
+ROWS, GRID, SWEPT = _table()
 KS = (10, 20)
 METRICS = (('precision', 'P'), ('recall', 'R'), ('ndcg', 'N'))
 
@@ -70,7 +68,7 @@ METRICS = (('precision', 'P'), ('recall', 'R'), ('ndcg', 'N'))
 def grid_points(flags, use_grid=True):
     model = flags[flags.index('--model_name') + 1]
     if not use_grid:
-        return [['--l_r', str(main.MODEL_DEFAULTS[model]['l_r'])]]
+        return [['--l_r', str(registry.entry(model).defaults['l_r'])]]
     (name, values), = GRID[model].items()
     return [[f'--{name}', str(v)] for v in values]
 

@@ -18,7 +18,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import distributed  # noqa: E402
-import main  # noqa: E402
+import DataLoad  # noqa: E402
+import checkpoint  # noqa: E402
+import config  # noqa: E402
+import registry  # noqa: E402
 from DataLoad import TrainSampler, load_dataset  # noqa: E402
 
 
@@ -29,17 +32,17 @@ def record_steps(runs, steps):
     torch.set_num_threads(1)
     distributed.setup(False, 60)
     try:
-        return [_steps(main.parse_args(argv), steps) for argv in runs]
+        return [_steps(config.parse_args(argv), steps) for argv in runs]
     finally:
         distributed.cleanup()
         torch.set_num_threads(threads)
 
 
 def _steps(args, steps):
-    sampler_rng = main.seed_everything(args.seed)
+    sampler_rng = checkpoint.seed_everything(args.seed)
     data = load_dataset(args.data_path)
-    data.features = {m: data.features[m] for m in main.select_modalities(args, data.modalities)}
-    model = main.build_model(args, data)
+    data.features = {m: data.features[m] for m in DataLoad.select_modalities(args, data.modalities)}
+    model = registry.build_model(args, data)
     decay = args.weight_decay if args.model_name == 'SLMRec' else 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=decay)
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import main
+import config
+import errors
 import model_FREEDOM
 from BaseModel import normalized_adjacency
 from DataLoad import WordFeature, load_dataset
@@ -300,16 +301,16 @@ def test_freedom_trains_on_the_pruned_graph_and_evaluates_on_the_full_one():
 
 def test_per_model_defaults_and_flags():
     for name, l_r, layers in (('LightGCN', 1e-3, 3), ('VBPR', 1e-3, 1), ('FREEDOM', 1e-3, 2)):
-        args = main.parse_args(['--model_name', name])
+        args = config.parse_args(['--model_name', name])
         assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer) == (l_r, 1e-4, 2048, layers)
-    assert main.parse_args(['--model_name', 'FREEDOM']).dropout_rate == 0.8
-    assert main.parse_args([]).dropout_rate == 0.3
-    args = main.parse_args(['--model_name', 'FREEDOM', '--knn_k', '5', '--mm_image_weight', '0.3', '--dropout_rate', '0.5'])
+    assert config.parse_args(['--model_name', 'FREEDOM']).dropout_rate == 0.8
+    assert config.parse_args([]).dropout_rate == 0.3
+    args = config.parse_args(['--model_name', 'FREEDOM', '--knn_k', '5', '--mm_image_weight', '0.3', '--dropout_rate', '0.5'])
     assert (args.knn_k, args.mm_image_weight, args.dropout_rate) == (5, 0.3, 0.5)
     for bad, message in ((['--knn_k', '0'], '--knn_k: must be in [1, 10000], got 0'),
                          (['--mm_image_weight', '1.5'], '--mm_image_weight: must be in [0, 1], got 1.5')):
-        with pytest.raises(main.InputError, match=re.escape(message)):
-            main.parse_args(['--model_name', 'FREEDOM', *bad])
+        with pytest.raises(errors.InputError, match=re.escape(message)):
+            config.parse_args(['--model_name', 'FREEDOM', *bad])
 
 
 @pytest.mark.parametrize('name', ['VBPR', 'FREEDOM'])

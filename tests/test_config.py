@@ -9,6 +9,9 @@ import sys
 import pytest
 
 import main
+import config
+import errors
+import registry
 from conftest import ROOT
 
 
@@ -21,14 +24,14 @@ def _write(tmp_path, text, name='c.yaml'):
 def test_config_sets_flags_by_dest_and_the_command_line_wins(tmp_path):
     path = _write(tmp_path, 'model_name: MMGCN\nl_r: 1e-3\ntopK: [20, 10]\nno_cuda: true\nconcat: true\n'
                             'progress: false\ndata_path: 100\nmodalities: v,t\n')
-    args = main.parse_args(['--config', path])
+    args = config.parse_args(['--config', path])
     assert (args.model_name, args.l_r, args.topK, args.no_cuda, args.concat, args.progress) == \
         ('MMGCN', 1e-3, [20, 10], True, True, False)
     assert (args.data_path, args.modalities) == ('100', 'v,t')
     assert args.weight_decay == 0.1                    # per-model defaults still fill what the file leaves out
-    over = main.parse_args(['--l_r', '0.5', f'--config={path}', '--topK', '5', '--concat', 'False'])
+    over = config.parse_args(['--l_r', '0.5', f'--config={path}', '--topK', '5', '--concat', 'False'])
     assert (over.l_r, over.topK, over.concat, over.model_name) == (0.5, [5], False, 'MMGCN')
-    assert main.parse_args(['--config', _write(tmp_path, 'topK: 7\nl_r: null\n', 'd.yaml')]).topK == [7]
+    assert config.parse_args(['--config', _write(tmp_path, 'topK: 7\nl_r: null\n', 'd.yaml')]).topK == [7]
 
 
 @pytest.mark.parametrize('text, message', [
@@ -49,7 +52,7 @@ def test_config_sets_flags_by_dest_and_the_command_line_wins(tmp_path):
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, text, message):
     path = _write(tmp_path, text)
-    assert main.main(['--config', path, '--data_path', str(tmp_path / 'absent')]) == main.EXIT_BAD_INPUT
+    assert main.main(['--config', path, '--data_path', str(tmp_path / 'absent')]) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     if message is None:
@@ -60,7 +63,7 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, text, message):
 
 def test_missing_config_file(tmp_path, capsys):
     path = str(tmp_path / 'none.yaml')
-    assert main.main(['--config', path]) == main.EXIT_BAD_INPUT
+    assert main.main(['--config', path]) == errors.EXIT_BAD_INPUT
     assert capsys.readouterr().err.strip() == f'error: {path}: cannot read the config file (No such file or directory)'
 
 
@@ -82,14 +85,14 @@ def _script_calls(tmp_path, script):
                                           ('tiktok_small.sh', 'tiktok_small')])
 def test_each_run_script_line_parses(tmp_path, script, data):
     calls = [c for c in _script_calls(tmp_path, script) if c[0] == 'main.py']
-    runs = [main.parse_args(c[1:]) for c in calls]
+    runs = [config.parse_args(c[1:]) for c in calls]
     slmrec = sorted(a.ssl_task for a in runs if a.model_name == 'SLMRec')
     assert slmrec == sorted(['FAC', 'FD', 'FM', 'FD+FM', 'none'])
     assert [a.model_name for a in runs].count('MMGCN') == 1       # baselines join once main.py has them
     for a in runs:
         assert a.data_path == data and a.seed == 4 and a.topK == [10, 20]      # the script's extra flags win
         assert a.save_file == f'results_{data}.jsonl'
-        expected = main.MODEL_DEFAULTS[a.model_name]
+        expected = registry.entry(a.model_name).defaults
         assert {k: getattr(a, k) for k in expected if k != 'num_epoch'} == \
             {k: v for k, v in expected.items() if k != 'num_epoch'}
     mmgcn = next(a for a in runs if a.model_name == 'MMGCN')

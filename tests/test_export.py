@@ -7,6 +7,9 @@ import pytest
 import torch
 
 import main
+import config
+import errors
+import registry
 from DataLoad import load_dataset
 from Full_vt import SplitIndex, rank_metrics, top_items
 
@@ -80,7 +83,7 @@ def test_export_is_the_evaluators_top_k_in_source_ids(tiny_plain, tmp_path, monk
     assert not [p for p in os.listdir(tmp_path) if p.startswith('.top.csv')]        # no temporary left
 
     # the best epoch's model, as the evaluator saw it
-    model = main.build_model(main.parse_args(['--data_path', tiny_plain, '--dim_latent', '16']), data)
+    model = registry.build_model(config.parse_args(['--data_path', tiny_plain, '--dim_latent', '16']), data)
     model.load_state_dict(torch.load(tmp_path / 'run.best.pt', weights_only=True))
     model.eval()
     with torch.no_grad():
@@ -122,7 +125,7 @@ def test_export_of_a_loaded_model_with_indices(tiny_plain, tmp_path, capsys):
 
 
 def test_unwritable_export_fails_before_training(tiny_plain, tmp_path, capsys):
-    assert _train(tmp_path, tiny_plain, '--num_epoch', '2', '--export_topk', str(tmp_path)) == main.EXIT_BAD_INPUT
+    assert _train(tmp_path, tiny_plain, '--num_epoch', '2', '--export_topk', str(tmp_path)) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith(f'error: {tmp_path}: cannot write the top-K export') and not (tmp_path / 'run.jsonl').exists()
 

@@ -118,3 +118,26 @@ def test_plain_parts_by_hand_on_two_users_and_two_items():
     # P[0 ; 1] and P[0 ; F̂] are fixed tables: user 0 reaches item 0 at layer 1, item 0 and 1 at layer 2
     assert torch.allclose(model.prop_ones, P(torch.cat([torch.zeros(2, 1), torch.ones(2, 1)])), atol=1e-6)
     assert 'prop_ones' not in model.state_dict() and 'prop_v' not in model.state_dict()
+
+
+@pytest.mark.parametrize('shape', ['movielens', 'tiktok'])
+@pytest.mark.parametrize('pair', [(0, 2), (3, 1)])
+def test_crossed_fm_views_match_the_per_branch_reference(shape, pair):
+    """SPEC 3.3: the official FM views from the fast path (two clean views, the identity of
+    ``cross_fm_views``, the users' rows swapped) equal ``fm_views_per_branch``, values and gradients."""
+    train, features, adj = _data(shape)
+    torch.manual_seed(1)
+    model = SLMRec(40, 50, features, adj, dim_latent=8, num_layer=3, ssl_task='FM')
+    users, items = torch.tensor([0, 5, 5, 39]), torch.tensor([1, 49, 7, 7])
+    rows = torch.cat([users, items + 40])
+    views = model.view_rows(rows, *pair)
+    fast = [torch.cat([views[3 - v][:4], crossed]) for v, crossed in
+            zip((1, 2), model.cross_fm_views([view[4:] for view in views[1:]], items, *pair))]
+    reference = model.fm_views_per_branch(rows, *pair)
+    weights = [torch.randn_like(view) for view in reference]
+    grads = [torch.autograd.grad(sum((v * w).sum() for v, w in zip(views_, weights)), list(model.parameters()),
+                                 allow_unused=True) for views_ in (fast, reference)]
+    for a, b in zip(fast, reference):
+        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)

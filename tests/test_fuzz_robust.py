@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import main
+import config
+import errors
 import prepare_data
 
 SETTINGS = dict(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -38,7 +40,7 @@ def _outcome(call, capsys):
 
 def _assert_clean(code, err, before, after, diverge=False):
     """``diverge``: valid but absurd hyper-parameters (--weight_decay 1e270) may also end as diverged (exit 3)."""
-    if diverge and code == main.EXIT_DIVERGED:
+    if diverge and code == errors.EXIT_DIVERGED:
         assert len(err) == 1 and err[0].startswith('training diverged: '), err
         return
     assert code in (0, 2), (code, err)
@@ -77,7 +79,7 @@ def _fresh(root, name):
 
 # ---------------------------------------------------------------- the command line
 
-ACTIONS = sorted((a for a in main.build_parser()._actions
+ACTIONS = sorted((a for a in config.build_parser()._actions
                   if any(o.startswith('--') for o in a.option_strings) and a.dest not in ('help', 'data_path')),
                  key=lambda a: a.dest)
 EDGES = st.sampled_from(['', ' ', 'x', '-1', '0', '1', '2', '1.5', '-0.1', 'nan', 'inf', '-inf', '1e400', '1e30',
@@ -121,8 +123,8 @@ def test_any_flag_any_value(world, capsys, flags):
             value = str(out / value.replace('/', '_').replace('\x00', '')) if value.strip('. ') else value
         argv += [flag, value] if with_value else [flag]
     try:
-        args = main.parse_args(argv)
-    except (main.InputError, SystemExit):
+        args = config.parse_args(argv)
+    except (errors.InputError, SystemExit):
         args = None
     if args is not None and not _cheap(args):
         return

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from BaseModel import (AGGR_MODES, BaseModel, _symmetric_columns, bipartite_edges, csr_adjacency, normalized_adjacency,
-                       propagate_layers, row_submatrix, rows_are_sparse)
+                       propagate_layers, propagate_layers_plain, row_submatrix, rows_are_sparse)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -54,32 +54,6 @@ def test_dropout_only_after_drop_from_and_not_layer0():
     assert torch.allclose(propagate_layers(adj, x0, 2, dropout=0.5, training=False), propagate_layers(adj, x0, 2))
 
 
-def _plain_propagation(dense, x0, num_layer, p, drop_from, rows=None):
-    """The formula with autograd, drawing masks in the same order as the fast path
-    (which computes the last layer for the distinct ``rows`` alone when they are few)."""
-    if rows is not None:
-        unique, inverse = torch.unique(rows, return_inverse=True)
-        if not rows_are_sparse(dense.to_sparse_csr(), unique):
-            return _plain_propagation(dense, x0, num_layer, p, drop_from)[rows]
-        return _plain_propagation_rows(dense, x0, num_layer, p, drop_from, unique)[inverse]
-    return _plain_propagation_rows(dense, x0, num_layer, p, drop_from, None)
-
-
-def _plain_propagation_rows(dense, x0, num_layer, p, drop_from, rows):
-    def drop(x):
-        if p > 0:
-            mask = torch.rand(x.shape[0], x.shape[1] - drop_from) >= p
-            x = torch.cat([x[:, :drop_from], x[:, drop_from:] * mask / (1 - p)], dim=1)
-        return x
-    total, x = x0, x0
-    for layer in range(num_layer):
-        if rows is not None and layer == num_layer - 1:
-            return (total[rows] + drop(dense[rows] @ x)) / (num_layer + 1)
-        x = drop(dense @ x)
-        total = total + x
-    return total / (num_layer + 1) if rows is None else total[rows] / (num_layer + 1)
-
-
 @pytest.mark.parametrize('rows', [None, [3, 0, 3, 41, 69], list(range(0, 70, 2)) + [4, 4]])
 @pytest.mark.parametrize('p, drop_from', [(0.0, 0), (0.3, 0), (0.5, 4)])
 @pytest.mark.parametrize('num_layer', [1, 3])
@@ -101,7 +75,8 @@ def test_fast_propagation_matches_formula_with_gradients(p, drop_from, rows, num
     grad_fast = x.grad.clone()
     x.grad = None
     torch.manual_seed(5)
-    plain = _plain_propagation(adj.to_dense(), x, num_layer, p, drop_from, rows)
+    plain = propagate_layers_plain(adj.to_dense(), x, num_layer, dropout=p, training=True, drop_from=drop_from,
+                                   rows=rows)
     (plain * w).sum().backward()
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(grad_fast, x.grad, atol=1e-5)
@@ -132,11 +107,7 @@ def test_parity_propagation_matches_formula_with_gradients(rows, num_layer):
     fast = propagate_layers(adj, x, num_layer, rows=rows, parity=True)
     (fast * w).sum().backward()
     grad_fast, x.grad = x.grad.clone(), None
-    layers = [x]
-    for _ in range(num_layer):
-        layers.append(dense @ layers[-1])
-    plain = torch.cat([sum(layers[0::2]), sum(layers[1::2])], 1) / (num_layer + 1)
-    plain = plain if rows is None else plain[rows]
+    plain = propagate_layers_plain(dense, x, num_layer, rows=rows, parity=True)
     (plain * w).sum().backward()
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(grad_fast, x.grad, atol=1e-5)

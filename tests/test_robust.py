@@ -8,6 +8,9 @@ import pytest
 import torch
 
 import main
+import config
+import errors
+import safe_write
 import prepare_data
 from DataLoad import load_dataset
 from errors import DataError
@@ -103,7 +106,7 @@ def _last_record(tmp_path, tag='run'):
 def test_huge_learning_rate_diverges_without_a_best_model(l_r, tiny_plain, tmp_path, capsys):
     # One step per epoch (batch > pairs): the loss is finite at every step, the weights or scores are not.
     code = main.main(_train_argv(tiny_plain, tmp_path, '--l_r', l_r, '--batch_size', '100000', '--num_epoch', '3'))
-    assert code == main.EXIT_DIVERGED
+    assert code == errors.EXIT_DIVERGED
     err = capsys.readouterr().err
     assert 'training diverged' in err and 'no best model was saved' in err
     assert _last_record(tmp_path)['status'] == 'diverged' and _last_record(tmp_path)['best_epoch'] is None
@@ -165,7 +168,7 @@ def test_huge_loaded_weights_diverge_in_evaluation(tiny_plain, tmp_path, capsys)
     torch.save({k: v * 1e19 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / 'huge.pt')
     code = main.main(_train_argv(tiny_plain, tmp_path, '--num_epoch', '0', '--PATH_weight_load',
                                  str(tmp_path / 'huge.pt'), tag='eval'))
-    assert code == main.EXIT_DIVERGED and 'non-finite' in capsys.readouterr().err
+    assert code == errors.EXIT_DIVERGED and 'non-finite' in capsys.readouterr().err
     assert _last_record(tmp_path, 'eval')['val'] is None
 
 
@@ -203,15 +206,15 @@ def test_full_disk_leaves_the_results_file_as_it_was(short, tmp_path, monkeypatc
     results = tmp_path / 'r.jsonl'
     results.write_bytes(b'{"run": "old"}\n')
     _failing_write(monkeypatch, results, short)
-    with pytest.raises(main.InputError, match='r.jsonl: cannot append the results line .*left as it was'):
-        main.append_results_line(str(results), {'run': 'new'})
+    with pytest.raises(errors.InputError, match='r.jsonl: cannot append the results line .*left as it was'):
+        safe_write.append_results_line(str(results), {'run': 'new'})
     assert results.read_bytes() == b'{"run": "old"}\n'
 
 
 def test_results_line_is_not_glued_to_a_partial_one(tmp_path):
     results = tmp_path / 'r.jsonl'
     results.write_bytes(b'{"run": "old"}\n{"run": "cut sh')
-    main.append_results_line(str(results), {'run': 'new'})
+    safe_write.append_results_line(str(results), {'run': 'new'})
     assert results.read_bytes().splitlines()[-1] == b'{"run": "new"}'
 
 
@@ -457,24 +460,24 @@ def test_readme_commands_have_their_own_run_names():
     assert len(commands) >= 8
     runs = {}
     for argv in commands[:-1]:
-        args = main.parse_args(argv)
-        runs.setdefault(main.run_name(args), set()).add(json.dumps(main.hyper_params(args), sort_keys=True))
+        args = config.parse_args(argv)
+        runs.setdefault(config.run_name(args), set()).add(json.dumps(config.hyper_params(args), sort_keys=True))
     assert all(len(v) == 1 for v in runs.values()), runs        # one name, one set of hyper-parameters
     assert len(runs) == len(commands) - 1                       # every command its own files
     evaluate = commands[-1]
-    assert evaluate[evaluate.index('--PATH_weight_load') + 1] == f'runs/{main.run_name(main.parse_args([]))}.best.pt'
-    assert main.run_name(main.parse_args([])) == 'ml100k-SLMRec-FAC-seed1'
+    assert evaluate[evaluate.index('--PATH_weight_load') + 1] == f'runs/{config.run_name(config.parse_args([]))}.best.pt'
+    assert config.run_name(config.parse_args([])) == 'ml100k-SLMRec-FAC-seed1'
 
 
 def test_run_name_hash_covers_the_other_hyper_parameters():
-    base = main.run_name(main.parse_args([]))
-    assert main.run_name(main.parse_args(['--l_r', '0.01'])) == base            # the default, spelled out
-    assert main.run_name(main.parse_args(['--num_epoch', '3', '--patience', '2'])) == base
-    names = {main.run_name(main.parse_args(f)) for f in
+    base = config.run_name(config.parse_args([]))
+    assert config.run_name(config.parse_args(['--l_r', '0.01'])) == base            # the default, spelled out
+    assert config.run_name(config.parse_args(['--num_epoch', '3', '--patience', '2'])) == base
+    names = {config.run_name(config.parse_args(f)) for f in
              ([], ['--l_r', '0.02'], ['--weight_decay', '0.01'], ['--ssl_task', 'FD'], ['--seed', '2'],
               ['--modalities', 'none'], ['--dim_latent', '32'], ['--ssl_alpha', '0.2'])}
     assert len(names) == 8
-    assert main.run_name(main.parse_args(['--model_name', 'MMGCN'])) == 'ml100k-MMGCN-seed1'
+    assert config.run_name(config.parse_args(['--model_name', 'MMGCN'])) == 'ml100k-MMGCN-seed1'
 
 
 # ---------------------------------------------------------------- Ctrl-C
@@ -731,7 +734,7 @@ def test_an_output_file_may_not_be_the_tensorboard_folder(tiny_plain, tmp_path, 
                       '--checkpoint', str(tmp_path / 'c.pt'), '--PATH_weight_save', str(tmp_path / 'b.pt'),
                       '--export_topk', same, '--tensorboard', same, '--no-progress'])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == main.EXIT_BAD_INPUT and len(err) == 1 and 'are the same file' in err[0]
+    assert code == errors.EXIT_BAD_INPUT and len(err) == 1 and 'are the same file' in err[0]
     assert not (tmp_path / 'out').exists()
 
 
@@ -741,7 +744,7 @@ def test_an_empty_output_path_is_refused_before_training(tiny_plain, tmp_path, c
                       '--checkpoint', str(tmp_path / 'c.pt'), '--PATH_weight_save', str(tmp_path / 'b.pt'),
                       '--no-progress'])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == main.EXIT_BAD_INPUT and err == ["error: '': the results file needs a file name"]
+    assert code == errors.EXIT_BAD_INPUT and err == ["error: '': the results file needs a file name"]
     assert not (tmp_path / 'c.pt').exists() and not (tmp_path / 'b.pt').exists()
 
 

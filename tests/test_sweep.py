@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import main
+import config as main_config
 from conftest import ROOT
 
 optuna = pytest.importorskip('optuna')
@@ -80,7 +80,7 @@ def test_grid_of_four_finishes_with_four_distinct_trials_and_writes_the_config(t
     assert study.best_trial.number == best.number
     assert f'best trial {best.number}: ' in out and out.count('COMPLETE') == 2 and out.count('FAIL ') == 2
     assert out.count('failed (bad input)') == 2
-    chosen = main.parse_args(['--config', str(config)])
+    chosen = main_config.parse_args(['--config', str(config)])
     assert (chosen.l_r, chosen.dim_latent, chosen.ssl_task, chosen.num_epoch, chosen.num_layer) == \
         (best.params['l_r'], 8, 'FD', 1, 1)
     # started again, a finished study runs nothing more

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import main
+import config
+import errors
 from conftest import ROOT
 from DataLoad import load_dataset
 
@@ -85,7 +87,7 @@ def test_divergence_stops_and_keeps_best(tiny_plain, tmp_path, monkeypatch, caps
         return (loss * float('nan'), parts) if calls['n'] > 16 else (loss, parts)
     monkeypatch.setattr(model_SSL.SLMRec, 'loss', poisoned)
     code, record = _run(tmp_path, tiny_plain, '--batch_size', '256', '--num_epoch', '10', '--dim_latent', '16')
-    assert code == main.EXIT_DIVERGED == 3
+    assert code == errors.EXIT_DIVERGED == 3
     assert record['status'] == 'diverged' and record['best_epoch'] == 2
     assert 'training diverged: loss is nan at epoch 3' in capsys.readouterr().err
     state = torch.load(tmp_path / 'run.best.pt', weights_only=True)
@@ -119,17 +121,17 @@ def test_bad_checkpoints_are_one_line_errors(tiny_plain, tmp_path, capsys):
 
 def test_unknown_values_list_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
-        main.parse_args(['--ssl_task', 'XYZ'])
+        config.parse_args(['--ssl_task', 'XYZ'])
     assert "choose from 'FAC', 'FD', 'FM', 'FD+FM', 'none'" in capsys.readouterr().err
 
 
 def test_per_model_defaults():
-    slm = main.parse_args([])
+    slm = config.parse_args([])
     assert (slm.l_r, slm.weight_decay, slm.batch_size, slm.num_layer, slm.num_epoch) == (0.01, 1e-4, 2048, 3, 1000)
-    mm = main.parse_args(['--model_name', 'MMGCN'])
+    mm = config.parse_args(['--model_name', 'MMGCN'])
     assert (mm.l_r, mm.weight_decay, mm.batch_size, mm.num_layer) == (0.0005, 0.1, 1024, 2)
-    assert main.parse_args(['--model_name', 'MMGCN', '--num_layer', '4']).num_layer == 4
-    assert main.parse_args(['--concat=True']).concat is True
+    assert config.parse_args(['--model_name', 'MMGCN', '--num_layer', '4']).num_layer == 4
+    assert config.parse_args(['--concat=True']).concat is True
 
 
 def _checkpoint_epoch(path):

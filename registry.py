@@ -1,0 +1,229 @@
+"""The models, and the contract every model keeps (SPEC 5).
+
+The rest of the package (the command line and ``--help``, argument
+validation, run names, training, evaluation, checkpoints, the sweep, the
+results table, torchrun) knows models only through this module.  A model is
+one file ``model_<Name>.py`` that ends with
+
+    MODEL = ModelEntry(name='BPR', build=build, defaults=dict(l_r=0.001, ...), ...)
+
+and one line in ``MODEL_FILES`` below.  Its class derives from
+``Recommender`` and implements the interface written there: the loss of a
+batch with its named parts, the representations whose dot products are the
+full-ranking scores, and, where it needs one, a per-epoch hook.
+
+    import registry
+    model = registry.build_model(args, data)        # args from config.parse_args
+    registry.entry('SLMRec').defaults['l_r']         # 0.01
+"""
+import functools
+import importlib
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from errors import InputError
+
+# Every model of the package, in the order --help and the results table show them.
+MODEL_FILES = ('model_SSL', 'model_MMGCN', 'model_LightGCN', 'model_VBPR', 'model_FREEDOM', 'model_BPR')
+
+
+def finite(x):
+    """A number that is neither NaN nor infinite (None is not): for the flags' checks."""
+    return x is not None and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag a model adds: ``--<name>`` (its ``dest``).
+
+    ``default`` None with a value in the entries' ``defaults`` makes it a per-model flag. ``check`` takes the
+    parsed arguments and says whether the value is valid; ``problem`` completes ``--<name>: <problem>, got x``.
+    """
+    name: str
+    default: object
+    help: str
+    type: object = None
+    choices: tuple = None
+    check: object = None
+    problem: str = ''
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What a model file declares about its model.
+
+    name: the ``--model_name`` value.
+    build: ``(args, data) -> Recommender``; raises ``InputError`` (or ``ValueError``) for a dataset or
+        flags it cannot work with.
+    defaults: the published value of each per-model flag (``l_r``, ``weight_decay``, ``batch_size``,
+        ``num_layer``, ``num_epoch``; ``dropout_rate`` and the like where the model reads them).
+    flags: the flags this model adds (a flag another model added already is listed in ``reads``).
+    reads: the other models' flags this one reads (for ``--help``).
+    adam_weight_decay: True when ``--weight_decay`` is Adam's decay (SLMRec); False when it is the model's
+        loss coefficient λ and Adam runs without decay (all the BPR models).
+    run_tag: ``args -> str`` added to the run name after the model (SLMRec: ``-<ssl task>``).
+    official_weights: ``(detect, convert)`` for state dicts saved by the authors' code:
+        ``detect(state) -> bool``, ``convert(model, state) -> our state dict`` (SPEC 3.5).
+    rows: the results table's rows of this model: key -> (label, extra flags); default one row, its name.
+    lr_grid: the learning rates the results table tries (validation picks one).
+    tuning_grid: row key -> the wider grid ``sweep.py`` runs for that row.
+    """
+    name: str
+    build: object
+    defaults: dict
+    flags: tuple = ()
+    reads: tuple = ()
+    adam_weight_decay: bool = False
+    run_tag: object = None
+    official_weights: tuple = None
+    rows: dict = None
+    lr_grid: tuple = (0.01, 0.001)
+    tuning_grid: dict = field(default_factory=dict)
+    summary: str = ''
+
+    def table_rows(self):
+        return self.rows if self.rows is not None else {self.name: (self.name, [])}
+
+
+class Recommender(nn.Module):
+    """The interface every model implements (SPEC 5).
+
+    - ``needs_negatives``: True when a batch is ``(users, positives, negatives)`` with one uniformly
+      sampled negative per pair (BPR models), False for ``(users, positives)`` (in-batch models).
+    - ``loss(*batch) -> (loss tensor, {part name: float})``: the training loss of a batch and its
+      named parts (shown on the progress bar, logged per epoch).
+    - ``forward() -> (z_user [U, d], z_item [I, d])``: a pure forward of the whole graph in the current
+      mode; ``s(u, i) = z_u · z_i`` is the full-ranking score the evaluator blocks over.
+    - ``scores(users)``: those scores for a block of users, the plain formula.
+    - ``on_epoch_start()``: called before each epoch's first batch (FREEDOM draws its pruned graph).
+
+    Multimodal models keep their item features with ``register_item_features`` and read modality m's
+    item input with ``item_input(m)``.
+    """
+
+    needs_negatives = True
+
+    def loss(self, *batch):
+        raise NotImplementedError
+
+    def forward(self):
+        raise NotImplementedError
+
+    def scores(self, users):
+        """``z_u · z_i`` for the users ``users`` and every item, [len(users), I]."""
+        z_user, z_item = self()
+        return z_user[users] @ z_item.t()
+
+    def on_epoch_start(self):
+        pass
+
+    def register_item_features(self, features, normalize=False, trainable=False):
+        """Keep the item features: a word-id modality as a trainable word mean (``word_means[m]``), a dense
+        one as the buffer ``feat_<m>`` (rows L2-normalised when ``normalize``) or, when ``trainable``,
+        as the parameter ``feature_tables[m]``.  Returns ``{m: width of its item input}``."""
+        from BaseModel import item_feature_modules
+        self.word_means, dense = item_feature_modules(features, self.num_item)
+        if trainable:
+            self.feature_tables = nn.ParameterDict({m: nn.Parameter(f.clone()) for m, f in dense.items()})
+        else:
+            for m, feat in dense.items():
+                self.register_buffer(f'feat_{m}', F.normalize(feat, dim=1) if normalize else feat, persistent=False)
+        return {m: self.word_means[m].weight.shape[1] if m in self.word_means else dense[m].shape[1]
+                for m in features}
+
+    def item_input(self, m):
+        """Modality m's item features [I, width]: the mean of its words' embeddings (SPEC 1.2) or its table."""
+        if m in self.word_means:
+            return self.word_means[m]()
+        return self.feature_tables[m] if 'feature_tables' in self._modules else getattr(self, f'feat_{m}')
+
+
+@functools.cache
+def entries():
+    """``{name: ModelEntry}`` of every model in ``MODEL_FILES``, in that order."""
+    found = {}
+    for module in MODEL_FILES:
+        model = importlib.import_module(module).MODEL
+        if model.name in found:
+            raise RuntimeError(f'{module}: model name {model.name!r} is taken')
+        found[model.name] = model
+    return found
+
+
+def entry(name):
+    return entries()[name]
+
+
+def register(model):
+    """Add a model defined outside ``MODEL_FILES`` (a notebook, a test, a fork trying an idea before it gets
+    its own file); the command line knows it from the next ``config.parse_args`` on."""
+    known = entries()
+    if model.name in known:
+        raise ValueError(f'model name {model.name!r} is taken')
+    known[model.name] = model
+
+
+def unregister(name):
+    entries().pop(name, None)
+
+
+def model_flags():
+    """Every model flag once, as ``[(Flag, [names of the models that read it])]``, in declaration order."""
+    flags, readers = {}, {}
+    for model in entries().values():
+        for flag in model.flags:
+            if flag.name in flags:
+                raise RuntimeError(f'--{flag.name} is declared by two models; the second one lists it in reads')
+            flags[flag.name], readers[flag.name] = flag, [model.name]
+    for model in entries().values():
+        for name in model.reads:
+            if name in readers:
+                readers[name].append(model.name)
+    return [(flag, readers[name]) for name, flag in flags.items()]
+
+
+def needs_modality(name, data):
+    """The one-line error for a model that needs item features on a dataset (or selection) without any."""
+    if not data.features:
+        raise InputError(f'{name} needs at least one modality (see --modalities)')
+
+
+def check_memory(args, data):
+    """Refuse what cannot fit in this machine's memory, before the graph or the model is built: sizes in
+    meta.json are checked only against the ids, so a typo (or a hostile file) could allocate the machine away
+    (2**31 items: 512 GiB for the item table alone).  Counted: the float32 embedding tables with their
+    gradients and Adam's two moments, and one evaluation chunk (scores and their buffer, --eval_batch users)."""
+    tables = (data.num_user + data.num_item) * args.dim_latent * 4 * 4
+    chunk = min(args.eval_batch, data.num_user) * data.num_item * 4 * 2
+    try:
+        have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):                        # not a POSIX system: no bound
+        return
+    if tables + chunk > have:
+        raise InputError(f'{data.path}: {data.num_user} users and {data.num_item} items need '
+                         f'{(tables + chunk) / 2 ** 30:.0f} GiB ({tables / 2 ** 30:.0f} GiB of embeddings at '
+                         f'--dim_latent {args.dim_latent}, {chunk / 2 ** 30:.0f} GiB to score --eval_batch '
+                         f'{args.eval_batch} users); this machine has {have / 2 ** 30:.0f} GiB')
+
+
+def build_model(args, data):
+    """The model ``--model_name`` names, built for ``data`` (``check_memory`` first)."""
+    try:
+        return entry(args.model_name).build(args, data)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def adam_weight_decay(args):
+    """Adam's weight decay: ``--weight_decay`` for a model that means it so, else 0 (it is λ; SPEC 2, 6)."""
+    return args.weight_decay if entry(args.model_name).adam_weight_decay else 0.0
+
+
+def optimizer(args, model):
+    """Adam over the model's parameters (SPEC 3.4, 6)."""
+    return torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_weight_decay(args))
