@@ -4,7 +4,7 @@
     python bench/freedom_knn.py --like kwai      # 86,483 items, v 2048-d
 
 The dataset is ``prepare_data.py synthetic --like <name>`` at full size (written under Data/ once).
-For each modality, ``model_FREEDOM.knn_indices`` is timed and the process's peak resident memory
+For each modality, ``knn_graph.knn_indices`` is timed and the process's peak resident memory
 (the kernel's VmHWM, reset before each build) is reported above the memory held before it; then the
 weighted graph from those kNN ids (``combine_knn``), and the time to read them back from a cache
 written the way ``cached_knn`` writes it (the digest of the features is recomputed and checked).
@@ -25,7 +25,8 @@ sys.path.insert(0, ROOT)
 import prepare_data  # noqa: E402
 from bench import PeakMemory, _release_free_memory, _status_mib  # noqa: E402
 from DataLoad import WordFeature, load_dataset  # noqa: E402
-from model_FREEDOM import SIMILARITY_FLOATS, cached_knn, combine_knn, feature_digest, knn_indices  # noqa: E402
+from knn_graph import SIMILARITY_FLOATS, cached_knn, feature_digest, knn_indices  # noqa: E402
+from model_FREEDOM import combine_knn  # noqa: E402
 
 
 def main_(argv=None):

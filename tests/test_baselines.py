@@ -12,11 +12,12 @@ from torch.nn import functional as F
 
 import config
 import errors
+import knn_graph
 import model_FREEDOM
 from BaseModel import normalized_adjacency
 from DataLoad import WordFeature, load_dataset
-from model_FREEDOM import (FREEDOM, item_graph, knn_indices, modality_weights, normalized_knn, prune_weights,
-                           pruned_adjacency)
+from knn_graph import knn_indices, normalized_knn
+from model_FREEDOM import FREEDOM, item_graph, modality_weights, prune_weights, pruned_adjacency
 from model_LightGCN import LightGCN
 from model_VBPR import VBPR
 from test_train import _run, kill_then_resume
@@ -176,31 +177,31 @@ def test_knn_blocks_equal_one_block(words):
     whole = knn_indices(feature, 40, 5, block_floats=10 ** 6)
     assert torch.equal(knn_indices(feature, 40, 5, block_floats=7 * 40), whole)    # blocks of 7 items
     assert torch.equal(whole[:, 0], torch.arange(40))                               # itself first
-    unit = model_FREEDOM.unit_rows(feature, 40)
+    unit = knn_graph.unit_rows(feature, 40)
     sim = (unit.to_dense() if words else unit) @ (unit.to_dense() if words else unit).t()
     sim.fill_diagonal_(2.0)
     assert torch.allclose(sim.gather(1, whole), sim.topk(5, dim=1).values)          # the k best, ties aside
 
 
 def test_knn_cache_is_validated_and_atomic(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_FREEDOM, 'CACHE_AFTER_S', 0.0)     # cache even a fast build
+    monkeypatch.setattr(knn_graph, 'CACHE_AFTER_S', 0.0)     # cache even a fast build
     calls = []
-    original = model_FREEDOM.knn_indices
-    monkeypatch.setattr(model_FREEDOM, 'knn_indices', lambda *a, **k: calls.append(1) or original(*a, **k))
-    first = model_FREEDOM.cached_knn('v', V, I, 2, str(tmp_path))
+    original = knn_graph.knn_indices
+    monkeypatch.setattr(knn_graph, 'knn_indices', lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = knn_graph.cached_knn('v', V, I, 2, str(tmp_path))
     path = tmp_path / 'freedom_knn_v_k2.pt'
     assert path.exists() and len(calls) == 1 and [p.name for p in tmp_path.iterdir()] == [path.name]
-    assert torch.equal(model_FREEDOM.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 1
+    assert torch.equal(knn_graph.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 1
     # other content, a corrupt file, indices out of range: rebuilt, never trusted
-    assert model_FREEDOM.cached_knn('v', T, I, 2, str(tmp_path)).tolist() == [[0, 2], [1, 2], [2, 0]]
+    assert knn_graph.cached_knn('v', T, I, 2, str(tmp_path)).tolist() == [[0, 2], [1, 2], [2, 0]]
     assert len(calls) == 2
     path.write_bytes(b'garbage')
-    assert torch.equal(model_FREEDOM.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 3
-    torch.save({'digest': model_FREEDOM.feature_digest(V, 2), 'indices': torch.full((3, 2), 7)}, path)
-    assert torch.equal(model_FREEDOM.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 4
+    assert torch.equal(knn_graph.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 3
+    torch.save({'digest': knn_graph.feature_digest(V, 2), 'indices': torch.full((3, 2), 7)}, path)
+    assert torch.equal(knn_graph.cached_knn('v', V, I, 2, str(tmp_path)), first) and len(calls) == 4
     # a fast build is not cached at the default threshold
-    monkeypatch.setattr(model_FREEDOM, 'CACHE_AFTER_S', 60.0)
-    model_FREEDOM.cached_knn('g', V, I, 2, str(tmp_path))
+    monkeypatch.setattr(knn_graph, 'CACHE_AFTER_S', 60.0)
+    knn_graph.cached_knn('g', V, I, 2, str(tmp_path))
     assert not (tmp_path / 'freedom_knn_g_k2.pt').exists()
 
 
