@@ -97,18 +97,27 @@ def image_files(folder, item_ids):
     return files
 
 
-def load_backbone(model_name, weights_path):
-    """A torchvision classification model with its head replaced by the identity, in eval mode."""
+def torchvision_model(model_name):
+    """An untrained torchvision classification model by name (its weights come from --image_weights)."""
     try:
         import torchvision
-    except ImportError:
-        raise DataError('torchvision', 'package not installed; run: pip install torchvision==0.28.0') from None
-    import torch
-    from safe_read import check_regular
+    except Exception as e:          # not installed, or a build for another torch (a CUDA wheel beside a CPU torch)
+        import torch
+        raise DataError('torchvision', f'cannot be imported ({describe(e)}); install the build matching torch '
+                                       f'{torch.__version__} (pip install torchvision==0.28.0, or the +cpu wheel '
+                                       f'from the PyTorch CPU index for a CPU torch)') from None
     if model_name not in torchvision.models.list_models(module=torchvision.models):
         raise DataError('--image_model', f'{model_name[:40]!r} is not a torchvision classification model')
-    model = torchvision.models.get_model(model_name, weights=None)
+    return torchvision.models.get_model(model_name, weights=None)
+
+
+def load_backbone(model_name, weights_path, build=torchvision_model):
+    """``build(model_name)`` with the weights of ``weights_path`` (loaded ``weights_only``) and its
+    classification head replaced by the identity, in eval mode."""
+    import torch
+    from safe_read import check_regular
     check_regular(weights_path)
+    model = build(model_name)
     try:
         state = torch.load(weights_path, map_location='cpu', weights_only=True)
         if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
@@ -144,17 +153,19 @@ def _image_tensor(path, size):
     return (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
 
 
-def image_features(folder, weights_path, item_ids, model_name='resnet50', batch_size=32, size=224):
+def image_features(folder, weights_path, item_ids, model_name='resnet50', batch_size=32, size=224,
+                   build=torchvision_model):
     """(float32 [I, d], items without an image): the backbone's vector of each item's image.
 
     Images are decoded and encoded one batch at a time (memory bounded by the
     batch); an unreadable image stops the encoding but the rest are still
-    opened, so the error reports how many are unreadable.
+    opened, so the error reports how many are unreadable.  ``build`` makes the
+    untrained model (tests give a tiny one).
     """
     import torch
     from tqdm import tqdm
     files = image_files(folder, item_ids)
-    model = load_backbone(model_name, weights_path)
+    model = load_backbone(model_name, weights_path, build)
     have = [n for n, f in enumerate(files) if f is not None]
     out, bad = None, []
     for start in tqdm(range(0, len(have), batch_size), desc='images', unit='batch'):
@@ -183,12 +194,13 @@ class Content:
     what was encoded (for meta.json's source)."""
 
     def __init__(self, text_file=None, image_dir=None, image_weights=None, image_model='resnet50',
-                 image_batch=32, image_size=224, embed=None):
+                 image_batch=32, image_size=224, embed=None, build=torchvision_model):
         if image_dir and not image_weights:
             raise DataError('--image_dir', 'needs --image_weights PATH (a state dict of --image_model; '
                                            'nothing is downloaded)')
         self.text_file, self.image_dir, self.image_weights = text_file, image_dir, image_weights
-        self.image_model, self.image_batch, self.image_size, self.embed = image_model, image_batch, image_size, embed
+        self.image_model, self.image_batch, self.image_size = image_model, image_batch, image_size
+        self.embed, self.build = embed, build
         self.notes = {}
 
     def __bool__(self):
@@ -206,7 +218,7 @@ class Content:
                                'items_without_text': missing}
         if self.image_dir:
             value, missing = image_features(self.image_dir, self.image_weights, item_ids, self.image_model,
-                                            self.image_batch, self.image_size)
+                                            self.image_batch, self.image_size, self.build)
             features.append(('v', 'feat_v.npy', value, 'dense'))
             self.notes['v'] = {'folder': os.path.abspath(self.image_dir), 'encoder': self.image_model,
                                'weights': os.path.abspath(self.image_weights), 'image_size': self.image_size,

@@ -7,12 +7,14 @@ import pickle
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import prepare_data
 from conftest import one_line_error
 from dataset_card import stats
 from DataLoad import load_dataset
-from features import Content
+from errors import DataError
+from features import Content, image_features
 from safe_read import load_sparse_pickle
 
 # 4 users x 5 items.  User 3 has no training item; item 4 is never trained on.
@@ -163,3 +165,68 @@ def test_text_features_from_raw_text(tmp_path):
     feat = load_dataset(folder).features['t']
     assert feat.tolist() == [[8, 1], [0, 0], [4, 1], [0, 0], [0, 0]]
     assert stats(folder)['modalities']['t'] == {'dim': 2, 'items_lacking': 3}
+
+
+class TinyBackbone(torch.nn.Module):
+    """A random-weight stand-in for a torchvision model: a head ``fc`` that the encoder must remove."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def _images(tmp_path):
+    from PIL import Image
+    torch.manual_seed(0)
+    torch.save(TinyBackbone().state_dict(), tmp_path / 'tiny.pt')
+    folder = tmp_path / 'img'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(folder / '0.png')
+    Image.fromarray(picture).save(folder / '2.png')                    # the same picture as item 0
+    Image.fromarray(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)).convert('L').save(folder / '1.jpg')
+    (folder / 'notes.txt').write_text('not an image')
+    return folder
+
+
+def test_image_features_from_a_tiny_backbone(tmp_path, capsys):
+    folder = _images(tmp_path)
+    src = _hkuds(tmp_path / 'src')
+    os.unlink(src / 'image_feat.npy')
+    content = Content(image_dir=str(folder), image_weights=str(tmp_path / 'tiny.pt'), image_model='tiny',
+                      image_batch=2, image_size=32, build=lambda name: TinyBackbone())
+    out = prepare_data.import_hkuds('hk', str(src), root=str(tmp_path / 'Data'), content=content)
+    feat = load_dataset(out).features['v']
+    assert feat.shape == (5, 4)                                     # the 10-wide head is gone
+    assert np.allclose(feat[0], feat[2], atol=1e-6) and feat[[0, 1]].any(axis=1).all() and not feat[[3, 4]].any()
+    single, _ = image_features(str(folder), str(tmp_path / 'tiny.pt'), [str(i) for i in range(5)], 'tiny', 32, 32,
+                               build=lambda name: TinyBackbone())
+    assert np.allclose(single, feat, atol=1e-6)                     # batches of 2 or of 32: the same vectors
+    assert stats(out)['modalities']['v']['items_lacking'] == 2
+    # Unreadable images are the one-line error with their count, and nothing is written.
+    (folder / '3.jpg').write_bytes(b'not a jpeg')
+    (folder / '4.png').write_bytes(b'\x89PNG truncated')
+    capsys.readouterr()
+    with pytest.raises(DataError, match=r'3.jpg: unreadable image \(.*\); 2 of 5 images unreadable'):
+        prepare_data.import_hkuds('hk2', str(src), root=str(tmp_path / 'Data'), content=content)
+    assert sorted(os.listdir(tmp_path / 'Data')) == ['hk']
+
+
+def test_torchvision_backbone_from_a_weights_file(tmp_path, capsys):
+    try:
+        import torchvision
+    except Exception as e:          # e.g. the CUDA wheel beside a CPU torch: it does not import
+        pytest.skip(f'torchvision does not import here ({type(e).__name__})')
+    folder = _images(tmp_path)
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), tmp_path / 'mnv3.pt')
+    src = _hkuds(tmp_path / 'src')
+    os.unlink(src / 'image_feat.npy')
+    assert prepare_data.main(['hkuds', '--folder', str(src), '--name', str(tmp_path / 'out'),
+                              '--image_dir', str(folder), '--image_weights', str(tmp_path / 'mnv3.pt'),
+                              '--image_model', 'mobilenet_v3_small', '--image_size', '64']) == 0
+    assert load_dataset(str(tmp_path / 'out')).features['v'].shape == (5, 576)
