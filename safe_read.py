@@ -1,14 +1,16 @@
 """Reading untrusted files: nothing in a data, checkpoint or config file is ever executed (SPEC 1.4).
 
 Plain arrays load with ``allow_pickle=False``, ``.pt`` files with
-``weights_only=True``, the legacy pickled object arrays through a restricted
-unpickler that admits only what those files hold, and YAML with
+``weights_only=True``, the legacy pickled object arrays and the HKUDS layout's
+pickled SciPy matrices through restricted unpicklers that admit only what
+those files hold, and YAML with
 ``safe_load``.  Only regular files are read (a FIFO would hang).  Every
 failure is a ``DataError`` (or, for YAML, an ``InputError``) naming the file.
 
-    from safe_read import load_npy, load_matrix
+    from safe_read import load_npy, load_matrix, load_sparse_pickle
     rows = load_npy('Data/x/val_full.npy', allow_object=True)
 """
+import io
 import os
 import pickle
 import stat
@@ -91,6 +93,113 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f'refused to load {module}.{name}')
         import importlib
         return getattr(importlib.import_module(module), name)
+
+
+def _latin1_bytes(text, encoding='utf-8'):
+    """``_codecs.encode`` as protocol-2 pickles use it for array bytes: a str to latin-1 bytes, nothing else."""
+    if not isinstance(text, str) or encoding != 'latin1':
+        raise pickle.UnpicklingError('refused _codecs.encode other than a string to latin1')
+    return text.encode('latin1')
+
+
+def _array_from_buffer(buffer, dtype, shape, order='C'):
+    """numpy's ``_frombuffer`` (protocol 5): an array over bytes the stream holds; numpy checks the size."""
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or order not in ('C', 'F'):
+        raise pickle.UnpicklingError('refused a buffer array that is not plain numeric bytes')
+    return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy()
+
+
+def _sparse_classes():
+    import scipy.sparse as sp
+    classes = {}
+    for kind in ('coo', 'csr'):
+        for suffix in ('matrix', 'array'):
+            cls = getattr(sp, f'{kind}_{suffix}')
+            for module in (f'scipy.sparse._{kind}', f'scipy.sparse.{kind}'):   # current and pre-1.8 paths
+                classes[(module, cls.__name__)] = cls
+    return classes
+
+
+class _SparseUnpickler(_RestrictedUnpickler):
+    """Admits what a pickled SciPy COO/CSR matrix holds (the HKUDS layout's trnMat.pkl): the four sparse
+    classes, numpy's array reconstruction (bounded as above) and dtypes, and nothing else.
+
+    The classes are only instantiated empty and given a state dict (``BUILD``);
+    ``load_sparse_pickle`` then reads that dict's arrays and builds a fresh
+    matrix from them, so nothing of the loaded object is trusted or called.
+    """
+
+    def find_class(self, module, name):
+        if (module, name) in self.sparse:
+            return self.sparse[(module, name)]
+        if (module, name) == ('_codecs', 'encode'):
+            return _latin1_bytes
+        if (module, name) in (('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer')):
+            return _array_from_buffer
+        if module.startswith('builtins') or module.startswith('collections'):
+            raise pickle.UnpicklingError(f'refused to load {module}.{name}')
+        return super().find_class(module, name)
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.sparse = _sparse_classes()
+
+
+def _index_array(state, key, path):
+    arr = state.get(key)
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(path, f'the sparse matrix\'s {key} is not a 1-D integer array')
+    return arr.astype(np.int64)
+
+
+def load_sparse_pickle(path, limit=MAX_PICKLE_BYTES):
+    """A pickled SciPy sparse matrix (COO or CSR) as a fresh, checked ``(rows, cols, values, shape)``.
+
+    Read through ``_SparseUnpickler``: a pickle naming anything else is
+    refused before it runs.  Checked: a 2-D shape, integer indices inside it,
+    as many values as indices, finite numeric values.
+    """
+    data = read_regular(path, limit)
+    try:
+        obj = _SparseUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as e:
+        raise DataError(path, f'unsafe or corrupt pickle ({e})') from None
+    except RecursionError:
+        raise DataError(path, 'unsafe or corrupt pickle (nested too deeply)') from None
+    except Exception as e:
+        raise DataError(path, f'not a readable pickle ({describe(e)})') from None
+    if type(obj) not in set(_sparse_classes().values()):
+        raise DataError(path, f'expected a pickled SciPy sparse matrix, found {type(obj).__name__}')
+    state = vars(obj)
+    shape = state.get('_shape')
+    if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, (int, np.integer)) and 0 <= n < 2 ** 31
+                                                                 for n in shape)):
+        raise DataError(path, f'expected a 2-D users x items matrix, found shape {str(shape)[:60]}')
+    shape = (int(shape[0]), int(shape[1]))
+    values = state.get('data')
+    if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.hasobject \
+            or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        raise DataError(path, 'the sparse matrix\'s data is not a 1-D numeric array')
+    if type(obj).__name__.startswith('coo'):
+        coords = state.get('coords', (state.get('row'), state.get('col')))
+        if not isinstance(coords, tuple) or len(coords) != 2:
+            raise DataError(path, 'the COO matrix does not hold two coordinate arrays (2-D)')
+        rows, cols = (_index_array({'coords': c}, 'coords', path) for c in coords)
+    else:
+        indptr, cols = _index_array(state, 'indptr', path), _index_array(state, 'indices', path)
+        if len(indptr) != shape[0] + 1 or indptr[0] != 0 or indptr[-1] != len(cols) or (np.diff(indptr) < 0).any():
+            raise DataError(path, 'the CSR matrix\'s indptr does not fit its shape and indices')
+        rows = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(indptr))
+    if not (len(rows) == len(cols) == len(values)):
+        raise DataError(path, f'the sparse matrix holds {len(values)} values for {len(cols)} indices')
+    for what, idx, n in (('row', rows, shape[0]), ('column', cols, shape[1])):
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+            raise DataError(path, f'{what} index {bad} outside the shape {shape}')
+    if not np.isfinite(values.astype(np.float64)).all():
+        raise DataError(path, 'NaN or Inf among the matrix values')
+    return rows, cols, values, shape
 
 
 def load_npy(path, allow_object=False):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import importers
 import prepare_data
 from DataLoad import load_dataset
 from errors import DataError
@@ -86,15 +87,15 @@ def test_k_core_is_applied_until_stable():
     # user c has 2 interactions; removing c drops item z to 1, which drops user b to 1 ...
     users = np.array(['a', 'a', 'b', 'b', 'c', 'c'])
     items = np.array(['x', 'y', 'x', 'z', 'z', 'y'])
-    assert prepare_data.k_core(users, items, 2).all()
+    assert importers.k_core(users, items, 2).all()
     users = np.array(['a', 'a', 'a', 'b', 'b', 'c'])
     items = np.array(['x', 'y', 'z', 'x', 'y', 'z'])
-    keep = prepare_data.k_core(users, items, 2)
+    keep = importers.k_core(users, items, 2)
     assert keep.tolist() == [True, True, False, True, True, False]
 
 
 def test_split_counts_follow_floor_rule():
-    train, val, test = prepare_data.split_by_order({0: list(range(25)), 1: list(range(9))})
+    train, val, test = importers.split_by_order({0: list(range(25)), 1: list(range(9))})
     assert len(val[0]) == len(test[0]) == 2 and val[0].tolist() == [21, 22] and test[0].tolist() == [23, 24]
     assert 1 not in val and (train[:, 0] == 1).sum() == 9
 
