@@ -325,24 +325,7 @@ def load_dataset(folder, modalities=None, require_val=True):
             dense[m] = load_matrix(path)
         else:
             raise DataError(os.path.join(folder, 'meta.json'), f'modality {m!r} has unknown kind {kind!r}')
-
-    key = legacy_key(folder)
-    size_src = os.path.join(folder, 'meta.json')
-    if meta is not None and 'num_user' in meta and 'num_item' in meta:
-        num_user, num_item = meta['num_user'], meta['num_item']
-    elif key is not None:
-        num_user, num_item = LEGACY_SIZES[key]
-        size_src = f'{folder} (published {name} sizes)'
-    else:
-        num_user = int(train_raw[:, 0].max()) + 1
-        if dense:
-            num_item = next(iter(dense.values())).shape[0]
-        else:
-            num_item = int(train_raw[:, 1].max()) - num_user + 1
-        size_src = train_path
-        if num_item <= 0:
-            raise DataError(train_path, f'item id {int(train_raw[:, 1].max())} is smaller than the user count '
-                                        f'{num_user} (item ids must be offset by the number of users)')
+    num_user, num_item, size_src = _dataset_sizes(folder, meta, train_raw, dense)
 
     users = train_raw[:, 0]
     if users.max() >= num_user:
@@ -355,42 +338,11 @@ def load_dataset(folder, modalities=None, require_val=True):
     trained_users[train[:, 0]] = True
     splits, warnings = [], []
     for path, raw, what in ((val_path, val_raw, 'validation'), (test_path, test_raw, 'test')):
-        split, dropped = {}, 0
-        for u, its in raw.items():
-            if u < 0 or u >= num_user:
-                raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
-            its = np.unique(_check_items(its, num_user, num_item, path, f'user {u}'))
-            if its.size == 0:
-                continue
-            if not trained_users[u]:
-                raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
-            # A training item is masked out in ranking: kept here it would be a positive never found.
-            in_train = in_sorted(keys, u * num_item + its)
-            dropped += int(in_train.sum())
-            if in_train.all():
-                continue
-            split[u] = its[~in_train]
-        if not split and (what == 'test' or require_val):
-            also = f' ({dropped} pairs dropped as training pairs)' if dropped else ''
-            raise DataError(path, f'the {what} split is empty{also}: nothing to '
-                                  f'{"select the best epoch by" if what == "validation" else "evaluate"}')
-        if dropped:
-            warnings.append(f'warning: {path}: dropped {dropped} {what} pairs that are also training pairs '
-                            f'(training items are masked out in ranking)')
+        split, warning = _evaluation_split(path, raw, what, num_user, num_item, keys, trained_users,
+                                           required=what == 'test' or require_val)
         splits.append(split)
-
-    uid_path = os.path.join(folder, 'user_item_dict.npy')
-    if os.path.exists(uid_path):
-        uid = _load_user_item_dict(uid_path)
-        pairs = [(u, _check_items(its, num_user, num_item, uid_path, f'user {u}')) for u, its in uid.items()]
-        for u, _ in pairs:
-            if u < 0 or u >= num_user:
-                raise DataError(uid_path, f'user id {u} out of range (dataset has {num_user} users)')
-        uid_keys = np.unique(np.concatenate([u * num_item + its for u, its in pairs] or [np.zeros(0, np.int64)]))
-        if not np.array_equal(uid_keys, keys):
-            diff = np.setxor1d(uid_keys, keys)[0]
-            raise DataError(uid_path, f'disagrees with train.npy on user {int(diff // num_item)} '
-                                      f'item {int(diff % num_item) + num_user}')
+        warnings += [warning] if warning else []
+    _check_user_item_dict(os.path.join(folder, 'user_item_dict.npy'), num_user, num_item, keys)
 
     features = {}
     for m in files:
@@ -404,6 +356,68 @@ def load_dataset(folder, modalities=None, require_val=True):
     for line in warnings:       # only for a dataset that loads: an error stays the one line
         print(line, file=sys.stderr)
     return Dataset(name, folder, num_user, num_item, train, splits[0], splits[1], features)
+
+
+def _dataset_sizes(folder, meta, train_raw, dense):
+    """``(num_user, num_item, where they come from)``: meta.json, the published sizes of a legacy name,
+    or inferred (users: largest id + 1; items: feature rows, else largest item id - U + 1; SPEC 1.1)."""
+    train_path = os.path.join(folder, 'train.npy')
+    if meta is not None and 'num_user' in meta and 'num_item' in meta:
+        return meta['num_user'], meta['num_item'], os.path.join(folder, 'meta.json')
+    key = legacy_key(folder)
+    if key is not None:
+        return (*LEGACY_SIZES[key], f'{folder} (published {os.path.basename(folder)} sizes)')
+    num_user = int(train_raw[:, 0].max()) + 1
+    if dense:
+        num_item = next(iter(dense.values())).shape[0]
+    else:
+        num_item = int(train_raw[:, 1].max()) - num_user + 1
+    if num_item <= 0:
+        raise DataError(train_path, f'item id {int(train_raw[:, 1].max())} is smaller than the user count '
+                                    f'{num_user} (item ids must be offset by the number of users)')
+    return num_user, num_item, train_path
+
+
+def _evaluation_split(path, raw, what, num_user, num_item, train_keys, trained_users, required):
+    """``(user -> items, warning line or None)`` of a validation or test file: ids checked, users known to
+    training, pairs that are also training pairs dropped (masked out in ranking, they could never be found)."""
+    split, dropped = {}, 0
+    for u, its in raw.items():
+        if u < 0 or u >= num_user:
+            raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
+        its = np.unique(_check_items(its, num_user, num_item, path, f'user {u}'))
+        if its.size == 0:
+            continue
+        if not trained_users[u]:
+            raise DataError(path, f'user {u} has no training interaction (unknown to train.npy)')
+        in_train = in_sorted(train_keys, u * num_item + its)
+        dropped += int(in_train.sum())
+        if in_train.all():
+            continue
+        split[u] = its[~in_train]
+    if not split and required:
+        also = f' ({dropped} pairs dropped as training pairs)' if dropped else ''
+        raise DataError(path, f'the {what} split is empty{also}: nothing to '
+                              f'{"select the best epoch by" if what == "validation" else "evaluate"}')
+    warning = (f'warning: {path}: dropped {dropped} {what} pairs that are also training pairs '
+               f'(training items are masked out in ranking)') if dropped else None
+    return split, warning
+
+
+def _check_user_item_dict(path, num_user, num_item, train_keys):
+    """The optional ``user_item_dict.npy`` must hold exactly the training pairs."""
+    if not os.path.exists(path):
+        return
+    uid = _load_user_item_dict(path)
+    pairs = [(u, _check_items(its, num_user, num_item, path, f'user {u}')) for u, its in uid.items()]
+    for u, _ in pairs:
+        if u < 0 or u >= num_user:
+            raise DataError(path, f'user id {u} out of range (dataset has {num_user} users)')
+    uid_keys = np.unique(np.concatenate([u * num_item + its for u, its in pairs] or [np.zeros(0, np.int64)]))
+    if not np.array_equal(uid_keys, train_keys):
+        diff = np.setxor1d(uid_keys, train_keys)[0]
+        raise DataError(path, f'disagrees with train.npy on user {int(diff // num_item)} '
+                              f'item {int(diff % num_item) + num_user}')
 
 
 def _load_words(path, num_item):

@@ -311,17 +311,9 @@ def _time_column(path, header, rows):
     return 2, None
 
 
-def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, content=None):
-    """An interaction file (user, item[, timestamp]) plus one .npy matrix per modality.
-
-    Feature row r belongs to item id r, or to the r-th line of ``item_list``
-    when given.  With timestamps the split is chronological, else random (``seed``).
-    ``content``: see ``add_content``.
-    """
-    from safe_read import load_matrix
-    for m in feature_paths:
-        if not isinstance(m, str) or not MODALITY_NAME.fullmatch(m):
-            raise DataError('--feature', f'{str(m)[:40]!r} is not a plain modality name (letters, digits, _, -)')
+def _interactions(inter_path):
+    """``(users, items, timestamps or None, the timestamp column or None, a warning or None)`` of an
+    interaction CSV/TSV, ids as stripped strings."""
     header, rows = _read_table(inter_path)
     width = {len(r) for r in rows}
     if min(width) < 2:
@@ -337,6 +329,21 @@ def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, con
             raise DataError(inter_path, f'column {time_col + 1} (timestamp) holds a non-number') from None
         if not np.isfinite(times).all():
             raise DataError(inter_path, f'column {time_col + 1} (timestamp) holds NaN or Inf')
+    return users, items, times, time_col, warning
+
+
+def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, content=None):
+    """An interaction file (user, item[, timestamp]) plus one .npy matrix per modality.
+
+    Feature row r belongs to item id r, or to the r-th line of ``item_list``
+    when given.  With timestamps the split is chronological, else random (``seed``).
+    ``content``: see ``add_content``.
+    """
+    from safe_read import load_matrix
+    for m in feature_paths:
+        if not isinstance(m, str) or not MODALITY_NAME.fullmatch(m):
+            raise DataError('--feature', f'{str(m)[:40]!r} is not a plain modality name (letters, digits, _, -)')
+    users, items, times, time_col, warning = _interactions(inter_path)
     feats = {m: load_matrix(p) for m, p in feature_paths.items()}
     n_rows = {f.shape[0] for f in feats.values()}
     if len(n_rows) > 1:

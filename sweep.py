@@ -317,11 +317,9 @@ def parse(argv):
     return build_parser().parse_args(own), base
 
 
-def sweep(args, base):
-    import optuna
-    from Full_vt import format_metrics
-    parser = config.build_parser()
-    space = load_space(args.space, parser)
+def check_sweep(args, base, parser, space):
+    """Everything that can be refused before a trial runs: the space against the main.py flags after --,
+    those flags themselves (parsed once, with the space's first point), and the output file."""
     for key in space:
         if any(a == o or a.startswith(o + '=') for a in base for o in
                next(x for x in parser._actions if x.dest == key).option_strings):
@@ -338,6 +336,13 @@ def sweep(args, base):
             raise InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
         if path:
             check_writable(path, what)
+
+
+def sweep(args, base):
+    import optuna
+    parser = config.build_parser()
+    space = load_space(args.space, parser)
+    check_sweep(args, base, parser, space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, url = open_study(args, space)
     folder = os.path.abspath(os.path.join('runs', f'sweep-{args.study}'))
@@ -378,6 +383,13 @@ def sweep(args, base):
             time.sleep(min(args.heartbeat, 2))  # long enough to see another process's trial go stale and retry it
         else:
             break                               # trials other processes still run show as RUNNING in the table
+    return report(study, args, parser, base)
+
+
+def report(study, args, parser, base):
+    """The table of all trials, the best one's metrics, and --write_config; exit status 1 when none finished."""
+    import optuna
+    from Full_vt import format_metrics
     print(table(study))
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
