@@ -38,7 +38,7 @@ from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 
 def knn_neighbours(unit, k, block_floats=SIMILARITY_FLOATS):
     """``(ids [I, k], cosine [I, k])`` of each row's ``k`` most similar rows of ``unit`` (unit rows, dense or
-    sparse CSR), itself first, computed ``block_floats / I`` rows at a time.  No gradient."""
+    sparse CSR), itself first with cosine 1 (a zero row too, whose other cosines are 0), computed ``block_floats / I`` rows at a time.  No gradient."""
     num_item = unit.shape[0]
     ids = torch.empty(num_item, k, dtype=torch.long)
     cos = torch.empty(num_item, k)
@@ -61,9 +61,7 @@ def weighted_knn(x, k, block_floats=SIMILARITY_FLOATS):
     num_item = x.shape[0]
     others = take_rows(unit, ids[:, 1:].reshape(-1)).view(num_item, k - 1, -1)
     values = (unit.unsqueeze(1) * others).sum(-1)                           # cos(x_i, x_j), j ≠ i
-    values = torch.cat([values.new_ones(num_item, 1), values], dim=1)
-    zero = (x.detach() == 0).all(1)
-    values = values.masked_fill(zero.unsqueeze(1) & (torch.arange(k) > 0), 0.0)
+    values = torch.cat([values.new_ones(num_item, 1), values], dim=1)    # a zero row: 1 on itself, 0 elsewhere
     return torch.arange(num_item).repeat_interleave(k), ids.reshape(-1), values.reshape(-1)
 
 
@@ -73,13 +71,7 @@ def raw_knn(feature, num_item, k):
     if unit.is_sparse:
         with _quiet_csr():
             unit = unit.to_sparse_csr()
-    ids, cos = knn_neighbours(unit, k)
-    if unit.layout == torch.strided:
-        zero = (unit == 0).all(1)
-    else:
-        crow = unit.crow_indices()
-        zero = crow[1:] == crow[:-1]                # a bag row without words
-    cos[zero, 1:] = 0.0
+    ids, cos = knn_neighbours(unit, k)          # a zero row's cosines are 0: its only entry is itself
     return torch.arange(num_item).repeat_interleave(k), ids.reshape(-1), cos.reshape(-1)
 
 
@@ -126,8 +118,6 @@ def dense_graph_plain(learned_features, raw_features, weights, k, skip):
         sim = unit @ unit.t()
         sim.fill_diagonal_(1.0)
         keep = torch.zeros_like(sim).scatter_(1, (sim + 2 * torch.eye(len(sim))).topk(k, dim=1).indices, 1.0)
-        zero = (x == 0).all(1)
-        keep[zero] = torch.eye(len(sim))[zero]
         return sim * keep
 
     def norm(a):
