@@ -4,6 +4,7 @@ graphs at Amazon-Electronics' size.  Each model has its own function here (``grc
 
     python bench/new_models.py step --models GRCN LATTICE --scale 1.0     # synthetic Tiktok (36,656 x 76,085)
     python bench/new_models.py lattice_knn                                 # 63,001 items, 4,096-d and 384-d
+    python bench/new_models.py lattice_knn --num_item 16000                # the same widths, fewer items
 
 Peak memory is the process's resident peak (VmHWM, reset before each measurement) above what it held before.
 """
@@ -101,12 +102,13 @@ def main_(argv=None):
     p.add_argument('--scale', type=float, default=1.0)
     p.add_argument('--batch_size', type=int, default=None)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--num_item', type=int, default=63001, help='lattice_knn: items (Amazon-Electronics: 63,001)')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == 'step':
         grcn_lattice_step(args.models, args.scale, args.batch_size)
     else:
-        lattice_knn_electronics()
+        lattice_knn_electronics(args.num_item)
 
 
 if __name__ == '__main__':
