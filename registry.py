@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from errors import InputError
 
 # Every model of the package, in the order --help and the results table show them.
-MODEL_FILES = ('model_SSL', 'model_MMGCN', 'model_LightGCN', 'model_VBPR', 'model_FREEDOM', 'model_BPR')
+MODEL_FILES = ('model_SSL', 'model_MMGCN', 'model_LightGCN', 'model_VBPR', 'model_FREEDOM', 'model_BPR',
+               'model_BM3')
 
 
 def finite(x):

@@ -1,0 +1,127 @@
+"""BM3, MGCN and LGMRec (issue #24, docs/models.md): each equation against a dense hand computation on a
+2-user, 3-item graph, each fast path against its plain formula, and each model through the command line
+(training, evaluation, SIGKILL then --resume equal to the uninterrupted run, --export_topk, --help)."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import config
+import registry
+from BaseModel import normalized_adjacency
+from model_BM3 import BM3
+from test_train import _run, kill_then_resume
+
+# The hand graph: 2 users, 3 items; user 0 has items 0, 1; user 1 has items 1, 2.
+TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2]])
+U, I = 2, 3
+FEAT = {'v': np.array([[1., 0.], [1., 1.], [0., 2.]], dtype=np.float32)}
+
+
+def hand_adjacency():
+    """``Â`` written out: every degree is 2 but items 0 and 2 (1): ``1/√(deg_u deg_i)`` on each edge."""
+    a = torch.zeros(U + I, U + I)
+    for (u, i), value in {(0, 0): 1 / math.sqrt(2), (0, 1): 1 / 2, (1, 1): 1 / 2, (1, 2): 1 / math.sqrt(2)}.items():
+        a[u, U + i] = a[U + i, u] = value
+    return a
+
+
+def layer_mean(a, x0, num_layer):
+    layers = [x0]
+    for _ in range(num_layer):
+        layers.append(a @ layers[-1])
+    return sum(layers) / (num_layer + 1)
+
+
+def cos_loss(a, b):
+    return 1 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1).mean()
+
+
+def cli_roundtrip(tmp_path, folder, name, *flags):
+    """Train (killed and resumed, compared with the uninterrupted run), then export the best model's top 5."""
+    full, resumed = kill_then_resume(tmp_path, ['--data_path', folder, '--model_name', name, '--batch_size', '64',
+                                                '--dim_latent', '16', '--topK', '10', *flags], num_epoch=4, kill_after=2)
+    assert (resumed['best_epoch'], resumed['val'], resumed['test']) == (full['best_epoch'], full['val'], full['test'])
+    assert full['test']['10']['recall'] > 0
+    export = tmp_path / 'top.csv'
+    code, _ = _run(tmp_path, folder, '--model_name', name, '--dim_latent', '16', *flags, '--num_epoch', '0',
+                   '--topK', '5', '--PATH_weight_load', str(tmp_path / 'full.best.pt'), '--export_topk', str(export),
+                   tag='exp')
+    assert code == 0
+    with open(export) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 * 120 and rows[0]['rank'] == '1'
+
+
+# ---------------------------------------------------------------------- BM3
+
+def bm3_hand_model(dropout=0.0):
+    torch.manual_seed(0)
+    return BM3(U, I, FEAT, normalized_adjacency(TRAIN, U, I), dim_latent=2, num_layer=1, dropout=dropout,
+               reg_weight=0.1, cl_weight=2.0)
+
+
+def test_bm3_encoder_scores_and_loss_by_hand():
+    model = bm3_hand_model()
+    e_u, e_i = model.embedding_user, model.embedding_item
+    h = layer_mean(hand_adjacency(), torch.cat([e_u, e_i]), 1)
+    h_u, h_i = h[:U], h[U:] + e_i                               # the ID embedding added again on the item side
+    p = model.predictor
+    z_user, z_item = model()
+    assert torch.allclose(z_user, p(h_u), atol=1e-6) and torch.allclose(z_item, p(h_i), atol=1e-6)
+    assert torch.allclose(model.scores(torch.tensor([1])), p(h_u)[1:] @ p(h_i).t(), atol=1e-6)
+
+    users, items = torch.tensor([0, 1, 1]), torch.tensor([1, 1, 2])
+    loss, parts = model.loss(users, items)
+    sg_u, sg_i = h_u.detach()[users], h_i.detach()[items]                   # ρ = 0: targets unperturbed, no gradient
+    rec = cos_loss(p(h_u[users]), sg_i) + cos_loss(p(h_i[items]), sg_u)
+    reg = (h_u.norm() + h_i.norm()) / I                                     # Frobenius, not squared
+    t = model.transforms['v'](model.feature_tables['v'])[items]
+    cl = cos_loss(p(t), sg_i) + cos_loss(p(t), t.detach())
+    assert parts['rec'] == pytest.approx(rec.item(), abs=1e-6) and parts['reg'] == pytest.approx(reg.item(), abs=1e-6)
+    assert parts['cl_v'] == pytest.approx(cl.item(), abs=1e-6)
+    hand = rec + 0.1 * reg + 2.0 * cl
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
+    params = list(model.parameters())
+    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
+        assert torch.allclose(g, q, atol=1e-6)
+
+
+def test_bm3_rows_loss_equals_the_authors_order_and_targets_carry_no_gradient():
+    model = bm3_hand_model()
+    users, items = torch.tensor([0, 1, 1, 0]), torch.tensor([1, 1, 2, 0])
+    fast, fast_parts = model.loss(users, items)
+    plain, plain_parts = model.loss_plain(users, items)
+    assert fast.item() == pytest.approx(plain.item(), abs=1e-6) and fast_parts == pytest.approx(plain_parts)
+    grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
+    plain_grads = torch.autograd.grad(model.loss_plain(users, items)[0], list(model.parameters()), allow_unused=True)
+    for g, q in zip(grads, plain_grads):
+        assert (g is None) == (q is None) and (g is None or torch.allclose(g, q, atol=1e-6))
+
+
+def test_bm3_dropout_perturbs_the_targets_from_the_seeded_rng():
+    model = bm3_hand_model(dropout=0.5)
+    users, items = torch.tensor([0, 1, 1]), torch.tensor([1, 1, 2])
+    torch.manual_seed(3)
+    first = model.loss(users, items)[0].item()
+    torch.manual_seed(3)
+    assert model.loss(users, items)[0].item() == first
+    clean = bm3_hand_model(dropout=0.0).loss(users, items)[0].item()
+    assert first != pytest.approx(clean)
+
+
+def test_bm3_defaults_and_flags():
+    args = config.parse_args(['--model_name', 'BM3'])
+    assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer, args.num_epoch, args.dropout_rate,
+            args.cl_weight) == (1e-3, 0.1, 2048, 1, 1000, 0.5, 2.0)
+    assert registry.adam_weight_decay(args) == 0.0
+    assert '--cl_weight' in config.build_parser().format_help()
+    with pytest.raises(Exception, match='--cl_weight: must be a finite number >= 0'):
+        config.parse_args(['--model_name', 'BM3', '--cl_weight', '-1'])
+
+
+def test_bm3_trains_resumes_and_exports(tiny_plain, tmp_path):
+    cli_roundtrip(tmp_path, tiny_plain, 'BM3', '--l_r', '0.01')
