@@ -13,6 +13,7 @@ import config
 import registry
 from BaseModel import normalized_adjacency
 from model_BM3 import BM3
+from model_MGCN import MGCN, item_graphs, normalized_weighted_knn, weighted_knn
 from test_train import _run, kill_then_resume
 
 # The hand graph: 2 users, 3 items; user 0 has items 0, 1; user 1 has items 1, 2.
@@ -125,3 +126,80 @@ def test_bm3_defaults_and_flags():
 
 def test_bm3_trains_resumes_and_exports(tiny_plain, tmp_path):
     cli_roundtrip(tmp_path, tiny_plain, 'BM3', '--l_r', '0.01')
+
+
+# ---------------------------------------------------------------------- MGCN
+
+def test_mgcn_weighted_knn_graph_by_hand():
+    """cos(0, 1) = 2/√5, cos(1, 2) = 1/√5, cos(0, 2) = 0; item 3 is all zeros: itself alone, no NaN."""
+    feat = np.array([[1., 0.], [2., 1.], [0., 1.], [0., 0.]], dtype=np.float32)
+    a, b = 2 / math.sqrt(5), 1 / math.sqrt(5)
+    w = torch.tensor([[1, a, 0, 0], [a, 1, 0, 0], [0, b, 1, 0], [0, 0, 0, 1]])        # rows: itself + 1 neighbour
+    d = w.sum(1)
+    expected = w / torch.sqrt(d[:, None] * d[None, :])
+    for block in (2 ** 24, 4):                                                        # one block, then 1 row a block
+        graph = normalized_weighted_knn(*weighted_knn(feat, 4, 2, block_floats=block), 4).to_dense()
+        assert torch.allclose(graph, expected, atol=1e-6) and not graph.isnan().any()
+    # a negative similarity in the top k weighs 0 (the row keeps its self-loop, its degree stays > 0)
+    graph = normalized_weighted_knn(*weighted_knn(np.array([[1., 0.], [-1., 0.]], dtype=np.float32), 2, 2), 2)
+    assert torch.equal(graph.to_dense(), torch.eye(2))
+
+
+MGCN_FEAT = {'v': np.array([[1., 0.], [1., 1.], [0., 2.]], dtype=np.float32),
+             't': np.array([[0., 1., 1.], [1., 0., 0.], [1., 1., 0.]], dtype=np.float32)}
+
+
+def mgcn_by_hand(model):
+    """``(c, s)`` of the module docstring with dense matrices and the model's own layers."""
+    a = hand_adjacency()
+    r = a[:U, U:]
+    c = layer_mean(a, torch.cat([model.embedding_user, model.embedding_item]), 2)
+    graphs = item_graphs(MGCN_FEAT, I, 2)
+    views = []
+    for m in ('v', 't'):
+        e = model.embedding_item * torch.sigmoid(model.purifiers[m](model.transforms[m](model.feature_tables[m])))
+        item = graphs[m].to_dense() @ e
+        views.append(torch.cat([r @ item, item]))
+    w = torch.softmax(torch.cat([model.query(x) for x in views], 1), 0)         # over the nodes, as official
+    common = w[:, :1] * views[0] + w[:, 1:] * views[1]
+    s = (common + sum(torch.sigmoid(model.preferences[m](c)) * (x - common) for m, x in zip('vt', views))) / 3
+    return c, s
+
+
+def nce_by_hand(a, b, tau=0.2):
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    return -torch.stack([(a[r] @ b[r] / tau) - torch.logsumexp(a[r] @ b.t() / tau, 0) for r in range(len(a))]).mean()
+
+
+def test_mgcn_encoder_and_loss_by_hand():
+    torch.manual_seed(0)
+    model = MGCN(U, I, MGCN_FEAT, normalized_adjacency(TRAIN, U, I), item_graphs(MGCN_FEAT, I, 2), dim_latent=4,
+                 num_layer=2, reg_weight=0.1, cl_weight=0.5)
+    c, s = mgcn_by_hand(model)
+    z = c + s
+    z_user, z_item = model()
+    assert torch.allclose(z_user, z[:U], atol=1e-6) and torch.allclose(z_item, z[U:], atol=1e-6)
+    users, pos, neg = torch.tensor([0, 1, 1]), torch.tensor([1, 2, 1]), torch.tensor([2, 0, 0])
+    loss, parts = model.loss(users, pos, neg)
+    zu, zp, zn = z[users], z[U + pos], z[U + neg]
+    bpr = -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
+    reg = 0.5 * (zu.pow(2).sum() + zp.pow(2).sum() + zn.pow(2).sum()) / 3          # on the final embeddings
+    cl = nce_by_hand(s[U + pos], c[U + pos]) + nce_by_hand(s[users], c[users])
+    assert parts == pytest.approx({'bpr': bpr.item(), 'reg': reg.item(), 'cl': cl.item()}, abs=1e-5)
+    hand = bpr + 0.1 * reg + 0.5 * cl
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
+    params = list(model.parameters())
+    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
+        assert torch.allclose(g, q, atol=1e-5)
+
+
+def test_mgcn_defaults_and_flags():
+    args = config.parse_args(['--model_name', 'MGCN'])
+    assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer, args.num_epoch, args.knn_k,
+            args.cl_weight) == (1e-3, 1e-4, 2048, 2, 1000, 10, 0.01)
+    assert registry.adam_weight_decay(args) == 0.0
+    assert 'MGCN' in config.build_parser().format_help().split('--knn_k')[1].split('\n  --')[0]
+
+
+def test_mgcn_trains_resumes_and_exports(tiny_plain, tmp_path):
+    cli_roundtrip(tmp_path, tiny_plain, 'MGCN', '--l_r', '0.01', '--knn_k', '5')
