@@ -30,7 +30,7 @@ from errors import InputError
 
 # Every model of the package, in the order --help and the results table show them.
 MODEL_FILES = ('model_SSL', 'model_MMGCN', 'model_LightGCN', 'model_VBPR', 'model_FREEDOM', 'model_BPR',
-               'model_BM3', 'model_MGCN')
+               'model_BM3', 'model_MGCN', 'model_LGMRec')
 
 
 def finite(x):

@@ -13,6 +13,8 @@ import config
 import registry
 from BaseModel import normalized_adjacency
 from model_BM3 import BM3
+import model_LGMRec
+from model_LGMRec import LGMRec
 from model_MGCN import MGCN, item_graphs, normalized_weighted_knn, weighted_knn
 from test_train import _run, kill_then_resume
 
@@ -203,3 +205,107 @@ def test_mgcn_defaults_and_flags():
 
 def test_mgcn_trains_resumes_and_exports(tiny_plain, tmp_path):
     cli_roundtrip(tmp_path, tiny_plain, 'MGCN', '--l_r', '0.01', '--knn_k', '5')
+
+
+# ---------------------------------------------------------------------- LGMRec
+
+# A third user with one item: user degrees differ, so a user's mean and sum of items differ in direction.
+LG_TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2]])
+LG_U = 3
+
+
+def dense_adjacency(train, num_user, num_item):
+    """``D^-1/2 A D^-1/2`` of the bipartite graph, dense (every node here has an edge)."""
+    a = torch.zeros(num_user + num_item, num_user + num_item)
+    a[train[:, 0], num_user + train[:, 1]] = a[num_user + train[:, 1], train[:, 0]] = 1
+    d = a.sum(1).rsqrt()
+    return d[:, None] * a * d[None, :]
+
+
+def lgmrec_hand_model(dropout=0.0):
+    torch.manual_seed(0)
+    return LGMRec(LG_U, I, MGCN_FEAT, LG_TRAIN, normalized_adjacency(LG_TRAIN, LG_U, I), dim_latent=4, num_layer=2, mm_layers=2,
+                  hyper_num=3, hyper_layers=1, dropout=dropout, alpha=0.3, reg_weight=0.1, cl_weight=0.5)
+
+
+def lgmrec_by_hand(model):
+    """``(z, {m: h_m})`` of the module docstring with dense matrices, memberships ``softmax(x / 0.2)``."""
+    U = LG_U
+    a = dense_adjacency(LG_TRAIN, U, I)
+    r = torch.zeros(U, I)
+    r[LG_TRAIN[:, 0], LG_TRAIN[:, 1]] = 1
+    r_mean = r / r.sum(1, keepdim=True)                                          # each user: the mean of its items
+    c = layer_mean(a, torch.cat([model.embedding_user, model.embedding_item]), 2)
+    local, hyper = c, {}
+    for m in ('v', 't'):
+        f = torch.tensor(MGCN_FEAT[m])
+        item = f @ model.transforms[m]
+        g = a @ (a @ torch.cat([r_mean @ item, item]))                          # the last of 2 layers, no mean
+        local = local + F.normalize(g, dim=1)
+        h_i, h_u = torch.softmax(f @ model.hyper[m] / 0.2, 1), torch.softmax(r @ f @ model.hyper[m] / 0.2, 1)
+        latent = h_i.t() @ c[U:]
+        hyper[m] = torch.cat([h_u @ latent, h_i @ latent])
+    return local + 0.3 * F.normalize(hyper['v'] + hyper['t'], dim=1), hyper
+
+
+def contrast_by_hand(a, b, every, tau=0.2):
+    a, b, every = F.normalize(a, dim=1), F.normalize(b, dim=1), F.normalize(every, dim=1)
+    return -sum(torch.log(torch.exp(a[r] @ b[r] / tau) / torch.exp(a[r] @ every.t() / tau).sum())
+                for r in range(len(a)))
+
+
+def test_lgmrec_evaluation_forward_by_hand():
+    model = lgmrec_hand_model().eval()
+    assert torch.allclose(dense_adjacency(TRAIN, U, I), hand_adjacency())
+    z, _ = lgmrec_by_hand(model)
+    z_user, z_item = model()
+    assert torch.allclose(z_user, z[:LG_U], atol=1e-5) and torch.allclose(z_item, z[LG_U:], atol=1e-5)
+
+
+def test_lgmrec_loss_by_hand(monkeypatch):
+    """Training with the Gumbel noise replaced by none (and ρ = 0): the loss of the docstring, term by term."""
+    monkeypatch.setattr(model_LGMRec.F, 'gumbel_softmax', lambda x, tau, hard, dim: torch.softmax(x / tau, dim))
+    model = lgmrec_hand_model().train()
+    z, hyper = lgmrec_by_hand(model)
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 2]), torch.tensor([2, 0, 0])
+    loss, parts = model.loss(users, pos, neg)
+    n = LG_U
+    zu, zp, zn = z[users], z[n + pos], z[n + neg]
+    bpr = -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
+    reg = (zu.norm() + zp.norm() + zn.norm()) / 3                                 # Frobenius norms, not squared
+    hv, ht = hyper['v'], hyper['t']
+    cl = contrast_by_hand(hv[users], ht[users], ht[:n]) + contrast_by_hand(hv[n + pos], ht[n + pos], ht[n:])
+    assert parts == pytest.approx({'bpr': bpr.item(), 'hcl': cl.item(), 'reg': reg.item()}, abs=1e-5)
+    hand = bpr + 0.5 * cl + 0.1 * reg
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
+    params = list(model.parameters())
+    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
+        assert torch.allclose(g, q, atol=1e-5)
+
+
+def test_lgmrec_noise_in_training_only_and_from_the_seeded_rng():
+    model = lgmrec_hand_model(dropout=0.5)
+    batch = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([2, 0])
+    torch.manual_seed(4)
+    first = model.loss(*batch)[0].item()
+    torch.manual_seed(4)
+    assert model.loss(*batch)[0].item() == first
+    assert model.loss(*batch)[0].item() != first                                 # fresh noise, fresh loss
+    model.eval()
+    assert torch.equal(model()[0], model()[0])
+
+
+def test_lgmrec_defaults_and_flags():
+    args = config.parse_args(['--model_name', 'LGMRec'])
+    assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer, args.num_epoch, args.dropout_rate,
+            args.cl_weight, args.lgmrec_mm_layers, args.hyper_num, args.n_hyper_layer, args.lgmrec_alpha) == \
+        (1e-3, 1e-6, 2048, 2, 1000, 0.5, 1e-4, 2, 4, 1, 0.3)
+    assert registry.adam_weight_decay(args) == 0.0
+    text = config.build_parser().format_help()
+    assert all(f'--{flag}' in text for flag in ('lgmrec_mm_layers', 'hyper_num', 'n_hyper_layer', 'lgmrec_alpha'))
+    with pytest.raises(Exception, match='--hyper_num: must be in'):
+        config.parse_args(['--model_name', 'LGMRec', '--hyper_num', '0'])
+
+
+def test_lgmrec_trains_resumes_and_exports(tiny_plain, tmp_path):
+    cli_roundtrip(tmp_path, tiny_plain, 'LGMRec', '--l_r', '0.01')
