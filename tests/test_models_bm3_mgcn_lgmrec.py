@@ -3,6 +3,11 @@
 (training, evaluation, SIGKILL then --resume equal to the uninterrupted run, --export_topk, --help)."""
 import csv
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +21,8 @@ from model_BM3 import BM3
 import model_LGMRec
 from model_LGMRec import LGMRec
 from model_MGCN import MGCN, item_graphs, normalized_weighted_knn, weighted_knn
-from test_train import _run, kill_then_resume
+from conftest import ROOT
+from test_train import _checkpoint_epoch, _run
 
 # The hand graph: 2 users, 3 items; user 0 has items 0, 1; user 1 has items 1, 2.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2]])
@@ -43,16 +49,43 @@ def cos_loss(a, b):
     return 1 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1).mean()
 
 
+def kill_then_resume_once(tmp_path, folder, flags, num_epoch=4, kill_after=2):
+    """``test_train.kill_then_resume`` with one subprocess instead of three (each pays ~6 s of imports on one
+    core): the uninterrupted run and the resume run in this process, the run killed (SIGKILL) during epoch
+    ``kill_after + 1`` as a subprocess.  Returns both result records."""
+    flags = [*flags, '--num_epoch', str(num_epoch), '--patience', '50']
+    code, full = _run(tmp_path, folder, *flags, tag='full')
+    assert code == 0
+    cmd = [sys.executable, '-u', os.path.join(ROOT, 'main.py'), '--data_path', folder, *flags, '--no-progress',
+           '--save_file', str(tmp_path / 'killed.jsonl'), '--checkpoint', str(tmp_path / 'killed.last.pt'),
+           '--PATH_weight_save', str(tmp_path / 'killed.best.pt')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    for line in proc.stdout:                       # kill during the next epoch, after this one's checkpoint
+        if line.startswith(f'epoch {kill_after:4d}  Test'):
+            deadline = time.time() + 60
+            while time.time() < deadline and not _checkpoint_epoch(tmp_path / 'killed.last.pt') >= kill_after:
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / 'killed.jsonl').exists()
+    assert kill_after <= _checkpoint_epoch(tmp_path / 'killed.last.pt') < num_epoch
+    code, resumed = _run(tmp_path, folder, *flags, '--resume', tag='killed')
+    assert code == 0
+    return full, resumed
+
+
 def cli_roundtrip(tmp_path, folder, name, *flags):
     """Train (killed and resumed, compared with the uninterrupted run), then export the best model's top 5."""
-    full, resumed = kill_then_resume(tmp_path, ['--data_path', folder, '--model_name', name, '--batch_size', '64',
-                                                '--dim_latent', '16', '--topK', '10', *flags], num_epoch=4, kill_after=2)
+    flags = ['--model_name', name, '--batch_size', '64', '--dim_latent', '16', '--topK', '10', *flags]
+    full, resumed = kill_then_resume_once(tmp_path, folder, flags)
     assert (resumed['best_epoch'], resumed['val'], resumed['test']) == (full['best_epoch'], full['val'], full['test'])
+    assert [h['loss'] for h in resumed['history']] == [h['loss'] for h in full['history']]
     assert full['test']['10']['recall'] > 0
     export = tmp_path / 'top.csv'
-    code, _ = _run(tmp_path, folder, '--model_name', name, '--dim_latent', '16', *flags, '--num_epoch', '0',
-                   '--topK', '5', '--PATH_weight_load', str(tmp_path / 'full.best.pt'), '--export_topk', str(export),
-                   tag='exp')
+    code, _ = _run(tmp_path, folder, *flags, '--num_epoch', '0', '--topK', '5', '--PATH_weight_load',
+                   str(tmp_path / 'full.best.pt'), '--export_topk', str(export), tag='exp')
     assert code == 0
     with open(export) as f:
         rows = list(csv.DictReader(f))
