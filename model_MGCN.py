@@ -12,7 +12,8 @@ Encoder (``E_u, E_i`` xavier-uniform; ``T_m = Linear(dim F_m → d)``, the table
     ẽ_m   = E_i ⊙ σ(G_m T_m F_m)                          behaviour-guided purifier (G_m: Linear(d → d))
     x_m   = [R̂ Ŝ_m^{L_mm} ẽ_m ; Ŝ_m^{L_mm} ẽ_m]            item-item view, users from their items (L_mm = 1)
     c     = mean_{k=0..L} Â^k [E_u ; E_i]                  user-item view (L = --num_layer, 2)
-    a_m   = q₂ᵀ tanh(Q₁ x_m + b),  w_m = softmax over the U+I nodes of a_m     (as the authors' code)
+    a_m   = q₂ᵀ tanh(Q₁ x_m + b),  w = softmax(a) over the U+I nodes per modality (the authors' code;
+            --mgcn_softmax modalities: over the modalities per node, the paper and MMRec's port)
     x_c   = Σ_m w_m x_m,   s = (x_c + Σ_m σ(P_m c + p_m) ⊙ (x_m - x_c)) / (M + 1)
     z     = c + s,   s(u, i) = z_u · z_i
 
@@ -32,7 +33,7 @@ from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propaga
 from errors import InputError
 from knn_graph import SIMILARITY_FLOATS, _similarity_block, unit_rows
 from model_LightGCN import bpr_loss
-from registry import ModelEntry, Recommender, needs_modality
+from registry import Flag, ModelEntry, Recommender, needs_modality
 
 TEMPERATURE = 0.2          # the authors' code: InfoNCE(..., 0.2) (its self.tau = 0.5 is never read)
 
@@ -115,17 +116,19 @@ class MGCN(Recommender):
         reg_weight: ``λ`` (``--weight_decay``, 1e-4).
         cl_weight: ``β`` (``--cl_weight``, 0.01).
         num_item_layer: ``L_mm`` (1), item-item layers.
+        fuser_softmax: ``'nodes'`` (the authors' code) or ``'modalities'`` (the paper): what the fuser's
+            attention weights sum to 1 over.
     """
 
     needs_negatives = True
 
     def __init__(self, num_user, num_item, features, adj, item_adj, dim_latent=64, num_layer=2, reg_weight=1e-4,
-                 cl_weight=0.01, num_item_layer=1):
+                 cl_weight=0.01, num_item_layer=1, fuser_softmax='nodes'):
         super().__init__()
         if not features:
             raise ValueError('MGCN needs at least one modality')
         self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
-        self.reg_weight, self.cl_weight = reg_weight, cl_weight
+        self.reg_weight, self.cl_weight, self.fuser_softmax = reg_weight, cl_weight, fuser_softmax
         self.modalities = list(features)
         self.register_buffer('adj', adj, persistent=False)
         user_item = user_item_block(adj, num_user)
@@ -155,8 +158,9 @@ class MGCN(Recommender):
 
     def fuse(self, views, content):
         """``s``: the behaviour-aware fuser of the modality views ``[x_m]`` given the user-item view ``c``."""
-        # softmax over the nodes, per modality: the authors' nn.Softmax(dim=0) (the paper's is over modalities)
-        weights = torch.softmax(torch.cat([self.query(x) for x in views], dim=1), dim=0)      # [(U+I), M]
+        # 'nodes': per modality over the U+I nodes, the authors' nn.Softmax(dim=0); 'modalities': per node, the paper
+        weights = torch.softmax(torch.cat([self.query(x) for x in views], dim=1),
+                                dim=0 if self.fuser_softmax == 'nodes' else 1)              # [(U+I), M]
         common = sum(weights[:, n:n + 1] * x for n, x in enumerate(views))
         specific = sum(torch.sigmoid(self.preferences[m](content)) * (x - common)
                        for m, x in zip(self.modalities, views))
@@ -195,7 +199,8 @@ def build(args, data):
         raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
     return MGCN(data.num_user, data.num_item, data.features, adj, item_graphs(data.features, data.num_item, args.knn_k),
-                args.dim_latent, args.num_layer, reg_weight=args.weight_decay, cl_weight=args.cl_weight)
+                args.dim_latent, args.num_layer, reg_weight=args.weight_decay, cl_weight=args.cl_weight,
+                fuser_softmax=args.mgcn_softmax)
 
 
 MODEL = ModelEntry(
@@ -204,5 +209,9 @@ MODEL = ModelEntry(
     # demonph10/MGCN's MGCN.yaml / overall.yaml: lr 1e-3, reg_weight 1e-4 (the loss's λ; Adam without decay),
     # batch 2048, n_ui_layers 2, n_layers 1, knn_k 10, cl_loss 0.01
     defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=2, num_epoch=1000, cl_weight=0.01),
+    flags=(
+        Flag('mgcn_softmax', 'nodes', "what the fuser's attention weights are normalised over: 'nodes' (the authors' "
+             "code, nn.Softmax(dim=0)) or 'modalities' (the paper, MMRec's port)", choices=('nodes', 'modalities')),
+    ),
     reads=('knn_k', 'cl_weight'),
 )
