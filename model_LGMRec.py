@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
 from model_LightGCN import bpr_loss
+from model_MGCN import transpose_csr
 from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 
 TEMPERATURE = 0.2          # the authors' self.tau: the Gumbel softmax and the contrast
@@ -50,11 +51,6 @@ def interaction_matrices(train, num_user, num_item):
             return torch.sparse_coo_tensor(torch.stack([users, items]), values, (num_user, num_item),
                                            check_invariants=True).coalesce().to_sparse_csr()
         return csr(torch.ones(len(users))), csr(inv_deg[users])
-
-
-def transpose_csr(adj):
-    with _quiet_csr():
-        return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
 def hyper_propagate(item_edges, user_edges, item_emb, num_hyper_layer):

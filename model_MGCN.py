@@ -80,6 +80,7 @@ def item_graphs(features, num_item, k):
 
 
 def transpose_csr(adj):
+    """``adjᵀ`` as CSR: what the backward of a fixed sparse product multiplies by."""
     with _quiet_csr():
         return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
