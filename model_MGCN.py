@@ -25,13 +25,19 @@ Loss for a batch of (user, positive, sampled negative):
 with ``λ = --weight_decay`` 1e-4, ``β = --cl_weight`` 0.01, ``InfoNCE(a, b) = -mean_r log(exp(â_r·b̂_r/τ) /
 Σ_r' exp(â_r·b̂_r'/τ))`` on L2-normalised rows.
 """
+import os
+import sys
+import time
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
 from errors import InputError
-from knn_graph import SIMILARITY_FLOATS, _similarity_block, unit_rows
+import knn_graph
+from knn_graph import SIMILARITY_FLOATS, _similarity_block, feature_digest, unit_rows
+from safe_write import atomic_save
 from model_LightGCN import bpr_loss
 from registry import Flag, ModelEntry, Recommender, needs_modality
 
@@ -74,9 +80,38 @@ def normalized_weighted_knn(indices, values, num_item):
                                        (num_item, num_item), check_invariants=True).coalesce().to_sparse_csr()
 
 
-def item_graphs(features, num_item, k):
-    """``{m: Ŝ_m}`` for every modality."""
-    return {m: normalized_weighted_knn(*weighted_knn(f, num_item, k), num_item) for m, f in features.items()}
+def cached_weighted_knn(name, feature, num_item, k, cache_dir):
+    """``weighted_knn`` of one modality, from ``<cache_dir>/mgcn_knn_<name>_k<k>.pt`` when that file was built
+    from the same content (digest, shapes, id range and weights checked), else built; a build slower than
+    ``knn_graph.CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
+    path = None if cache_dir is None else os.path.join(cache_dir, f'mgcn_knn_{name}_k{k}.pt')
+    digest = feature_digest(feature, k) if path else None
+    if path and os.path.isfile(path):
+        try:
+            saved = torch.load(path, map_location='cpu', weights_only=True)
+            indices, values = saved['indices'], saved['values']
+            if (saved['digest'] == digest and indices.dtype == torch.long and values.dtype == torch.float32
+                    and tuple(indices.shape) == tuple(values.shape) == (num_item, k)
+                    and int(indices.min()) >= 0 and int(indices.max()) < num_item
+                    and bool(((values >= 0) & (values <= 1 + 1e-5)).all()) and bool((values[:, 0] == 1).all())):
+                return indices, values
+        except Exception:   # unreadable or of another layout: rebuilt below, like a stale one
+            pass
+        print(f'note: {path} does not match this dataset; rebuilding it', file=sys.stderr)
+    started = time.time()
+    indices, values = weighted_knn(feature, num_item, k)
+    if path and time.time() - started > knn_graph.CACHE_AFTER_S:
+        try:
+            atomic_save({'digest': digest, 'indices': indices, 'values': values}, path)
+        except InputError as e:      # a read-only dataset folder, a full disk: the run goes on uncached
+            print(f'note: MGCN kNN graph not cached ({e})', file=sys.stderr)
+    return indices, values
+
+
+def item_graphs(features, num_item, k, cache_dir=None):
+    """``{m: Ŝ_m}`` for every modality (each modality's kNN ids and weights cached in ``cache_dir`` when slow)."""
+    return {m: normalized_weighted_knn(*cached_weighted_knn(m, f, num_item, k, cache_dir), num_item)
+            for m, f in features.items()}
 
 
 def transpose_csr(adj):
@@ -199,7 +234,7 @@ def build(args, data):
     if args.knn_k > data.num_item:
         raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    return MGCN(data.num_user, data.num_item, data.features, adj, item_graphs(data.features, data.num_item, args.knn_k),
+    return MGCN(data.num_user, data.num_item, data.features, adj, item_graphs(data.features, data.num_item, args.knn_k, data.path),
                 args.dim_latent, args.num_layer, reg_weight=args.weight_decay, cl_weight=args.cl_weight,
                 fuser_softmax=args.mgcn_softmax)
 

@@ -15,6 +15,8 @@ import torch
 from torch.nn import functional as F
 
 import config
+import knn_graph
+import model_MGCN
 import registry
 from BaseModel import normalized_adjacency
 from model_BM3 import BM3
@@ -178,6 +180,27 @@ def test_mgcn_weighted_knn_graph_by_hand():
     # a negative similarity in the top k weighs 0 (the row keeps its self-loop, its degree stays > 0)
     graph = normalized_weighted_knn(*weighted_knn(np.array([[1., 0.], [-1., 0.]], dtype=np.float32), 2, 2), 2)
     assert torch.equal(graph.to_dense(), torch.eye(2))
+
+
+def test_mgcn_graph_cache_is_validated(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(knn_graph, 'CACHE_AFTER_S', 0.0)     # cache even a fast build
+    feat = np.array([[1., 0.], [2., 1.], [0., 1.], [0., 0.]], dtype=np.float32)
+    calls = []
+    original = model_MGCN.weighted_knn
+    monkeypatch.setattr(model_MGCN, 'weighted_knn', lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = model_MGCN.cached_weighted_knn('v', feat, 4, 2, str(tmp_path))
+    path = tmp_path / 'mgcn_knn_v_k2.pt'
+    assert path.exists() and len(calls) == 1
+    again = model_MGCN.cached_weighted_knn('v', feat, 4, 2, str(tmp_path))
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, again))
+    saved = torch.load(path, weights_only=True)
+    torch.save({**saved, 'values': saved['values'] * 3}, path)                 # weights out of range: rebuilt
+    assert torch.equal(model_MGCN.cached_weighted_knn('v', feat, 4, 2, str(tmp_path))[1], first[1]) and len(calls) == 2
+    path.write_bytes(b'garbage')
+    model_MGCN.cached_weighted_knn('v', feat, 4, 2, str(tmp_path))
+    assert len(calls) == 3 and 'does not match' in capsys.readouterr().err
+    model_MGCN.cached_weighted_knn('v', feat[::-1].copy(), 4, 2, str(tmp_path))    # other content
+    assert len(calls) == 4
 
 
 MGCN_FEAT = {'v': np.array([[1., 0.], [1., 1.], [0., 2.]], dtype=np.float32),
