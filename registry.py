@@ -30,9 +30,8 @@ from errors import InputError
 
 # Every model of the package, in the order --help and the results table show them.
 MODEL_FILES = (
-    'model_SSL', 'model_MMGCN', 'model_LightGCN', 'model_VBPR', 'model_FREEDOM', 'model_BPR',
-    'model_GRCN',
-    'model_LATTICE',
+    'model_SSL', 'model_MMGCN', 'model_BPR', 'model_LightGCN', 'model_VBPR', 'model_GRCN', 'model_LATTICE',
+    'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec',
 )
 
 

@@ -1,0 +1,253 @@
+"""MGCN (Yu et al., ACM MM 2023, "Multi-View Graph Convolutional Network for Multimedia Recommendation"):
+behaviour-purified modality features, a user-item view and an item-item view per modality, and a
+behaviour-aware fuser; BPR plus a contrast between the two views (docs/models.md).
+
+Item-item graph per modality m, built once from the raw features (blocked, ``weighted_knn``): each item's
+``k`` most cosine-similar items (``--knn_k`` 10, itself included with weight 1), weighted by their cosine
+similarity ``W_m[i, j] = cos(f_i, f_j)`` (negative ones 0), normalised ``Ŝ_m = D^-1/2 W_m D^-1/2`` with ``D``
+the row sums of ``W_m`` (≥ 1: the self-loop).  ``R̂`` is the user-item block of ``Â`` (SPEC 3.1).
+
+Encoder (``E_u, E_i`` xavier-uniform; ``T_m = Linear(dim F_m → d)``, the tables ``F_m`` trainable):
+
+    ẽ_m   = E_i ⊙ σ(G_m T_m F_m)                          behaviour-guided purifier (G_m: Linear(d → d))
+    x_m   = [R̂ Ŝ_m^{L_mm} ẽ_m ; Ŝ_m^{L_mm} ẽ_m]            item-item view, users from their items (L_mm = 1)
+    c     = mean_{k=0..L} Â^k [E_u ; E_i]                  user-item view (L = --num_layer, 2)
+    a_m   = q₂ᵀ tanh(Q₁ x_m + b),  w = softmax(a) over the U+I nodes per modality (the authors' code;
+            --mgcn_softmax modalities: over the modalities per node, the paper and MMRec's port)
+    x_c   = Σ_m w_m x_m,   s = (x_c + Σ_m σ(P_m c + p_m) ⊙ (x_m - x_c)) / (M + 1)
+    z     = c + s,   s(u, i) = z_u · z_i
+
+Loss for a batch of (user, positive, sampled negative):
+
+    L = BPR(z_u, z_{i⁺}, z_{i⁻}) + λ ½ (‖z_u‖² + ‖z_{i⁺}‖² + ‖z_{i⁻}‖²) / B
+        + β (InfoNCE(s_{i⁺}, c_{i⁺}) + InfoNCE(s_u, c_u))     (temperature 0.2, in-batch negatives)
+
+with ``λ = --weight_decay`` 1e-4, ``β = --cl_weight`` 0.01, ``InfoNCE(a, b) = -mean_r log(exp(â_r·b̂_r/τ) /
+Σ_r' exp(â_r·b̂_r'/τ))`` on L2-normalised rows.
+"""
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
+from errors import InputError
+import knn_graph
+from knn_graph import SIMILARITY_FLOATS, _similarity_block, feature_digest, unit_rows
+from safe_write import atomic_save
+from model_LightGCN import bpr_loss
+from registry import Flag, ModelEntry, Recommender, needs_modality
+
+TEMPERATURE = 0.2          # the authors' code: InfoNCE(..., 0.2) (its self.tau = 0.5 is never read)
+
+
+# ---------------------------------------------------------------------- the item-item graphs
+
+def weighted_knn(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
+    """``(indices [I, k], values [I, k])``: each item's ``k`` most cosine-similar items, itself first with
+    value 1, and their similarities (negative ones as 0; an all-zero row has itself alone, the rest 0).
+    Blocked like ``knn_graph.knn_indices``: never a dense I × I matrix."""
+    unit = unit_rows(feature, num_item)
+    if unit.is_sparse:
+        with _quiet_csr():
+            unit = unit.to_sparse_csr()
+    indices = torch.empty(num_item, k, dtype=torch.long)
+    values = torch.empty(num_item, k)
+    step = max(1, block_floats // num_item)
+    for start in range(0, num_item, step):
+        stop = min(start + step, num_item)
+        sim = _similarity_block(unit, start, stop)
+        sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
+        top = sim.topk(k, dim=1)
+        indices[start:stop], values[start:stop] = top.indices, top.values
+    values[:, 0] = 1.0
+    return indices, values.clamp_(min=0.0)
+
+
+def normalized_weighted_knn(indices, values, num_item):
+    """``Ŝ = D^-1/2 W D^-1/2`` as CSR, ``W[i, indices[i]] = values[i]``, ``D`` its row sums; zero entries
+    dropped."""
+    rows = torch.arange(num_item).repeat_interleave(indices.shape[1])
+    cols, vals = indices.reshape(-1), values.reshape(-1)
+    keep = vals > 0
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    inv_sqrt = torch.zeros(num_item).index_add_(0, rows, vals).pow(-0.5)
+    with _quiet_csr():
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), inv_sqrt[rows] * vals * inv_sqrt[cols],
+                                       (num_item, num_item), check_invariants=True).coalesce().to_sparse_csr()
+
+
+def cached_weighted_knn(name, feature, num_item, k, cache_dir):
+    """``weighted_knn`` of one modality, from ``<cache_dir>/mgcn_knn_<name>_k<k>.pt`` when that file was built
+    from the same content (digest, shapes, id range and weights checked), else built; a build slower than
+    ``knn_graph.CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
+    path = None if cache_dir is None else os.path.join(cache_dir, f'mgcn_knn_{name}_k{k}.pt')
+    digest = feature_digest(feature, k) if path else None
+    if path and os.path.isfile(path):
+        try:
+            saved = torch.load(path, map_location='cpu', weights_only=True)
+            indices, values = saved['indices'], saved['values']
+            if (saved['digest'] == digest and indices.dtype == torch.long and values.dtype == torch.float32
+                    and tuple(indices.shape) == tuple(values.shape) == (num_item, k)
+                    and int(indices.min()) >= 0 and int(indices.max()) < num_item
+                    and bool(((values >= 0) & (values <= 1 + 1e-5)).all()) and bool((values[:, 0] == 1).all())):
+                return indices, values
+        except Exception:   # unreadable or of another layout: rebuilt below, like a stale one
+            pass
+        print(f'note: {path} does not match this dataset; rebuilding it', file=sys.stderr)
+    started = time.time()
+    indices, values = weighted_knn(feature, num_item, k)
+    if path and time.time() - started > knn_graph.CACHE_AFTER_S:
+        try:
+            atomic_save({'digest': digest, 'indices': indices, 'values': values}, path)
+        except InputError as e:      # a read-only dataset folder, a full disk: the run goes on uncached
+            print(f'note: MGCN kNN graph not cached ({e})', file=sys.stderr)
+    return indices, values
+
+
+def item_graphs(features, num_item, k, cache_dir=None):
+    """``{m: Ŝ_m}`` for every modality (each modality's kNN ids and weights cached in ``cache_dir`` when slow)."""
+    return {m: normalized_weighted_knn(*cached_weighted_knn(m, f, num_item, k, cache_dir), num_item)
+            for m, f in features.items()}
+
+
+def transpose_csr(adj):
+    """``adjᵀ`` as CSR: what the backward of a fixed sparse product multiplies by."""
+    with _quiet_csr():
+        return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
+def user_item_block(adj, num_user):
+    """``R̂``: the user rows and item columns of ``Â`` (CSR [U, I])."""
+    coo = adj.to_sparse_coo().coalesce()
+    (rows, cols), vals = coo.indices(), coo.values()
+    keep = (rows < num_user) & (cols >= num_user)
+    num_item = adj.shape[0] - num_user
+    with _quiet_csr():
+        return torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep] - num_user]), vals[keep],
+                                       (num_user, num_item), check_invariants=True).coalesce().to_sparse_csr()
+
+
+def info_nce(a, b, temperature=TEMPERATURE):
+    """``-mean_r log softmax_r'(â_r · b̂_r' / τ)[r]``: row r of ``a`` against every row of ``b``."""
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+# ---------------------------------------------------------------------- the model
+
+class MGCN(Recommender):
+    """MGCN over a fixed user-item graph and per-modality item-item graphs.
+
+    Args:
+        num_user, num_item: sizes.
+        features: modality -> float array [num_item, f] or ``DataLoad.WordFeature`` (at least one).
+        adj: ``Â`` of the training graph, sparse CSR [(U+I), (U+I)].
+        item_adj: ``{m: Ŝ_m}`` (``item_graphs``), sparse CSR [I, I].
+        dim_latent: ``d`` (64).
+        num_layer: ``L`` (2), user-item layers.
+        reg_weight: ``λ`` (``--weight_decay``, 1e-4).
+        cl_weight: ``β`` (``--cl_weight``, 0.01).
+        num_item_layer: ``L_mm`` (1), item-item layers.
+        fuser_softmax: ``'nodes'`` (the authors' code) or ``'modalities'`` (the paper): what the fuser's
+            attention weights sum to 1 over.
+    """
+
+    needs_negatives = True
+
+    def __init__(self, num_user, num_item, features, adj, item_adj, dim_latent=64, num_layer=2, reg_weight=1e-4,
+                 cl_weight=0.01, num_item_layer=1, fuser_softmax='nodes'):
+        super().__init__()
+        if not features:
+            raise ValueError('MGCN needs at least one modality')
+        self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
+        self.reg_weight, self.cl_weight, self.fuser_softmax = reg_weight, cl_weight, fuser_softmax
+        self.modalities = list(features)
+        self.register_buffer('adj', adj, persistent=False)
+        user_item = user_item_block(adj, num_user)
+        self.register_buffer('user_item', user_item, persistent=False)
+        self.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
+        for m in self.modalities:
+            self.register_buffer(f'item_adj_{m}', item_adj[m], persistent=False)
+            self.register_buffer(f'item_adj_t_{m}', transpose_csr(item_adj[m]), persistent=False)
+
+        self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
+        self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))
+        nn.init.xavier_uniform_(self.embedding_user)
+        nn.init.xavier_uniform_(self.embedding_item)
+        widths = self.register_item_features(features, trainable=True)      # F_m trainable, as the authors' code
+        self.transforms = nn.ModuleDict({m: nn.Linear(widths[m], dim_latent) for m in self.modalities})
+        self.purifiers = nn.ModuleDict({m: nn.Linear(dim_latent, dim_latent) for m in self.modalities})
+        self.preferences = nn.ModuleDict({m: nn.Linear(dim_latent, dim_latent) for m in self.modalities})
+        self.query = nn.Sequential(nn.Linear(dim_latent, dim_latent), nn.Tanh(), nn.Linear(dim_latent, 1, bias=False))
+
+    def modality_view(self, m):
+        """``x_m`` [(U+I), d]: the purified item embedding through ``Ŝ_m``, users as ``R̂`` of their items."""
+        item = self.embedding_item * torch.sigmoid(self.purifiers[m](self.transforms[m](self.item_input(m))))
+        graph, graph_t = getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}')
+        for _ in range(self.num_item_layer):
+            item = _RowMeanProduct.apply(item, graph, graph_t)
+        return torch.cat([_RowMeanProduct.apply(item, self.user_item, self.user_item_t), item])
+
+    def fuse(self, views, content):
+        """``s``: the behaviour-aware fuser of the modality views ``[x_m]`` given the user-item view ``c``."""
+        # 'nodes': per modality over the U+I nodes, the authors' nn.Softmax(dim=0); 'modalities': per node, the paper
+        weights = torch.softmax(torch.cat([self.query(x) for x in views], dim=1),
+                                dim=0 if self.fuser_softmax == 'nodes' else 1)              # [(U+I), M]
+        common = sum(weights[:, n:n + 1] * x for n, x in enumerate(views))
+        specific = sum(torch.sigmoid(self.preferences[m](content)) * (x - common)
+                       for m, x in zip(self.modalities, views))
+        return (common + specific) / (len(views) + 1)
+
+    def views(self):
+        """``(c, s)`` [(U+I), d] each: the user-item view and the fused modality views."""
+        content = propagate_layers(self.adj, torch.cat([self.embedding_user, self.embedding_item]), self.num_layer)
+        return content, self.fuse([self.modality_view(m) for m in self.modalities], content)
+
+    def forward(self):
+        content, side = self.views()
+        z = content + side
+        return z[:self.num_user], z[self.num_user:]
+
+    def loss(self, users, pos, neg):
+        """BPR with its λ term on the final embeddings, plus β times the two view contrasts."""
+        content, side = self.views()
+        z = content + side
+        items = torch.cat([pos, neg]) + self.num_user
+        z_user, z_pos, z_neg = take_rows(z, torch.cat([users, items])).split(len(users))
+        bpr = bpr_loss(z_user, z_pos, z_neg)
+        reg = 0.5 * (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
+        pos_nodes = pos + self.num_user
+        cl = info_nce(take_rows(side, pos_nodes), take_rows(content, pos_nodes)) + \
+            info_nce(take_rows(side, users), take_rows(content, users))
+        return bpr + self.reg_weight * reg + self.cl_weight * cl, {'bpr': bpr.item(), 'reg': reg.item(),
+                                                                    'cl': cl.item()}
+
+
+# ---------------------------------------------------------------------- the registry entry (SPEC 5)
+
+def build(args, data):
+    needs_modality('MGCN', data)
+    if args.knn_k > data.num_item:
+        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    adj = normalized_adjacency(data.train, data.num_user, data.num_item)
+    return MGCN(data.num_user, data.num_item, data.features, adj, item_graphs(data.features, data.num_item, args.knn_k, data.path),
+                args.dim_latent, args.num_layer, reg_weight=args.weight_decay, cl_weight=args.cl_weight,
+                fuser_softmax=args.mgcn_softmax)
+
+
+MODEL = ModelEntry(
+    name='MGCN', build=build, summary='purified modality views, item-item kNN graphs and a behaviour-aware fuser, '
+                                      'BPR plus view contrast (docs/models.md)',
+    # demonph10/MGCN's MGCN.yaml / overall.yaml: lr 1e-3, reg_weight 1e-4 (the loss's λ; Adam without decay),
+    # batch 2048, n_ui_layers 2, n_layers 1, knn_k 10, cl_loss 0.01
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=2, num_epoch=1000, cl_weight=0.01),
+    flags=(
+        Flag('mgcn_softmax', 'nodes', "what the fuser's attention weights are normalised over: 'nodes' (the authors' "
+             "code, nn.Softmax(dim=0)) or 'modalities' (the paper, MMRec's port)", choices=('nodes', 'modalities')),
+    ),
+    reads=('knn_k', 'cl_weight'),
+)
