@@ -53,8 +53,10 @@ def build_parser():
     a('--dim_latent', type=int, default=64, help='embedding size d')
     a('--num_layer', type=int, default=None,
       help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR and BPR)')
+    dropping = [m for m, e in models.items() if 'dropout_rate' in e.defaults]
     a('--dropout_rate', type=float, default=None,
-      help='SLMRec: FD dropout (0.3); FREEDOM: share ρ of training edges pruned each epoch (0.8) (per model)')
+      help=f'the dropout of {", ".join(dropping)} (SLMRec: FD\'s; FREEDOM: the share ρ of training edges pruned '
+           f'each epoch) (per model)')
     a('--has_v', type=str2bool, default=True, help='use the visual modality when present')
     a('--has_a', type=str2bool, default=True, help='use the acoustic modality when present')
     a('--has_t', type=str2bool, default=True, help='use the textual modality when present')

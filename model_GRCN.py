@@ -177,9 +177,9 @@ MODEL = ModelEntry(
     # the authors' main.py: l_r 1e-4, weight_decay 1e-5 (the loss's λ; Adam without decay), batch 1024, two ID layers
     defaults=dict(l_r=0.0001, weight_decay=1e-5, batch_size=1024, num_layer=2, num_epoch=1000),
     flags=(
-        Flag('grcn_weight_mode', 'confid', 'GRCN: how the modalities\' edge attentions make one weight: confid '
+        Flag('grcn_weight_mode', 'confid', 'how the modalities\' edge attentions make one weight: confid '
              '(max of attention x trainable confidence, the authors\' default), max, mean', choices=WEIGHT_MODES),
-        Flag('grcn_pruning', True, 'GRCN: relu on the edge weights (hard pruning; the authors\' default True, '
+        Flag('grcn_pruning', True, 'relu on the edge weights (hard pruning; the authors\' default True, '
              'their README commands use False)', type=str2bool),
     ),
     lr_grid=(0.001, 0.0001),

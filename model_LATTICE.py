@@ -253,10 +253,10 @@ MODEL = ModelEntry(
     # weight_size [64, 64] (two user-item layers), topk 10 (= --knn_k's default)
     defaults=dict(l_r=0.0005, weight_decay=1e-5, batch_size=1024, num_layer=2, num_epoch=1000),
     flags=(
-        Flag('lattice_lambda', 0.9, "LATTICE: share λ of the frozen raw-feature kNN graphs in the item graph "
+        Flag('lattice_lambda', 0.9, "share λ of the frozen raw-feature kNN graphs in the item graph "
              "(the authors' lambda_coeff)", type=float,
              check=lambda a: finite(a.lattice_lambda) and 0 <= a.lattice_lambda <= 1, problem='must be in [0, 1]'),
-        Flag('lattice_item_layers', 1, 'LATTICE: item-item graph layers (the authors\' n_layers)', type=int,
+        Flag('lattice_item_layers', 1, 'item-item graph layers (the authors\' n_layers)', type=int,
              check=lambda a: 1 <= a.lattice_item_layers <= 32, problem='must be in [1, 32]'),
     ),
     reads=('knn_k',),

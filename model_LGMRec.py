@@ -193,7 +193,7 @@ MODEL = ModelEntry(
     defaults=dict(l_r=0.001, weight_decay=1e-6, batch_size=2048, num_layer=2, num_epoch=1000, dropout_rate=0.5,
                   cl_weight=1e-4),
     flags=(
-        Flag('lgmrec_mm_layers', 2, "LGMRec's modality-graph layers L_m (the authors' n_mm_layers)", type=int,
+        Flag('lgmrec_mm_layers', 2, "modality-graph layers L_m (the authors' n_mm_layers)", type=int,
              check=lambda a: 0 <= a.lgmrec_mm_layers <= 32, problem='must be in [0, 32]'),
         Flag('hyper_num', 4, 'hyperedges per modality (K)', type=int,
              check=lambda a: 1 <= a.hyper_num <= 4096, problem='must be in [1, 4096]'),
