@@ -52,7 +52,8 @@ python main.py $COMMON $SLM --ssl_task none "$@"
 python main.py $COMMON --model_name MMGCN --l_r $MM_LR --weight_decay $MM_LAMBDA --batch_size $MM_BATCH \
     --num_layer $MM_LAYERS --num_epoch $MM_EPOCHS --dim_latent $MM_DIM --aggr_mode $MM_AGGR --concat $MM_CONCAT "$@"
 
-# Baselines (SPEC 6): add one line each here once main.py's --model_name accepts them, e.g.
-# python main.py $COMMON --model_name LightGCN --l_r 1e-3 --weight_decay 1e-4 --num_layer 3 "$@"
-# python main.py $COMMON --model_name VBPR --l_r 1e-3 --weight_decay 1e-4 "$@"
-# python main.py $COMMON --model_name FREEDOM --l_r 1e-3 --weight_decay 1e-4 --dropout_rate 0.8 "$@"
+# The models they are compared with, each with its authors' published defaults (registry entries, `python
+# main.py --help`); give a model's own flags here to change them, e.g. --model_name FREEDOM --knn_k 5.
+for MODEL in BPR LightGCN VBPR GRCN LATTICE FREEDOM BM3 MGCN LGMRec; do
+    python main.py $COMMON --model_name $MODEL "$@"
+done
