@@ -1,9 +1,9 @@
 """BM3, MGCN and LGMRec (issue #24): one training step at Tiktok's size, and MGCN's item-item graph
 build at Amazon-Electronics' size.
 
-    python bench/new_models_b.py                      # both parts, full sizes
-    python bench/new_models_b.py --scale 0.25 --skip_knn
-    python bench/new_models_b.py --knn_only --knn_items 63001
+    python bench/models_bm3_mgcn_lgmrec.py                      # both parts, full sizes
+    python bench/models_bm3_mgcn_lgmrec.py --scale 0.25 --skip_knn
+    python bench/models_bm3_mgcn_lgmrec.py --knn_only --knn_items 63001
 
 Step: synthetic Tiktok (``prepare_data.synthetic --like tiktok --scale s``: 36,656 users and 76,085 items
 at s = 1), one Adam step on a batch of the model's default size (2048 pairs, a uniform negative each),

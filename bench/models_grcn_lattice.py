@@ -2,9 +2,9 @@
 graphs at Amazon-Electronics' size.  Each model has its own function here (``grcn_lattice_step``,
 ``lattice_knn_electronics``), so others can be added beside them.
 
-    python bench/new_models.py step --models GRCN LATTICE --scale 1.0     # synthetic Tiktok (36,656 x 76,085)
-    python bench/new_models.py lattice_knn                                 # 63,001 items, 4,096-d and 384-d
-    python bench/new_models.py lattice_knn --num_item 16000                # the same widths, fewer items
+    python bench/models_grcn_lattice.py step --models GRCN LATTICE --scale 1.0     # synthetic Tiktok (36,656 x 76,085)
+    python bench/models_grcn_lattice.py lattice_knn                                 # 63,001 items, 4,096-d and 384-d
+    python bench/models_grcn_lattice.py lattice_knn --num_item 16000                # the same widths, fewer items
 
 Peak memory is the process's resident peak (VmHWM, reset before each measurement) above what it held before.
 """
