@@ -113,6 +113,14 @@ def _is_real(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _plain_state(state, depth=0):
+    """A NumPy bit generator's state as NumPy saves it: strings and integers in dicts of at most 3 levels
+    (a tensor or an array in it makes NumPy fail with an error of its own choosing, or a warning line)."""
+    if isinstance(state, dict):
+        return depth < 3 and all(isinstance(k, str) and _plain_state(v, depth + 1) for k, v in state.items())
+    return isinstance(state, (str, int))
+
+
 def _check_metrics(metrics, where, topk):
     _need(isinstance(metrics, dict) and set(metrics) == set(topk),
           f'{where} must map each --topK cut-off {sorted(topk)} to metrics')
@@ -143,11 +151,12 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
         rng = ckpt['rng']
         _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
               "'rng' must hold the python, numpy and torch states")
+        _need(_plain_state(rng['numpy']), "'rng' holds an unusable random state")
         try:
             random.Random().setstate(rng['python'])
             type(sampler_rng.bit_generator)().state = rng['numpy']
             torch.Generator().set_state(rng['torch'])
-        except (TypeError, ValueError, KeyError, RuntimeError, OverflowError):
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError):
             raise MalformedCheckpoint("'rng' holds an unusable random state") from None
         state = ckpt['state']
         _need(isinstance(state, dict), f"'state' must be a dict, found {type(state).__name__}")

@@ -385,6 +385,23 @@ def test_malformed_resume_checkpoint(how, resumable, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ['bad.pt']
 
 
+@pytest.mark.parametrize('where, value', [('state', torch.tensor([[0., 0.]])), ('has_uint32', torch.arange(4)),
+                                          ('bit_generator', 7)])
+def test_numpy_random_state_holding_tensors_is_malformed(where, value, resumable, tmp_path, capsys):
+    """Found by test_fuzz_robust: a tensor inside the sampler's NumPy state raised an IndexError (a traceback)."""
+    import copy
+    folder, root, ckpt = resumable
+    bad_ckpt = copy.deepcopy(ckpt)
+    bad_ckpt['rng']['numpy'][where] = value
+    bad = tmp_path / 'bad.pt'
+    torch.save(bad_ckpt, bad)
+    capsys.readouterr()
+    code = main.main(_train_argv(folder, tmp_path, '--num_epoch', '3', '--dim_latent', '8', '--batch_size', '64',
+                                 '--resume', '--checkpoint', str(bad)))
+    assert code == 2
+    _one_line_error(capsys, str(bad), "malformed checkpoint: 'rng' holds an unusable random state")
+
+
 def _resume_argv(folder, root, tmp_path, *flags):
     import shutil
     shutil.copy(root / 'base.last.pt', tmp_path / 'c.pt')
