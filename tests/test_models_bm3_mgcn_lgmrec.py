@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ import model_LGMRec
 from model_LGMRec import LGMRec
 from model_MGCN import MGCN, item_graphs, normalized_weighted_knn, weighted_knn
 from conftest import ROOT
-from test_train import _checkpoint_epoch, _run
+from test_train import _checkpoint_epoch, _run, kill_during_next_epoch
 
 # The hand graph: 2 users, 3 items; user 0 has items 0, 1; user 1 has items 1, 2.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2]])
@@ -62,15 +61,7 @@ def kill_then_resume_once(tmp_path, folder, flags, num_epoch=4, kill_after=2):
            '--save_file', str(tmp_path / 'killed.jsonl'), '--checkpoint', str(tmp_path / 'killed.last.pt'),
            '--PATH_weight_save', str(tmp_path / 'killed.best.pt')]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    for line in proc.stdout:                       # kill during the next epoch, after this one's checkpoint
-        if line.startswith(f'epoch {kill_after:4d}  Test'):
-            deadline = time.time() + 60
-            while time.time() < deadline and not _checkpoint_epoch(tmp_path / 'killed.last.pt') >= kill_after:
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    proc.stdout.close()
+    kill_during_next_epoch(proc, tmp_path / 'killed.last.pt', kill_after)
     assert proc.returncode == -signal.SIGKILL and not (tmp_path / 'killed.jsonl').exists()
     assert kill_after <= _checkpoint_epoch(tmp_path / 'killed.last.pt') < num_epoch
     code, resumed = _run(tmp_path, folder, *flags, '--resume', tag='killed')

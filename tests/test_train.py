@@ -138,6 +138,21 @@ def _checkpoint_epoch(path):
     return torch.load(path, weights_only=True)['state']['epoch'] if path.exists() else 0
 
 
+def kill_during_next_epoch(proc, checkpoint, kill_after):
+    """SIGKILL ``proc`` (main.py started with ``-u``) during epoch ``kill_after + 1``, once epoch ``kill_after``'s
+    checkpoint is written; returns when it is gone."""
+    for line in proc.stdout:
+        if line.startswith(f'epoch {kill_after:4d}  Test'):
+            # The checkpoint follows the Test line: wait for it (written atomically, so always whole).
+            deadline = time.time() + 60
+            while time.time() < deadline and not _checkpoint_epoch(checkpoint) >= kill_after:
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proc.stdout.close()
+
+
 def kill_then_resume(tmp_path, flags, num_epoch=8, kill_after=3):
     """Run main.py to the end, and again killed (SIGKILL) during epoch ``kill_after + 1`` then resumed;
     returns both result records (the caller compares them)."""
@@ -149,16 +164,7 @@ def kill_then_resume(tmp_path, flags, num_epoch=8, kill_after=3):
                 *extra]
     subprocess.run(cmd('full'), check=True, capture_output=True, cwd=tmp_path)
     proc = subprocess.Popen(cmd('killed'), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    for line in proc.stdout:                       # kill during the next epoch, after this one's checkpoint
-        if line.startswith(f'epoch {kill_after:4d}  Test'):
-            # The checkpoint follows the Test line: wait for it (written atomically, so always whole).
-            deadline = time.time() + 60
-            while time.time() < deadline and not _checkpoint_epoch(tmp_path / 'killed.last.pt') >= kill_after:
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    proc.stdout.close()
+    kill_during_next_epoch(proc, tmp_path / 'killed.last.pt', kill_after)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / 'killed.jsonl').exists()
     ckpt = torch.load(tmp_path / 'killed.last.pt', weights_only=True)
