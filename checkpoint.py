@@ -10,7 +10,20 @@ model by validation is a plain state dict ``runs/<run>.best.pt``.
 
     ckpt = read_checkpoint(path, args, sampler_rng)
     state = resume_from(ckpt, path, optimizer, sampler_rng)
+
+One run per checkpoint: ``checkpoint_lock`` holds an exclusive lock
+(``fcntl.flock``) on ``<checkpoint>.lock`` for the run's lifetime; a second
+run on the same checkpoint is refused with one line before any work.  The
+operating system drops the lock when its process ends, however it ends, so a
+killed run's lock never blocks (the file stays; only its lock matters).
+
+Under torchrun the random states are rank 0's, and mean the same under any
+world size (``distributed``, data mode): a checkpoint written by W ranks
+resumes under W' ranks or as one process, with the next epoch's permutation
+the one the uninterrupted run draws.
 """
+import contextlib
+import fcntl
 import math
 import os
 import random
@@ -49,6 +62,38 @@ class Saver:
             atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'rng': rng_state(self.sampler_rng), 'state': state, 'args': hyper_params(self.args)},
                         self.last_path)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path):
+    """Hold ``<path>.lock`` (rank 0; every rank learns of a refusal) while the block runs; ``InputError``
+    naming the holder's pid when another live run holds it."""
+    held, refusal = None, None
+    if distributed.is_main():
+        lock_path = path + '.lock'
+        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+        held = open(lock_path, 'a+')            # not 'w': the holder's pid stays readable until we hold the lock
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.seek(0)
+            pid = held.read().strip() or '?'
+            held.close()
+            held = None
+            refusal = (f'{path}: another run (pid {pid}) is using this checkpoint; wait for it to end, '
+                       f'or give this run another --checkpoint')
+        else:
+            held.seek(0)
+            held.truncate()
+            held.write(f'{os.getpid()}\n')
+            held.flush()
+    try:
+        if distributed.any_rank(refusal is not None):
+            raise InputError(refusal or 'rank 0 was refused the checkpoint lock')
+        yield
+    finally:
+        if held is not None:
+            held.close()                        # closing the file releases the lock
 
 
 def new_state():

@@ -86,6 +86,14 @@ def build_parser():
            'override it')
     a('--dist_timeout', type=float, default=300,
       help='under torchrun: seconds a rank waits for the others before the job fails (default 300)')
+    a('--dist_mode', default='data', choices=('data', 'exact'),
+      help='under torchrun (default data): data = each rank trains on its own share of each epoch\'s shuffled '
+           'pairs in batches of --batch_size (1/W of the steps, effective batch W x --batch_size; in-batch losses '
+           'contrast within a rank\'s batch); exact = every rank computes the one-process loss of each batch '
+           '(no speed-up; for verification). One process: no effect')
+    a('--lr_scale_ranks', action='store_true',
+      help='under torchrun: the linear scaling rule, learning rate --l_r x W for W ranks (default off; follows '
+           'the world size of a resumed run)')
     groups = {}
     for flag, readers in registry.model_flags():
         group = groups.get(readers[0]) or groups.setdefault(readers[0], p.add_argument_group(f'{readers[0]} flags'))
@@ -221,9 +229,11 @@ def run_name(args):
 
 # Flags that change where a run writes, how fast it runs, or when it stops, not what it trains:
 # they may differ on --resume and do not enter the run name.  Every other flag is a hyper-parameter.
+# dist_mode and lr_scale_ranks are here like the world size itself: one process trains the same with any value,
+# and a checkpoint resumes under another world size or mode (docs/torchrun.md).
 NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PATH_weight_load', 'save_file',
              'num_epoch', 'patience', 'num_workers', 'eval_batch', 'progress', 'no_cuda', 'tensorboard',
-             'export_topk', 'config', 'dist_timeout'}
+             'export_topk', 'config', 'dist_timeout', 'dist_mode', 'lr_scale_ranks'}
 
 
 def hyper_params(args):
