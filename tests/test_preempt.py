@@ -93,7 +93,8 @@ def test_a_held_checkpoint_is_refused_and_a_killed_holder_never_blocks(data, tmp
     finally:
         holder.kill()                                               # SIGKILL: no clean-up ran
         holder.communicate()
-    assert (tmp_path / 'last.pt.lock').exists()
+    assert (tmp_path / "last.pt.lock").exists()                    # left by the killed holder, unlocked
     again = subprocess.run(_command(data, tmp_path, '--num_epoch', '1'), env=ENV, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert not (tmp_path / 'last.pt.lock').exists()                 # a run that ends removes its lock file
