@@ -49,7 +49,10 @@ def build_parser():
     a('--batch_size', type=int, default=None, help='training pairs per step (per model)')
     a('--num_epoch', type=int, default=None, help='maximum epochs; 0 only evaluates (per model)')
     a('--num_workers', type=int, default=0,
-      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes)')
+      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes); '
+           'default: OMP_NUM_THREADS if set, else torch\'s count capped at the CPUs this process may use (affinity, '
+           'cgroup quota, SLURM_CPUS_PER_TASK; divided among torchrun\'s ranks on the node), waiting threads asleep '
+           '(OMP_WAIT_POLICY=PASSIVE unless set) so that a busy neighbour costs only its share')
     a('--dim_latent', type=int, default=64, help='embedding size d')
     a('--num_layer', type=int, default=None,
       help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR and BPR)')
@@ -67,8 +70,13 @@ def build_parser():
     a('--eval_batch', type=int, default=1024, help='users per chunk in full-ranking evaluation')
     a('--PATH_weight_load', default=None, help='initial weights: ours, or an official SLMRec state dict')
     a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
-    a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
-    a('--resume', action='store_true', help='continue the run from --checkpoint')
+    a('--checkpoint', default=None,
+      help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt); one run at a time per checkpoint: '
+           'a second run on a checkpoint that a live run holds is refused (exit 2)')
+    a('--resume', action='store_true',
+      help='continue the run from --checkpoint (also after SIGTERM, a scheduler\'s preemption: the run stops at '
+           'its next safe point, keeps the last completed epoch\'s checkpoint and exits 143; under torchrun the '
+           'checkpoint resumes under any number of processes)')
     a('--resume_override', action='store_true',
       help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply; '
            'not --topK)')
