@@ -39,6 +39,9 @@ def main(argv=None):
     p.add_argument('--base', default='292e3f0', help='the commit before the thread defaults')
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--scale', type=float, default=1.0, help='fraction of the ML-100K size')
+    p.add_argument('--spin', type=int, nargs='*', default=[],
+                   help='also this tree with GOMP_SPINCOUNT=N (libgomp spins N times, then sleeps), e.g. 10000')
+    p.add_argument('--skip', nargs='*', default=[], help="configurations left out, e.g. '1 thread'")
     args = p.parse_args(argv)
     import prepare_data
     from compare_commits import export_commit
@@ -51,6 +54,8 @@ def main(argv=None):
         old = os.path.join(tmp, 'old')
         export_commit(args.base, old)
         configs = {'before': (old, plain), 'after': (ROOT, plain), '1 thread': (ROOT, dict(plain, OMP_NUM_THREADS='1'))}
+        configs.update({f'spin {n}': (ROOT, dict(plain, GOMP_SPINCOUNT=str(n))) for n in args.spin})
+        configs = {k: v for k, v in configs.items() if k not in args.skip}
         for r in range(args.rounds):
             for load in ('quiet', 'one busy core'):
                 busy = subprocess.Popen([sys.executable, '-c', 'while True: pass']) if load != 'quiet' else None
