@@ -19,8 +19,10 @@ machine (bench/RESULTS.md, "Sharing a machine").  So, unless the user set them:
   that is fewer than the machine's CPUs: torch itself counts the machine's
   cores, which a container or a SLURM allocation does not give it.
 
-An explicit ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` (and ``--num_workers``,
-applied later by main.py) always wins.  On a machine whose cores are all this
+An explicit ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (and
+``--num_workers``, applied later by main.py) always wins: on a machine of one's
+own, ``GOMP_SPINCOUNT=300000`` restores libgomp's default spinning (about 3 ms),
+which was faster there in one measurement (bench/RESULTS.md).  On a machine whose cores are all this
 process's, the thread count is torch's own, so results do not change.
 """
 import math
@@ -69,7 +71,9 @@ def thread_settings(environ=os.environ, cpus=None):
         local_ranks = max(1, int(environ.get('LOCAL_WORLD_SIZE', '1')))
     except ValueError:
         local_ranks = 1
-    wanted = {'OMP_WAIT_POLICY': 'PASSIVE'}
+    wanted = {}
+    if not any(environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')):   # the user chose how threads wait
+        wanted['OMP_WAIT_POLICY'] = 'PASSIVE'
     if cpus < (os.cpu_count() or 1) or local_ranks > 1:     # else torch's own count (its physical cores) stays
         wanted['OMP_NUM_THREADS'] = str(max(1, cpus // local_ranks))
     return {k: v for k, v in wanted.items() if not environ.get(k)}

@@ -21,6 +21,7 @@ def test_defaults_never_override_the_user():
                                                                           'OMP_NUM_THREADS': '2'}
     assert startup.thread_settings({'OMP_NUM_THREADS': '3', 'OMP_WAIT_POLICY': 'ACTIVE', 'LOCAL_WORLD_SIZE': '2'},
                                    cpus=4) == {}
+    assert startup.thread_settings({'GOMP_SPINCOUNT': '300000'}, cpus=os.cpu_count()) == {}
     environ = {'LOCAL_WORLD_SIZE': '8'}
     startup.configure_threads(environ)
     assert environ['OMP_NUM_THREADS'] == '1' and environ['OMP_WAIT_POLICY'] == 'PASSIVE'
