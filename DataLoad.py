@@ -448,18 +448,28 @@ class TrainSampler:
     Negatives are drawn for a whole batch at once; collisions with the user's
     training items are found by binary search over the sorted ``user*I+item``
     keys and redrawn, so there is no per-sample scan of the item set.
+
+    Under torchrun's data mode (SPEC 7) the pairs are dealt: ``ranks`` = W,
+    ``rank`` = r.  Each epoch draws one permutation of all pairs from ``rng``
+    (as one process does), cuts it into global batches of ``W · batch_size``
+    pairs, draws the negatives of the whole global batch, and yields rank r's
+    rows ``r/W .. (r+1)/W`` of each.  Every rank thus consumes ``rng`` alike, and
+    its state at an epoch's end means the same under any W: whoever resumes
+    from it draws the same next permutation.  ``ranks=1``: one process, as before.
     """
 
-    def __init__(self, train, num_item, batch_size, rng, source='train.npy'):
+    def __init__(self, train, num_item, batch_size, rng, source='train.npy', ranks=1, rank=0):
         self.source = source
         self.users = torch.from_numpy(train[:, 0].astype(np.int64))
         self.items = torch.from_numpy(train[:, 1].astype(np.int64))
         self.keys = np.sort(train[:, 0].astype(np.int64) * num_item + train[:, 1])
         self.num_item, self.batch_size, self.rng = num_item, batch_size, rng
+        self.ranks, self.rank = ranks, rank
         self.user_counts = np.bincount(train[:, 0])
 
     def __len__(self):
-        return (len(self.users) + self.batch_size - 1) // self.batch_size
+        step = self.batch_size * self.ranks
+        return (len(self.users) + step - 1) // step
 
     def sample_negatives(self, users):
         """One item per user, uniform over the items the user has not interacted with."""
@@ -475,15 +485,18 @@ class TrainSampler:
         return neg
 
     def batches(self, negatives):
-        """Yield (users, items[, negatives]) LongTensors for one epoch."""
+        """Yield (users, items[, negatives]) LongTensors for one epoch (this rank's rows of each global batch)."""
         if negatives and self.user_counts.max() >= self.num_item:
             raise DataError(self.source, f'user {int(self.user_counts.argmax())} has interacted with every item: '
                                          f'no negative to sample')
         order = torch.from_numpy(self.rng.permutation(len(self.users)))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            users, items = self.users[idx], self.items[idx]
+        step = self.batch_size * self.ranks
+        for start in range(0, len(order), step):
+            idx = order[start:start + step]
+            batch = [self.users[idx], self.items[idx]]
             if negatives:
-                yield users, items, torch.from_numpy(self.sample_negatives(users.numpy()))
-            else:
-                yield users, items
+                batch.append(torch.from_numpy(self.sample_negatives(batch[0].numpy())))
+            if self.ranks > 1:
+                lo, hi = self.rank * len(idx) // self.ranks, (self.rank + 1) * len(idx) // self.ranks
+                batch = [t[lo:hi] for t in batch]
+            yield tuple(batch)

@@ -8,7 +8,9 @@
 SPEC 4), keeps the best model by validation Recall at the first K, stops
 early after ``--patience`` evaluations without improvement, writes the
 end-of-epoch checkpoint, and stops cleanly when training diverges (the best
-model so far is kept).
+model so far is kept).  A SIGTERM (``startup.catch_sigterm``) stops it at the
+next safe point, between two steps or after the epoch's checkpoint, on every
+rank together: ``Terminated``; the last completed epoch's checkpoint is intact.
 """
 import math
 import sys
@@ -18,10 +20,21 @@ import torch
 from tqdm import tqdm
 
 import distributed
+import startup
 
 
 class Divergence(RuntimeError):
     """The loss, a parameter or an evaluation score became NaN or Inf."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (on some rank): the run stopped at a safe point; the last checkpoint is intact."""
+
+
+def stop_point():
+    """A safe point: raise ``Terminated`` when a SIGTERM arrived on any rank (they all stop here together)."""
+    if distributed.any_rank(startup.stop_requested()):
+        raise Terminated()
 
 
 def check_finite_parameters(model, when):
@@ -63,6 +76,7 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
             raise Divergence(f'the optimiser step overflows at epoch {epoch}, batch {steps + 1}') from None
         total += value
         steps += 1
+        stop_point()
         for k, v in parts.items():
             part_sums[k] = part_sums.get(k, 0.0) + v
         bar.set_postfix({k: f'{v:.4f}' for k, v in parts.items()})
@@ -81,6 +95,7 @@ def fit(model, trainer, sampler, optimizer, device, state, evaluate, saver, args
             state.update(best_epoch=0, best_val=metrics['val'], best_test=metrics['test'])
             if board:
                 board.epoch(0, None, {}, metrics, 0.0)
+        stop_point()
         while state['epoch'] < args.num_epoch and state['bad_evals'] < args.patience:
             epoch = state['epoch'] + 1
             t0 = time.time()
@@ -101,7 +116,9 @@ def fit(model, trainer, sampler, optimizer, device, state, evaluate, saver, args
             state['epoch'] = epoch
             state['history'].append({'epoch': epoch, 'loss': loss, 'val_recall': recall, 'loss_parts': loss_parts,
                                      'val': metrics['val'], 'seconds': round(seconds, 3)})
+            distributed.share_rng_state()       # data mode: the checkpoint's states are every rank's
             saver.last(model, optimizer, state)
+            stop_point()
         if state['bad_evals'] >= args.patience:
             print(f'early stop: no validation improvement in {args.patience} evaluations')
     except Divergence as e:

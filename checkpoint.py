@@ -10,7 +10,21 @@ model by validation is a plain state dict ``runs/<run>.best.pt``.
 
     ckpt = read_checkpoint(path, args, sampler_rng)
     state = resume_from(ckpt, path, optimizer, sampler_rng)
+
+One run per checkpoint: ``checkpoint_lock`` holds an exclusive lock
+(``fcntl.flock``) on ``<checkpoint>.lock`` for the run's lifetime; a second
+run on the same checkpoint is refused with one line before any work.  The
+operating system drops the lock when its process ends, however it ends, so a
+killed run's lock never blocks (its file stays, unlocked; a run that ends
+removes its own).
+
+Under torchrun the random states are rank 0's, and mean the same under any
+world size (``distributed``, data mode): a checkpoint written by W ranks
+resumes under W' ranks or as one process, with the next epoch's permutation
+the one the uninterrupted run draws.
 """
+import contextlib
+import fcntl
 import math
 import os
 import random
@@ -49,6 +63,54 @@ class Saver:
             atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'rng': rng_state(self.sampler_rng), 'state': state, 'args': hyper_params(self.args)},
                         self.last_path)
+
+
+def _take_lock(lock_path):
+    """The open lock file, locked (exclusive, not waiting), or the pid text of the run that holds it."""
+    while True:
+        held = open(lock_path, 'a+')            # not 'w': the holder's pid stays readable until we hold the lock
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.seek(0)
+            pid = held.read().strip() or '?'
+            held.close()
+            return pid
+        try:                                    # the holder before us may have removed the file it locked
+            if os.stat(lock_path).st_ino == os.fstat(held.fileno()).st_ino:
+                return held
+        except FileNotFoundError:
+            pass
+        held.close()
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path):
+    """Hold ``<path>.lock`` (rank 0; every rank learns of a refusal) while the block runs; ``InputError``
+    naming the holder's pid when another live run holds it.  The file is removed when the run ends (a
+    killed run leaves it, unlocked)."""
+    held, refusal = None, None
+    lock_path = path + '.lock'
+    if distributed.is_main():
+        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+        held = _take_lock(lock_path)
+        if isinstance(held, str):
+            refusal = (f'{path}: another run (pid {held}) is using this checkpoint; wait for it to end, '
+                       f'or give this run another --checkpoint')
+            held = None
+        else:
+            held.seek(0)
+            held.truncate()
+            held.write(f'{os.getpid()}\n')
+            held.flush()
+    try:
+        if distributed.any_rank(refusal is not None):
+            raise InputError(refusal or 'rank 0 was refused the checkpoint lock')
+        yield
+    finally:
+        if held is not None:
+            os.unlink(lock_path)                # while locked: a run that opened it first retries (_take_lock)
+            held.close()                        # closing the file releases the lock
 
 
 def new_state():

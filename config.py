@@ -49,7 +49,10 @@ def build_parser():
     a('--batch_size', type=int, default=None, help='training pairs per step (per model)')
     a('--num_epoch', type=int, default=None, help='maximum epochs; 0 only evaluates (per model)')
     a('--num_workers', type=int, default=0,
-      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes)')
+      help='CPU threads for torch, capped at the core count (sampling is vectorised, no worker processes); '
+           'default: OMP_NUM_THREADS if set, else torch\'s count capped at the CPUs this process may use (affinity, '
+           'cgroup quota, SLURM_CPUS_PER_TASK; divided among torchrun\'s ranks on the node), waiting threads asleep '
+           '(OMP_WAIT_POLICY=PASSIVE unless set) so that a busy neighbour costs only its share')
     a('--dim_latent', type=int, default=64, help='embedding size d')
     a('--num_layer', type=int, default=None,
       help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR and BPR)')
@@ -69,8 +72,13 @@ def build_parser():
     a('--eval_batch', type=int, default=1024, help='users per chunk in full-ranking evaluation')
     a('--PATH_weight_load', default=None, help='initial weights: ours, or an official SLMRec state dict')
     a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
-    a('--checkpoint', default=None, help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt)')
-    a('--resume', action='store_true', help='continue the run from --checkpoint')
+    a('--checkpoint', default=None,
+      help='end-of-epoch checkpoint for --resume (default runs/<run>.last.pt); one run at a time per checkpoint: '
+           'a second run on a checkpoint that a live run holds is refused (exit 2)')
+    a('--resume', action='store_true',
+      help='continue the run from --checkpoint (also after SIGTERM, a scheduler\'s preemption: the run stops at '
+           'its next safe point, keeps the last completed epoch\'s checkpoint and exits 143; under torchrun the '
+           'checkpoint resumes under any number of processes)')
     a('--resume_override', action='store_true',
       help='with --resume: continue although hyper-parameters differ from the checkpoint\'s (the new values apply; '
            'not --topK)')
@@ -88,6 +96,14 @@ def build_parser():
            'override it')
     a('--dist_timeout', type=float, default=300,
       help='under torchrun: seconds a rank waits for the others before the job fails (default 300)')
+    a('--dist_mode', default='data', choices=('data', 'exact'),
+      help='under torchrun (default data): data = each rank trains on its own share of each epoch\'s shuffled '
+           'pairs in batches of --batch_size (1/W of the steps, effective batch W x --batch_size; in-batch losses '
+           'contrast within a rank\'s batch); exact = every rank computes the one-process loss of each batch '
+           '(no speed-up; for verification). One process: no effect')
+    a('--lr_scale_ranks', action='store_true',
+      help='under torchrun: the linear scaling rule, learning rate --l_r x W for W ranks (default off; follows '
+           'the world size of a resumed run)')
     groups = {}
     for flag, readers in registry.model_flags():
         group = groups.get(readers[0]) or groups.setdefault(readers[0], p.add_argument_group(f'{readers[0]} flags'))
@@ -223,9 +239,11 @@ def run_name(args):
 
 # Flags that change where a run writes, how fast it runs, or when it stops, not what it trains:
 # they may differ on --resume and do not enter the run name.  Every other flag is a hyper-parameter.
+# dist_mode and lr_scale_ranks are here like the world size itself: one process trains the same with any value,
+# and a checkpoint resumes under another world size or mode (docs/torchrun.md).
 NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PATH_weight_load', 'save_file',
              'num_epoch', 'patience', 'num_workers', 'eval_batch', 'progress', 'no_cuda', 'tensorboard',
-             'export_topk', 'config', 'dist_timeout'}
+             'export_topk', 'config', 'dist_timeout', 'dist_mode', 'lr_scale_ranks'}
 
 
 def hyper_params(args):

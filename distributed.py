@@ -7,11 +7,27 @@ torchrun starts one process per rank and sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; without them (a plain ``python main.py``) ``setup`` does
 nothing and every helper below is the identity, bit for bit.
 
-What N processes compute.  Every rank holds the graph and the model, draws the
-same global batches from the same seed (``DataLoad.TrainSampler``) and returns
-``W · share`` as its loss, where the W ranks' shares add up to the one-process
-loss of the global batch; DDP averages the gradients over the ranks, so every
-rank steps with the gradient of the one-process loss (to float rounding):
+Two modes (``--dist_mode``).
+
+``data`` (the default): the work is split.  Each epoch's permutation of the
+training pairs is drawn from the seeded sampler RNG exactly as one process
+draws it, cut into global batches of ``W · --batch_size`` pairs, and rank r
+trains on rows ``r/W .. (r+1)/W`` of each (``DataLoad.TrainSampler(ranks=W,
+rank=r)``): an epoch takes 1/W of the steps, the effective batch is
+``W · --batch_size``, in-batch losses contrast within the rank's batch as one
+process does with that batch, and DDP averages the gradients.  Sampled
+negatives are drawn for the whole global batch on every rank (then sliced), so
+every rank's sampler RNG stays where rank 0's is; the torch RNG (dropout, FM's
+branch pair) is rank 0's on every rank at each epoch end (``share_rng_state``).
+So the checkpoint's random states mean the same under any world size: the next
+epoch's permutation is the same whoever resumes it (W' ranks or one process).
+``--lr_scale_ranks`` multiplies the learning rate by W (``scale_lr``).
+
+``exact``: N processes compute the one-process loss of each global batch of
+``--batch_size`` pairs (for verification).  Every rank draws the same batches
+and returns ``W · share`` as its loss, where the W ranks' shares add up to the
+one-process loss; DDP averages the gradients over the ranks, so every rank
+steps with the gradient of the one-process loss (to float rounding):
 
 * BPR models (``needs_negatives``: a mean over the batch's pairs plus terms
   that do not depend on the batch) get rows ``lo:hi`` of the global batch,
@@ -25,7 +41,9 @@ rank steps with the gradient of the one-process loss (to float rounding):
   backward, the quadratic part, are what the ranks split.
 
 Evaluation splits the users' chunks across ranks and adds the per-user values
-(``my_chunks``, ``sum_over_ranks``).  A rank that dies ends the job: torchrun
+(``my_chunks``, ``sum_over_ranks``).  After every step the ranks agree whether a
+SIGTERM reached any of them (``any_rank``), so they stop at the same step.  A
+rank that dies ends the job: torchrun
 stops the others; a rank that hangs makes the others' next collective fail
 after ``--dist_timeout`` seconds.
 """
@@ -40,6 +58,8 @@ from torch import distributed as dist
 from torch import nn
 
 ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+MODES = ('data', 'exact')
+_mode = ['data']      # set by setup: --dist_mode of this process
 
 
 def requested():
@@ -64,7 +84,17 @@ def is_main():
     return rank() == 0
 
 
-def setup(use_cuda, timeout_s):
+def exact():
+    """Whether N ranks compute the one-process loss (``--dist_mode exact``) rather than split the pairs."""
+    return active() and _mode[0] == 'exact'
+
+
+def data_parallel():
+    """Whether the ranks train on their own shares of the pairs (``--dist_mode data`` under torchrun)."""
+    return active() and _mode[0] == 'data'
+
+
+def setup(use_cuda, timeout_s, mode='data'):
     """Join torchrun's process group: NCCL on CUDA (one GPU per local rank), gloo on the CPU.
 
     Returns the device of this rank, or None when torchrun did not start the
@@ -72,6 +102,7 @@ def setup(use_cuda, timeout_s):
     """
     if not requested():
         return None
+    _mode[0] = mode
     timeout = datetime.timedelta(seconds=timeout_s)
     if use_cuda:
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
@@ -109,26 +140,78 @@ def main_first():
         dist.barrier()
 
 
+def rows_of_rank(n, r, w):
+    """Rank r's rows ``lo:hi`` of ``n`` rows split across ``w`` ranks: contiguous, in rank order, sizes within one."""
+    return r * n // w, (r + 1) * n // w
+
+
 def row_share(n):
-    """``(lo, hi, weight)``: this rank's rows ``lo:hi`` of ``n`` rows and the weight ``W (hi - lo) / n``
-    that turns the mean over them into ``W ·`` its share of the mean over all ``n``.
-    One process: ``(0, n, 1.0)``.  The ranks' rows are contiguous, in rank order, sizes within one."""
-    if not active():
+    """``(lo, hi, weight)``: in exact mode, this rank's rows ``lo:hi`` of ``n`` rows and the weight
+    ``W (hi - lo) / n`` that turns the mean over them into ``W ·`` its share of the mean over all ``n``.
+    One process, and data mode (the rank's batch is its own): ``(0, n, 1.0)``."""
+    if not exact():
         return 0, n, 1.0
-    r, w = dist.get_rank(), dist.get_world_size()
-    lo, hi = r * n // w, (r + 1) * n // w
-    return lo, hi, w * (hi - lo) / n
+    lo, hi = rows_of_rank(n, dist.get_rank(), dist.get_world_size())
+    return lo, hi, dist.get_world_size() * (hi - lo) / n
+
+
+def sampler_share():
+    """``(ranks, rank)`` for ``DataLoad.TrainSampler``: the pairs are dealt in data mode, else ``(1, 0)``."""
+    return (world_size(), rank()) if data_parallel() else (1, 0)
 
 
 def check_batches(num_pairs, batch_size):
-    """A message when some global batch has fewer pairs than there are ranks (a rank would get none), else None."""
+    """A message when some global batch has fewer pairs than there are ranks (a rank would get none), else None.
+    The global batch is ``batch_size`` pairs in exact mode, ``W · batch_size`` in data mode."""
     w = world_size()
-    smallest = num_pairs % batch_size or batch_size       # the last batch, or every batch
+    step = batch_size * sampler_share()[0]
+    smallest = num_pairs % step or step       # the last batch, or every batch
     if smallest < w:
         return (f'--batch_size: a batch of {smallest} training pairs cannot be split across {w} processes '
-                f'({num_pairs} pairs, batches of {batch_size}); choose a batch size whose last batch holds '
+                f'({num_pairs} pairs, batches of {step}); choose a batch size whose last batch holds '
                 f'at least {w} pairs')
     return None
+
+
+def scale_lr(optimizer, on):
+    """``--lr_scale_ranks``: the linear scaling rule, every group's learning rate times W (the effective batch
+    grows W-fold in data mode).  Returns the factor (1 in one process or when off)."""
+    factor = world_size() if on else 1
+    for group in optimizer.param_groups:
+        group['lr'] *= factor
+    return factor
+
+
+def any_rank(flag):
+    """Whether ``flag`` is true on some rank (one small all-reduce under torchrun): the ranks stop together."""
+    if not active():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == 'nccl':
+        t = t.cuda()
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def share_rng_state():
+    """Data mode, at an epoch's end: every rank takes rank 0's torch RNG state.  The ranks' streams may part
+    (dropout over batches of different sizes); after this the checkpoint's state (rank 0's) is every rank's,
+    so a resumed run draws what the uninterrupted one draws, under any world size."""
+    if not data_parallel():
+        return
+    torch.set_rng_state(_from_rank0(torch.get_rng_state()))
+    if dist.get_backend() == 'nccl':
+        torch.cuda.set_rng_state(_from_rank0(torch.cuda.get_rng_state()))
+
+
+def _from_rank0(state):
+    """Rank 0's copy of a CPU byte tensor (through the device under NCCL)."""
+    if dist.get_backend() == 'nccl':
+        on_device = state.cuda()
+        dist.broadcast(on_device, 0)
+        return on_device.cpu()
+    dist.broadcast(state, 0)
+    return state
 
 
 class _Loss(nn.Module):
@@ -144,7 +227,8 @@ class _Loss(nn.Module):
 
 class DataParallel:
     """The model as ``Train.train_epoch`` uses it (``train``, ``needs_negatives``, ``loss``), with
-    DDP's gradient averaging.  ``loss`` takes the global batch and returns ``W ·`` this rank's share."""
+    DDP's gradient averaging.  Data mode: ``loss`` is the model's loss of the rank's batch.  Exact mode: it
+    takes the global batch and returns ``W ·`` this rank's share."""
 
     def __init__(self, model, device):
         self.model, self.needs_negatives = model, model.needs_negatives
@@ -165,8 +249,8 @@ class DataParallel:
         return self.model.named_parameters()
 
     def loss(self, *batch):
-        if not self.needs_negatives:
-            return self.ddp(*batch)             # model_SSL.info_nce takes the rank's rows
+        if not exact() or not self.needs_negatives:
+            return self.ddp(*batch)             # data mode: the rank's own batch; exact: info_nce takes its rows
         lo, hi, weight = row_share(len(batch[0]))
         loss, parts = self.ddp(*(t[lo:hi] for t in batch))
         return weight * loss, {k: weight * v for k, v in parts.items()}
@@ -178,7 +262,8 @@ def wrap(model, device):
 
 
 def global_values(loss, parts):
-    """The loss and its parts (floats) of the global batch: the sum of the ranks' shares.
+    """The loss and its parts (floats) of the global batch: the sum of the ranks' shares (exact mode), the mean
+    of the ranks' batch losses (data mode).
     One process: ``loss.item()`` and ``parts`` unchanged."""
     if not active():
         return loss.item(), parts

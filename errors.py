@@ -18,6 +18,8 @@ class InputError(Exception):
 EXIT_BAD_INPUT = 2          # bad input or arguments: one line on stderr
 EXIT_DIVERGED = 3           # training diverged (a NaN/Inf loss, parameter or score); the best model is kept
 EXIT_INTERRUPTED = 130      # Ctrl-C; the last end-of-epoch checkpoint is intact
+EXIT_TERMINATED = 143       # SIGTERM (a scheduler's preemption): stopped at a safe point, the checkpoint is intact
+TERMINATED_LINE = 'terminated: resume with --resume'
 
 
 class DataError(Exception):

@@ -7,8 +7,14 @@
 Each evaluation prints one Val and one Test line; the run ends with the best
 epoch by validation Recall@K (first K) and its test metrics, and appends one
 JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
-2 bad input or arguments, 3 training diverged (a NaN/Inf loss, parameter or score),
-130 interrupted (Ctrl-C).
+2 bad input or arguments (also: another live run holds ``--checkpoint``),
+3 training diverged (a NaN/Inf loss, parameter or score), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, a scheduler's preemption: the run stops at
+the next safe point and ``--resume`` continues it; docs/torchrun.md).
+
+Before torch loads, ``startup`` chooses the CPU threads and their wait policy
+so that a busy neighbour costs a run no more than its share of the cores
+(an explicit ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY`` or ``--num_workers`` wins).
 
 ``run`` reads as the run's steps; each step is a call into the module that
 owns it: ``config`` (flags), ``DataLoad`` (the dataset), ``registry`` (the
@@ -20,14 +26,22 @@ import os
 import sys
 import time
 
+import startup
+
+if __name__ == '__main__':
+    startup.configure_threads()    # OpenMP reads these when torch loads
+    startup.catch_sigterm()        # from here on SIGTERM is a stop request (Train.stop_point)
+
 try:
     import torch
 
     import distributed
     import registry
-    from checkpoint import Saver, load_weights, new_state, read_checkpoint, resume_from, seed_everything
+    from checkpoint import (Saver, checkpoint_lock, load_weights, new_state, read_checkpoint, resume_from,
+                            seed_everything)
     from config import parse_args, run_name
-    from errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, InputError, describe, one_line
+    from errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED, TERMINATED_LINE, DataError,
+                        InputError, describe, one_line)
     from safe_write import append_results_line, check_not_inputs, check_outputs, check_writable
 except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
     if __name__ != '__main__':
@@ -74,7 +88,8 @@ def start_process(args):
     if args.num_workers > 0:
         torch.set_num_threads(max(1, min(args.num_workers, os.cpu_count() or 1)))
     use_cuda = torch.cuda.is_available() and not args.no_cuda
-    return distributed.setup(use_cuda, args.dist_timeout) or torch.device('cuda' if use_cuda else 'cpu')
+    return (distributed.setup(use_cuda, args.dist_timeout, args.dist_mode)
+            or torch.device('cuda' if use_cuda else 'cpu'))
 
 
 def load_data(args, outputs):
@@ -107,7 +122,15 @@ def build(args, data, last_path, sampler_rng, device):
             raise InputError(f'{last_path}: not a checkpoint of this run ({describe(e)})') from None
     model.to(device)
     # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
-    return model, registry.optimizer(args, model), ckpt
+    optimizer = registry.optimizer(args, model)
+    factor = distributed.scale_lr(optimizer, args.lr_scale_ranks)
+    if distributed.active():
+        ranks, mode = distributed.world_size(), args.dist_mode
+        step = (f'{ranks} x {args.batch_size} pairs a step (effective batch {ranks * args.batch_size})'
+                if mode == 'data' else f'{args.batch_size} pairs a step, each rank computing the whole batch')
+        print(f'torchrun: {ranks} processes, --dist_mode {mode}: {step}; learning rate {args.l_r * factor:g}'
+              + (f' (--l_r x {factor}, --lr_scale_ranks)' if factor != 1 else ''))
+    return model, optimizer, ckpt
 
 
 def training_data(args, data, folder, sampler_rng):
@@ -115,8 +138,9 @@ def training_data(args, data, folder, sampler_rng):
     from DataLoad import TrainSampler
     from Full_vt import SplitIndex, format_metrics, full_ranking
     from tqdm import tqdm
+    ranks, rank = distributed.sampler_share()     # data mode deals each global batch's rows to the ranks
     sampler = TrainSampler(data.train, data.num_item, args.batch_size, sampler_rng,
-                           source=os.path.join(folder, 'train.npy'))
+                           source=os.path.join(folder, 'train.npy'), ranks=ranks, rank=rank)
     uneven = distributed.check_batches(len(data.train), args.batch_size)
     if uneven:
         raise InputError(uneven)
@@ -138,22 +162,23 @@ def run(args):
     name = run_name(args)
     best_path, last_path, outputs = output_paths(args, name)
     device = start_process(args)
-    sampler_rng = seed_everything(args.seed)
-    folder, data = load_data(args, outputs)
-    model, optimizer, ckpt = build(args, data, last_path, sampler_rng, device)
-    sampler, evaluate = training_data(args, data, folder, sampler_rng)
-    trainer = distributed.wrap(model, device)   # the model itself in one process
-    state = new_state()
-    if ckpt is not None:
-        state = resume_from(ckpt, last_path, optimizer, sampler_rng)
-        print(f'resumed from {last_path} after epoch {state["epoch"]}')
-    board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
-    status = fit(model, trainer, sampler, optimizer, device, state, lambda epoch: evaluate(model, epoch),
-                 Saver(best_path, last_path, args, sampler_rng), args, board)
-    if board:
-        board.close(args, state)
-    finish(args, name, status, state, model, data, folder, best_path, device, started)
-    return EXIT_DIVERGED if status == 'diverged' else 0
+    with checkpoint_lock(last_path):           # one run per checkpoint, before any work
+        sampler_rng = seed_everything(args.seed)
+        folder, data = load_data(args, outputs)
+        model, optimizer, ckpt = build(args, data, last_path, sampler_rng, device)
+        sampler, evaluate = training_data(args, data, folder, sampler_rng)
+        trainer = distributed.wrap(model, device)   # the model itself in one process
+        state = new_state()
+        if ckpt is not None:
+            state = resume_from(ckpt, last_path, optimizer, sampler_rng)
+            print(f'resumed from {last_path} after epoch {state["epoch"]}')
+        board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
+        status = fit(model, trainer, sampler, optimizer, device, state, lambda epoch: evaluate(model, epoch),
+                     Saver(best_path, last_path, args, sampler_rng), args, board)
+        if board:
+            board.close(args, state)
+        finish(args, name, status, state, model, data, folder, best_path, device, started)
+        return EXIT_DIVERGED if status == 'diverged' else 0
 
 
 def finish(args, name, status, state, model, data, folder, best_path, device, started):
@@ -199,6 +224,7 @@ def flush_denormals():
 
 
 def main(argv=None):
+    from Train import Terminated
     threads = torch.get_num_threads()
     restore = flush_denormals()
     try:
@@ -210,6 +236,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:                          # every rank stops at the same safe point (Train.stop_point)
+        if distributed.is_main():
+            print(TERMINATED_LINE, file=sys.stderr)
+        return EXIT_TERMINATED
     except RuntimeError as e:                   # torch.distributed's errors are RuntimeErrors
         message = distributed.lost_peer(e)
         if message is None:

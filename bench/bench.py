@@ -14,11 +14,11 @@ References, written the way the official codes work:
   * evaluation: a Python loop over users;
   * negative sampling: per-sample rejection against a Python set of the user's items.
 
-``--torchrun`` (on unless --quick) times main.py's training epoch in one
-process and in 2 CPU processes under torchrun (the "reference" column is the
-one process).  On a 2-core machine the two ranks share the cores the one
-process had: the figure shows the cost of data parallelism (a full-graph
-propagation on every rank, gradient all-reduce), not a speed-up.
+``--torchrun`` (on unless --quick) times main.py's training epoch and its
+evaluation in 2 CPU ranks of one thread under torchrun (``--dist_mode data``:
+each rank trains on half the pairs, evaluation splits the users) against one
+process of one thread and one of two threads (the "reference" column), SLMRec
+FAC and LightGCN; ``--torchrun_repeat`` rounds of side-by-side runs.
 """
 import argparse
 import json
@@ -484,36 +484,51 @@ def bench_fast_eval(data, device, args):
     report('fast path: blocked top-k (evaluation)', fast, plain, 'reference: one product, one topk')
 
 
-def _main_epoch_seconds(command, epochs):
-    """Run main.py; the training time of its last epoch as printed ('epoch    N  loss x  (Ts)')."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+def _main_epoch_seconds(command, epochs, threads=None):
+    """Run main.py; ``(training seconds, evaluation seconds)`` of its last epoch: the training time as printed
+    ('epoch    N  loss x  (Ts)'), the evaluation time as the epoch's recorded seconds (training + evaluation,
+    the results line's history) minus it."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or torch.get_num_threads()))
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
-    seconds = re.findall(rf'^epoch +{epochs}  loss \S+  \(([0-9.]+)s\)$', done.stdout, re.M)
-    return float(seconds[-1])
+    seconds = float(re.findall(rf'^epoch +{epochs}  loss \S+  \(([0-9.]+)s\)$', done.stdout, re.M)[-1])
+    save = command[command.index('--save_file') + 1]
+    with open(save) as f:
+        record = json.loads(f.read().splitlines()[-1])
+    # the epoch line has 0.1 s resolution: tiny data (--quick) reads as at least 0.05 s, never 0
+    return max(seconds, 0.05), max(record['history'][-1]['seconds'] - seconds, 0.05)
+
+
+TORCHRUN_MODELS = {'SLMRec FAC': ['--model_name', 'SLMRec', '--ssl_task', 'FAC'],
+                   'LightGCN': ['--model_name', 'LightGCN']}
 
 
 def bench_torchrun(folder, args):
-    """Epoch time of main.py under torchrun, 2 CPU ranks of T/2 threads each, against one process of T
-    threads and one of T/2 threads (a rank's share); the second epoch of each run (the first warms up)."""
+    """Epoch and evaluation time of main.py under torchrun, 2 CPU ranks of 1 thread each (``--dist_mode
+    data``, the default: each rank trains on half of the pairs, evaluation splits the users), against one
+    process of 1 thread and one of 2 threads; epoch 2 of each run (the first warms up), the runs of a model
+    side by side.  ``--dist_modes data exact`` adds the exact mode (every rank computes each batch's forward)."""
     out = os.path.join(args.out, 'torchrun')
     os.makedirs(out, exist_ok=True)
-    threads = torch.get_num_threads()
-    half = max(1, threads // 2)
-    for model in ('SLMRec', 'MMGCN'):
-        flags = [os.path.join(ROOT, 'main.py'), '--data_path', folder, '--model_name', model, '--num_epoch', '2',
+    for model, model_flags in TORCHRUN_MODELS.items():
+        flags = [os.path.join(ROOT, 'main.py'), '--data_path', folder, *model_flags, '--num_epoch', '2',
                  '--no-progress', '--no-cuda', '--save_file', os.path.join(out, 'results.jsonl'),
                  '--checkpoint', os.path.join(out, 'last.pt'), '--PATH_weight_save', os.path.join(out, 'best.pt')]
-        two = _main_epoch_seconds([sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                                   '--nproc_per_node', '2', *flags, '--num_workers', str(half)], 2)
-        for n in (threads, half):
-            one = _main_epoch_seconds([sys.executable, *flags, '--num_workers', str(n)], 2)
-            name = f'{model} epoch, 2 ranks vs 1 proc x{n}'
-            note = f'2 ranks x {half} threads on {os.cpu_count()} cores: overhead, not speed-up'
-            report(name, (two, float('nan'), None), (one, float('nan'), None), note)   # no peak: other processes
-
-
+        torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *flags,
+                    '--num_workers', '1']
+        for _ in range(args.torchrun_repeat):
+            two = {mode: _main_epoch_seconds(torchrun + ['--dist_mode', mode], 2, threads=1)
+                   for mode in args.dist_modes}
+            one = {n: _main_epoch_seconds([sys.executable, *flags, '--num_workers', str(n)], 2, threads=n)
+                   for n in (1, 2)}
+            for mode, (train, evaluation) in two.items():
+                for n, (train_one, eval_one) in one.items():
+                    note = f'ratio = 1 proc x{n} / 2 ranks x 1 ({os.cpu_count()} cores)'
+                    report(f'{model} epoch, 2 ranks {mode} vs 1 proc x{n}', (train, float('nan'), None),
+                           (train_one, float('nan'), None), note)
+                    report(f'{model} eval, 2 ranks {mode} vs 1 proc x{n}', (evaluation, float('nan'), None),
+                           (eval_one, float('nan'), None), note)
 
 
 def main(argv=None):
@@ -534,6 +549,9 @@ def main(argv=None):
     p.add_argument('--torchrun', action=argparse.BooleanOptionalAction, default=None,
                    help='also time main.py epochs in 1 and 2 CPU processes, at --epoch_scale '
                         '(default: on unless --quick)')
+    p.add_argument('--torchrun_repeat', type=int, default=1, help='--torchrun: rounds of side-by-side runs')
+    p.add_argument('--dist_modes', nargs='+', default=['data'], choices=('data', 'exact'),
+                   help='--torchrun: the modes of the 2-rank runs (default data)')
     p.add_argument('--only', default=None,
                    help='comma list of slmrec,mmgcn,eval,sampling and fastpaths (= fast-slmrec,fast-mmgcn,'
                         'fast-eval: each fast path against the same code with that path plain); '

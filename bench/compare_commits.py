@@ -10,7 +10,9 @@ trains ``--epochs`` epochs with seed 1 in each tree, each in an empty
 folder of its own, with the default output paths.  Compared: the results lines (every field but the
 timing ones: ``wall_time_s`` and each epoch's ``seconds``), the run names,
 and the best-model files byte for byte.  Exit status 0 when everything is
-identical, 1 otherwise (the differences are printed).
+identical, 1 otherwise (the differences are printed).  A flag added since the older commit shows in the
+new results line's ``args`` only: it is named on the configuration's line ("new flags"), not counted as a
+difference (the configurations never set it, so it holds its default; what it trains is compared as usual).
 """
 import argparse
 import hashlib
@@ -111,12 +113,15 @@ def main(argv=None):
             (old, old_best), (new, new_best) = (run_config(tree, work, data, CONFIGS[name], args.epochs)
                                                 for tree, work in sides)
             diff = differences(comparable(old), comparable(new))
+            added = [line.split(':')[0][len('args.'):] for line in diff
+                     if line.startswith('args.') and line.endswith(': only after')]
+            diff = [line for line in diff if not (line.startswith('args.') and line.endswith(': only after'))]
             if old_best != new_best:
                 diff.append(f'best model: {old_best} -> {new_best}')
             failed += bool(diff)
             print(f'{name:14s} {"identical" if not diff else "DIFFERENT"}  run {new["run"]}  '
                   f'best epoch {new["best_epoch"]}  test R@20 {new["test"]["20"]["recall"]:.4f}  '
-                  f'best model {(new_best or "none")[:12]}')
+                  f'best model {(new_best or "none")[:12]}' + (f'  (new flags: {", ".join(added)})' if added else ''))
             for line in diff[:10]:
                 print(f'    {line}')
         print(f'{len(args.only or CONFIGS) - failed} identical, {failed} different (base {args.base})')

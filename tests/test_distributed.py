@@ -1,4 +1,5 @@
-"""torchrun (SPEC 7): 2 CPU ranks (gloo) compute what one process computes on the same global batches.
+"""torchrun (SPEC 7): in exact mode 2 CPU ranks (gloo) compute what one process computes on the same global
+batches; in data mode (the default) they deal the pairs, stop together on SIGTERM and resume under any world size.
 
 The tests start real torchrun jobs (``--standalone``: a free port on this
 machine), each bounded by a timeout; the data are tiny so that two ranks on
@@ -6,6 +7,7 @@ two shared cores stay within seconds.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +45,27 @@ def test_one_process_helpers_are_the_identity():
     loss = torch.tensor(2.5)
     assert distributed.global_values(loss, {'main': 1.5}) == (2.5, {'main': 1.5})
     assert distributed.check_batches(1620, 37) is None
+    assert distributed.sampler_share() == (1, 0) and not distributed.exact() and not distributed.data_parallel()
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.5)
+    assert distributed.scale_lr(optimizer, True) == 1 and optimizer.param_groups[0]['lr'] == 0.5
+
+
+@pytest.mark.parametrize('negatives', [False, True])
+def test_data_mode_deals_the_one_process_permutation(negatives):
+    """2 ranks' batches of 4 pairs, side by side, are one process's batches of 8 (negatives included), and every
+    rank's sampler RNG ends the epoch where one process's does: the state a checkpoint keeps means the same under
+    any world size, so whoever resumes draws the same next permutation."""
+    from DataLoad import TrainSampler
+    train = np.array([(u, i) for u in range(5) for i in range(u % 3, 9, 2)])        # 19 pairs: a last batch of 3
+    one = TrainSampler(train, 10, 8, np.random.default_rng(3))
+    ranks = [TrainSampler(train, 10, 4, np.random.default_rng(3), ranks=2, rank=r) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 3
+    for whole, *halves in zip(one.batches(negatives), *(s.batches(negatives) for s in ranks)):
+        for k, column in enumerate(whole):
+            assert torch.equal(torch.cat([h[k] for h in halves]), column)
+        assert abs(len(halves[0][0]) - len(halves[1][0])) <= 1
+    assert ranks[0].rng.bit_generator.state == ranks[1].rng.bit_generator.state == one.rng.bit_generator.state
 
 
 def test_batches_smaller_than_the_ranks_are_refused(monkeypatch):
@@ -127,7 +150,8 @@ def test_ranks_draw_the_random_numbers_of_one_process(steps, name):
 # ---------------------------------------------------------------- whole runs through main.py
 
 RUN_FLAGS = ['--ssl_task', 'FD', '--batch_size', '37', '--num_epoch', '3', '--dim_latent', '16', '--num_layer', '2',
-             '--no-progress', '--dist_timeout', '120', '--eval_batch', '16']    # chunks of 16 users: the ranks share 7
+             '--no-progress', '--dist_timeout', '120', '--eval_batch', '16',    # chunks of 16 users: the ranks share 7
+             '--dist_mode', 'exact']
 
 
 def _files(folder, tag):
@@ -246,3 +270,69 @@ def test_hung_rank_fails_the_job_after_the_timeout(data, tmp_path):
     # The collective may have begun a little before the stop; a loaded machine adds its delays.
     assert 'hung for longer than --dist_timeout' in line and 6 <= waited < 60
     assert job.returncode != 0
+
+
+# ---------------------------------------------------------------- data mode: split work, SIGTERM, other world sizes
+
+DATA_FLAGS = [f for f in RUN_FLAGS if f not in ('--dist_mode', 'exact')]      # the default mode
+
+
+def _run_data(data, folder, tag, *extra, ranks=2):
+    command = TORCHRUN[:-1] + [str(ranks)] if ranks > 1 else [sys.executable]
+    return subprocess.run(command + [os.path.join(ROOT, 'main.py'), '--data_path', data, *DATA_FLAGS,
+                                     *_files(folder, tag), *extra],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def data_run(data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('data_mode')
+    job = _run_data(data, folder, 'full')
+    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-3000:]
+    return folder, job.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_and_resume_gives_the_uninterrupted_run(data, data_run, tmp_path):
+    """SIGTERM reaches rank 1 alone: both ranks stop at the same safe point and exit 143; rank 0 prints the line
+    once; the checkpoint of the last completed epoch resumes to the uninterrupted run's result."""
+    folder, stdout = data_run
+    assert 'torchrun: 2 processes, --dist_mode data: 2 x 37 pairs a step (effective batch 74)' in stdout
+    command = TORCHRUN + [os.path.join(ROOT, 'main.py'), '--data_path', data, *DATA_FLAGS, *_files(tmp_path, 'cut')]
+    job = subprocess.Popen(command, env=dict(ENV, PYTHONUNBUFFERED='1'), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in job.stdout:
+            if line.startswith('epoch    1  Test'):
+                break
+        os.kill(_pid_of_rank(job.pid, 1), signal.SIGTERM)
+        output = job.communicate(timeout=60)[0]
+    finally:
+        job.kill()
+    assert output.count('terminated: resume with --resume') == 1
+    # torchrun lists the ranks that had exited when it looked (one or both), then ends the others
+    codes = re.findall(r'exitcode  : (\S+)', output)
+    assert codes and set(codes) == {'143'} and job.returncode != 0
+    assert not (tmp_path / 'cut.jsonl').exists()
+    state = torch.load(tmp_path / 'cut.last.pt', weights_only=True)['state']
+    assert 1 <= state['epoch'] < 3
+    resumed = _run_data(data, tmp_path, 'cut', '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, done = _result(folder, 'full'), _result(tmp_path, 'cut')
+    assert (done['best_epoch'], done['val'], done['test']) == (full['best_epoch'], full['val'], full['test'])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_under_another_world_size(data, data_run, tmp_path):
+    """2 ranks' checkpoint -> one process (epoch 4) -> 2 ranks again (epoch 5); the sampler's position is the
+    epoch boundary and its RNG state, which means the same under any world size (the deal test above)."""
+    import shutil
+    folder, _ = data_run
+    shutil.copy(folder / 'full.last.pt', tmp_path / 'moved.last.pt')
+    one = _run_data(data, tmp_path, 'moved', '--resume', '--num_epoch', '4', ranks=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert 'resumed from' in one.stdout and 'after epoch 3' in one.stdout
+    two = _run_data(data, tmp_path, 'moved', '--resume', '--num_epoch', '5')
+    assert two.returncode == 0, two.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / 'moved.jsonl').read_text().splitlines()]
+    assert [(r['processes'], r['epochs_run']) for r in lines] == [(1, 4), (2, 5)]
