@@ -70,6 +70,13 @@ def build_parser():
     a('--no-cuda', dest='no_cuda', action='store_true', help='stay on the CPU even when CUDA is present')
     a('--patience', type=int, default=20, help='evaluations without validation improvement before stopping')
     a('--eval_batch', type=int, default=1024, help='users per chunk in full-ranking evaluation')
+    add_run_flags(a)
+    add_model_flags(p)
+    return p
+
+
+def add_run_flags(a):
+    """Flags of where a run reads and writes, how it resumes, and how it runs (not what it trains)."""
     a('--PATH_weight_load', default=None, help='initial weights: ours, or an official SLMRec state dict')
     a('--PATH_weight_save', default=None, help='where the best model is saved (default runs/<run>.best.pt)')
     a('--checkpoint', default=None,
@@ -104,6 +111,10 @@ def build_parser():
     a('--lr_scale_ranks', action='store_true',
       help='under torchrun: the linear scaling rule, learning rate --l_r x W for W ranks (default off; follows '
            'the world size of a resumed run)')
+
+
+def add_model_flags(p):
+    """Each model's own flags, from the registry, in a --help group per model that declares them."""
     groups = {}
     for flag, readers in registry.model_flags():
         group = groups.get(readers[0]) or groups.setdefault(readers[0], p.add_argument_group(f'{readers[0]} flags'))
@@ -111,7 +122,6 @@ def build_parser():
         if flag.choices is not None:
             extra['choices'] = flag.choices
         group.add_argument(f'--{flag.name}', default=flag.default, help=f'{"/".join(readers)}: {flag.help}', **extra)
-    return p
 
 
 def config_defaults(parser, path):
