@@ -256,4 +256,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    code = main()
+    if code == EXIT_TERMINATED:
+        # Stopping already: torchrun ends the other ranks with SIGTERM once one has exited, and Python's own
+        # shutdown puts SIGTERM's default back (death by signal, -15), but leaves an ignored signal ignored.
+        startup.ignore_sigterm()
+    sys.exit(code)

@@ -95,5 +95,10 @@ def catch_sigterm():
     signal.signal(signal.SIGTERM, _request_stop)
 
 
+def ignore_sigterm():
+    """A run that is stopping ignores further SIGTERMs (so it exits with its own status, 143)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def stop_requested():
     return _STOP['requested']
