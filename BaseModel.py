@@ -62,6 +62,12 @@ def normalized_adjacency(train, num_user, num_item):
     return csr_adjacency(edges, n, values)
 
 
+def transpose_csr(adj):
+    """``adjᵀ`` as CSR: what the backward of a fixed sparse product multiplies by."""
+    with _quiet_csr():
+        return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
 def check_symmetric(adj):
     """Raise ValueError unless the sparse matrix ``adj`` equals its transpose: the propagation's
     closed-form backward and MMGCN's aggregations use ``adj`` as its own transpose.  An

@@ -59,24 +59,39 @@ def _similarity_block(unit, start, stop):
     return torch.sparse.mm(unit, block.t().contiguous()).t().contiguous()
 
 
-def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
-    """[I, k] ids of each item's ``k`` most cosine-similar items, itself first.
-
-    Computed in blocks of ``block_floats / I`` items, so the similarity matrix is never held
-    whole (peak: one block plus the unit rows; measured in bench/RESULTS.md).
-    """
+def unit_matrix(feature, num_item):
+    """``unit_rows`` in the layout ``knn_neighbours`` reads: dense, or sparse CSR for a bag of words."""
     unit = unit_rows(feature, num_item)
     if unit.is_sparse:
         with _quiet_csr():
             unit = unit.to_sparse_csr()
-    out = torch.empty(num_item, k, dtype=torch.long)
+    return unit
+
+
+def knn_neighbours(unit, k, block_floats=SIMILARITY_FLOATS):
+    """``(ids [I, k], cosine [I, k])`` of each row's ``k`` most similar rows of ``unit`` (unit rows, dense or
+    sparse CSR), itself first with cosine 1 (a zero row too, whose other cosines are 0).
+
+    Computed in blocks of ``block_floats / I`` rows, so the similarity matrix is never held whole (peak: one
+    block plus the unit rows; measured in bench/RESULTS.md).  No gradient.
+    """
+    num_item = unit.shape[0]
+    ids = torch.empty(num_item, k, dtype=torch.long)
+    cos = torch.empty(num_item, k)
     step = max(1, block_floats // num_item)
-    for start in range(0, num_item, step):
-        stop = min(start + step, num_item)
-        sim = _similarity_block(unit, start, stop)
-        sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
-        out[start:stop] = sim.topk(k, dim=1).indices
-    return out
+    with torch.no_grad():
+        for start in range(0, num_item, step):
+            stop = min(start + step, num_item)
+            sim = _similarity_block(unit, start, stop)
+            sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
+            cos[start:stop], ids[start:stop] = sim.topk(k, dim=1)
+    cos[:, 0] = 1.0
+    return ids, cos
+
+
+def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
+    """[I, k] ids of each item's ``k`` most cosine-similar items, itself first (``knn_neighbours``)."""
+    return knn_neighbours(unit_matrix(feature, num_item), k, block_floats)[0]
 
 
 def normalized_knn(indices, num_item):
@@ -104,28 +119,36 @@ def feature_digest(feature, k):
     return h.hexdigest()
 
 
-def cached_knn(name, feature, num_item, k, cache_dir):
-    """``knn_indices`` of one modality, from ``<cache_dir>/freedom_knn_<name>_k<k>.pt`` when that file
-    was built from the same content (digest, shape and range checked), else built; a build slower
-    than ``CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
-    path = None if cache_dir is None else os.path.join(cache_dir, f'freedom_knn_{name}_k{k}.pt')
+def cached_graph(prefix, name, feature, num_item, k, cache_dir, build, valid):
+    """``build()`` (a dict of tensors) of one modality's kNN graph, from ``<cache_dir>/<prefix>_<name>_k<k>.pt``
+    when that file was built from the same content (the digest) and ``valid(saved)`` holds, else built; a
+    build slower than ``CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
+    path = None if cache_dir is None else os.path.join(cache_dir, f'{prefix}_{name}_k{k}.pt')
     digest = feature_digest(feature, k) if path else None
     if path and os.path.isfile(path):
         try:
             saved = torch.load(path, map_location='cpu', weights_only=True)
-            indices = saved['indices']
-            if (saved['digest'] == digest and indices.dtype == torch.long and tuple(indices.shape) == (num_item, k)
-                    and int(indices.min()) >= 0 and int(indices.max()) < num_item):
-                return indices
+            if saved['digest'] == digest and valid(saved):
+                return {key: value for key, value in saved.items() if key != 'digest'}
         except Exception:   # unreadable or of another layout: rebuilt below, like a stale one
             pass
         print(f'note: {path} does not match this dataset; rebuilding it', file=sys.stderr)
     started = time.time()
-    indices = knn_indices(feature, num_item, k)
+    graph = build()
     if path and time.time() - started > CACHE_AFTER_S:
         try:
-            atomic_save({'digest': digest, 'indices': indices}, path)
+            atomic_save({'digest': digest, **graph}, path)
         except InputError as e:      # a read-only dataset folder, a full disk: the run goes on uncached
             print(f'note: kNN graph not cached ({e})', file=sys.stderr)
-    return indices
+    return graph
 
+
+def cached_knn(name, feature, num_item, k, cache_dir):
+    """``knn_indices`` of one modality, through ``cached_graph`` (``freedom_knn_<name>_k<k>.pt``; the ids'
+    type, shape and range checked)."""
+    def valid(saved):
+        indices = saved['indices']
+        return (indices.dtype == torch.long and tuple(indices.shape) == (num_item, k)
+                and int(indices.min()) >= 0 and int(indices.max()) < num_item)
+    return cached_graph('freedom_knn', name, feature, num_item, k, cache_dir,
+                        lambda: {'indices': knn_indices(feature, num_item, k)}, valid)['indices']

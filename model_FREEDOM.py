@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
+from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
 from errors import InputError
 from knn_graph import cached_knn, normalized_knn
 from model_LightGCN import bpr_loss
@@ -110,9 +110,7 @@ class FREEDOM(Recommender):
         self.modalities = list(features)
         self.register_buffer('adj', adj, persistent=False)
         self.register_buffer('item_adj', item_adj, persistent=False)
-        with _quiet_csr():
-            self.register_buffer('item_adj_t', item_adj.to_sparse_coo().t().coalesce().to_sparse_csr(),
-                                 persistent=False)
+        self.register_buffer('item_adj_t', transpose_csr(item_adj), persistent=False)
         users = torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long)
         items = torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long)
         self.register_buffer('edge_users', users, persistent=False)

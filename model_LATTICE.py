@@ -28,30 +28,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _quiet_csr, _RowMeanProduct, csr_adjacency, take_rows
-from knn_graph import SIMILARITY_FLOATS, _similarity_block, unit_rows
+from BaseModel import _RowMeanProduct, csr_adjacency, take_rows
+from knn_graph import SIMILARITY_FLOATS, knn_neighbours, unit_matrix
 from model_LightGCN import bpr_loss
 from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 
 
 # ---------------------------------------------------------------------- the item-item graphs
-
-def knn_neighbours(unit, k, block_floats=SIMILARITY_FLOATS):
-    """``(ids [I, k], cosine [I, k])`` of each row's ``k`` most similar rows of ``unit`` (unit rows, dense or
-    sparse CSR), itself first with cosine 1 (a zero row too, whose other cosines are 0), computed ``block_floats / I`` rows at a time.  No gradient."""
-    num_item = unit.shape[0]
-    ids = torch.empty(num_item, k, dtype=torch.long)
-    cos = torch.empty(num_item, k)
-    step = max(1, block_floats // num_item)
-    with torch.no_grad():
-        for start in range(0, num_item, step):
-            stop = min(start + step, num_item)
-            sim = _similarity_block(unit, start, stop)
-            sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
-            cos[start:stop], ids[start:stop] = sim.topk(k, dim=1)
-    cos[:, 0] = 1.0
-    return ids, cos
-
 
 def weighted_knn(x, k, block_floats=SIMILARITY_FLOATS):
     """``S(x)`` as ``(rows [I k], cols [I k], values [I k])``: the values keep ``x``'s gradient (the
@@ -67,11 +50,7 @@ def weighted_knn(x, k, block_floats=SIMILARITY_FLOATS):
 
 def raw_knn(feature, num_item, k):
     """``S(F_m^raw)`` of a raw modality (dense array or ``WordFeature``'s bag of words), blocked."""
-    unit = unit_rows(feature, num_item)
-    if unit.is_sparse:
-        with _quiet_csr():
-            unit = unit.to_sparse_csr()
-    ids, cos = knn_neighbours(unit, k)          # a zero row's cosines are 0: its only entry is itself
+    ids, cos = knn_neighbours(unit_matrix(feature, num_item), k)          # a zero row's cosines are 0: its only entry is itself
     return torch.arange(num_item).repeat_interleave(k), ids.reshape(-1), cos.reshape(-1)
 
 

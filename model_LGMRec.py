@@ -33,9 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
+from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
 from model_LightGCN import bpr_loss
-from model_MGCN import transpose_csr
 from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 
 TEMPERATURE = 0.2          # the authors' self.tau: the Gumbel softmax and the contrast

@@ -25,19 +25,14 @@ Loss for a batch of (user, positive, sampled negative):
 with ``λ = --weight_decay`` 1e-4, ``β = --cl_weight`` 0.01, ``InfoNCE(a, b) = -mean_r log(exp(â_r·b̂_r/τ) /
 Σ_r' exp(â_r·b̂_r'/τ))`` on L2-normalised rows.
 """
-import os
-import sys
-import time
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows
-from errors import InputError
+from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
 import knn_graph
-from knn_graph import SIMILARITY_FLOATS, _similarity_block, feature_digest, unit_rows
-from safe_write import atomic_save
+from errors import InputError
+from knn_graph import SIMILARITY_FLOATS, knn_neighbours, unit_matrix
 from model_LightGCN import bpr_loss
 from registry import Flag, ModelEntry, Recommender, needs_modality
 
@@ -49,21 +44,8 @@ TEMPERATURE = 0.2          # the authors' code: InfoNCE(..., 0.2) (its self.tau 
 def weighted_knn(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
     """``(indices [I, k], values [I, k])``: each item's ``k`` most cosine-similar items, itself first with
     value 1, and their similarities (negative ones as 0; an all-zero row has itself alone, the rest 0).
-    Blocked like ``knn_graph.knn_indices``: never a dense I × I matrix."""
-    unit = unit_rows(feature, num_item)
-    if unit.is_sparse:
-        with _quiet_csr():
-            unit = unit.to_sparse_csr()
-    indices = torch.empty(num_item, k, dtype=torch.long)
-    values = torch.empty(num_item, k)
-    step = max(1, block_floats // num_item)
-    for start in range(0, num_item, step):
-        stop = min(start + step, num_item)
-        sim = _similarity_block(unit, start, stop)
-        sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
-        top = sim.topk(k, dim=1)
-        indices[start:stop], values[start:stop] = top.indices, top.values
-    values[:, 0] = 1.0
+    Blocked (``knn_graph.knn_neighbours``): never a dense I × I matrix."""
+    indices, values = knn_neighbours(unit_matrix(feature, num_item), k, block_floats)
     return indices, values.clamp_(min=0.0)
 
 
@@ -81,43 +63,26 @@ def normalized_weighted_knn(indices, values, num_item):
 
 
 def cached_weighted_knn(name, feature, num_item, k, cache_dir):
-    """``weighted_knn`` of one modality, from ``<cache_dir>/mgcn_knn_<name>_k<k>.pt`` when that file was built
-    from the same content (digest, shapes, id range and weights checked), else built; a build slower than
-    ``knn_graph.CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
-    path = None if cache_dir is None else os.path.join(cache_dir, f'mgcn_knn_{name}_k{k}.pt')
-    digest = feature_digest(feature, k) if path else None
-    if path and os.path.isfile(path):
-        try:
-            saved = torch.load(path, map_location='cpu', weights_only=True)
-            indices, values = saved['indices'], saved['values']
-            if (saved['digest'] == digest and indices.dtype == torch.long and values.dtype == torch.float32
-                    and tuple(indices.shape) == tuple(values.shape) == (num_item, k)
-                    and int(indices.min()) >= 0 and int(indices.max()) < num_item
-                    and bool(((values >= 0) & (values <= 1 + 1e-5)).all()) and bool((values[:, 0] == 1).all())):
-                return indices, values
-        except Exception:   # unreadable or of another layout: rebuilt below, like a stale one
-            pass
-        print(f'note: {path} does not match this dataset; rebuilding it', file=sys.stderr)
-    started = time.time()
-    indices, values = weighted_knn(feature, num_item, k)
-    if path and time.time() - started > knn_graph.CACHE_AFTER_S:
-        try:
-            atomic_save({'digest': digest, 'indices': indices, 'values': values}, path)
-        except InputError as e:      # a read-only dataset folder, a full disk: the run goes on uncached
-            print(f'note: MGCN kNN graph not cached ({e})', file=sys.stderr)
-    return indices, values
+    """``weighted_knn`` of one modality, through ``knn_graph.cached_graph`` (``mgcn_knn_<name>_k<k>.pt``;
+    shapes, id range and weights checked)."""
+    def valid(saved):
+        indices, values = saved['indices'], saved['values']
+        return (indices.dtype == torch.long and values.dtype == torch.float32
+                and tuple(indices.shape) == tuple(values.shape) == (num_item, k)
+                and int(indices.min()) >= 0 and int(indices.max()) < num_item
+                and bool(((values >= 0) & (values <= 1 + 1e-5)).all()) and bool((values[:, 0] == 1).all()))
+
+    def build():
+        indices, values = weighted_knn(feature, num_item, k)
+        return {'indices': indices, 'values': values}
+    graph = knn_graph.cached_graph('mgcn_knn', name, feature, num_item, k, cache_dir, build, valid)
+    return graph['indices'], graph['values']
 
 
 def item_graphs(features, num_item, k, cache_dir=None):
     """``{m: Ŝ_m}`` for every modality (each modality's kNN ids and weights cached in ``cache_dir`` when slow)."""
     return {m: normalized_weighted_knn(*cached_weighted_knn(m, f, num_item, k, cache_dir), num_item)
             for m, f in features.items()}
-
-
-def transpose_csr(adj):
-    """``adjᵀ`` as CSR: what the backward of a fixed sparse product multiplies by."""
-    with _quiet_csr():
-        return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
 def user_item_block(adj, num_user):

@@ -13,7 +13,6 @@ from torch.nn import functional as F
 import config
 import errors
 import knn_graph
-import model_FREEDOM
 from BaseModel import normalized_adjacency
 from DataLoad import WordFeature, load_dataset
 from knn_graph import knn_indices, normalized_knn

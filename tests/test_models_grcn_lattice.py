@@ -12,9 +12,9 @@ from torch.nn import functional as F
 
 import config
 from DataLoad import WordFeature
-from knn_graph import unit_rows
+from knn_graph import knn_neighbours, unit_rows
 from model_GRCN import GRCN
-from model_LATTICE import (LATTICE, dense_graph_plain, graph_product, knn_neighbours, mixed_graph, normalized,
+from model_LATTICE import (LATTICE, dense_graph_plain, graph_product, mixed_graph, normalized,
                            raw_knn, row_normalized_adjacency, weighted_knn)
 from test_train import _run, kill_then_resume
 
