@@ -63,7 +63,9 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
                leave=False, disable=not show_bar, dynamic_ncols=True)
     for batch in bar:
         loss, parts = model.loss(*(t.to(device) for t in batch))
-        value, parts = distributed.global_values(loss, parts)     # the global batch's, under torchrun
+        # the global batch's values, under torchrun; and whether a SIGTERM arrived on some rank (a safe point
+        # once this step is taken: every rank learns it from the same all-reduce and stops after the same step)
+        value, parts, stop = distributed.global_values(loss, parts, startup.stop_requested())
         if not math.isfinite(value):
             raise Divergence(f'loss is {value} at epoch {epoch}, batch {steps + 1}')
         optimizer.zero_grad(set_to_none=True)
@@ -76,7 +78,8 @@ def train_epoch(model, sampler, optimizer, device, epoch, show_bar=True):
             raise Divergence(f'the optimiser step overflows at epoch {epoch}, batch {steps + 1}') from None
         total += value
         steps += 1
-        stop_point()
+        if stop:
+            raise Terminated()
         for k, v in parts.items():
             part_sums[k] = part_sums.get(k, 0.0) + v
         bar.set_postfix({k: f'{v:.4f}' for k, v in parts.items()})

@@ -261,18 +261,20 @@ def wrap(model, device):
     return DataParallel(model, device) if active() else model
 
 
-def global_values(loss, parts):
+def global_values(loss, parts, stop=False):
     """The loss and its parts (floats) of the global batch: the sum of the ranks' shares (exact mode), the mean
-    of the ranks' batch losses (data mode).
-    One process: ``loss.item()`` and ``parts`` unchanged."""
+    of the ranks' batch losses (data mode); and whether ``stop`` is true on some rank.  One all-reduce carries
+    all three, so a step meets the other ranks once besides DDP's gradient all-reduce.
+    One process: ``loss.item()``, ``parts`` and ``stop`` unchanged."""
     if not active():
-        return loss.item(), parts
-    values = torch.tensor([loss.item(), *parts.values()], dtype=torch.float64)
+        return loss.item(), parts, bool(stop)
+    values = torch.tensor([loss.item(), *parts.values(), 1.0 if stop else 0.0], dtype=torch.float64)
     if dist.get_backend() == 'nccl':
         values = values.cuda()
     dist.all_reduce(values)
-    values = (values / dist.get_world_size()).tolist()
-    return values[0], dict(zip(parts, values[1:]))
+    stop = bool(values[-1].item() > 0)
+    values = (values[:-1] / dist.get_world_size()).tolist()
+    return values[0], dict(zip(parts, values[1:])), stop
 
 
 def my_chunks(starts):

@@ -33,7 +33,8 @@ Loss over a batch of B triples (user, positive, sampled negative), the authors' 
 
     L = -mean log σ(s⁺ - s⁻) + λ [ (Σ_b 2‖E_u‖² + ‖E_{i⁺}‖² + ‖E_{i⁻}‖²) / (2 B d) + Σ_m Σ_b ‖P_{m,u}‖² / (B d_C) ]
 
-Every batch runs the whole forward (the attentions normalise over all of a node's edges), as the authors' code.
+Every batch runs the whole forward (the attentions normalise over all of a node's edges), as the authors' code;
+its edge products take the fast path below (``Bipartite``, ``EdgeDot``, ``EdgeSpmm``) beside the plain formulas.
 """
 import dataclasses
 
@@ -43,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
-from BaseModel import take_rows
+from BaseModel import _quiet_csr, take_rows
 from config import str2bool
 from DataLoad import WordFeature
 from model_LightGCN import bpr_loss
@@ -53,9 +54,99 @@ WEIGHT_MODES = ('confid', 'max', 'mean')
 
 
 def aggregate(weights, source_rows, target, num_target):
-    """``out[t] = Σ_{e: target_e = t} weights_e · source_rows_e`` [num_target, d]."""
+    """``out[t] = Σ_{e: target_e = t} weights_e · source_rows_e`` [num_target, d] (the plain formula)."""
     out = source_rows.new_zeros(num_target, source_rows.shape[1])
     return out.index_add(0, target, weights.unsqueeze(1) * source_rows)
+
+
+# ---------------------------------------------------------------------- the fast path of the edge products
+#
+# GRCN's step is two kinds of products over the E training edges, both plain above and in ``GRCN.modality``:
+# the edge scores ``a_e = p_u · f_i`` (an SDDMM) and the weighted sums ``Σ_e w_e x_source`` (an SpMM with the
+# edge weights as values).  Autograd of the plain form materialises several [E, d] tensors per product (the
+# gathered rows, their product with the weights, the gradient's gathers) and is bound by memory.  Each is the
+# other's adjoint: the SpMM's gradient by its weights is an SDDMM and by its rows the transposed SpMM; the
+# SDDMM's gradient is two SpMMs whose values are the incoming gradient.  ``Bipartite`` keeps the edges sorted
+# by user and by item (CSR), so every SpMM is one sparse-dense product, and computes the SDDMM in chunks of
+# edges that stay in cache.  Same values as the plain formulas (tests/test_models_grcn_lattice.py); the step's
+# time against them is in bench/models_grcn_lattice.py --plain.
+
+DOT_CHUNK = 8192           # edges per SDDMM chunk: two [chunk, 64] float blocks stay within a 2 MiB L2 cache
+
+
+class Bipartite:
+    """The training edges (``users[e]``, ``items[e]``) with two CSR orderings, ``(order, crow, cols)`` each: by
+    user (the rows of R) and by item (the rows of Rᵀ).  ``orderings`` builds them once; a model keeps them as
+    buffers (they move with it) and wraps them here per call."""
+
+    def __init__(self, users, items, by_user, by_item):
+        self.users, self.items, self.by_user, self.by_item = users, items, by_user, by_item
+
+    @staticmethod
+    def orderings(users, items, num_user, num_item):
+        """``(by_user, by_item)``."""
+        def ordering(rows, cols, num_rows):
+            order = torch.argsort(rows, stable=True)
+            crow = torch.zeros(num_rows + 1, dtype=torch.long)
+            crow[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
+            return order, crow, cols[order]
+        return ordering(users, items, num_user), ordering(items, users, num_item)
+
+    def spmm(self, values, x, to_users):
+        """``out[t] = Σ_{e into t} values_e x[source_e]``: into users from item rows ``x``, or the reverse."""
+        order, crow, cols = self.by_user if to_users else self.by_item
+        with _quiet_csr():
+            matrix = torch.sparse_csr_tensor(crow, cols, values[order].to(x.dtype),
+                                             (len(crow) - 1, x.shape[0]), check_invariants=False)
+            return matrix @ x
+
+    def dots(self, user_rows, item_rows):
+        """``out_e = user_rows[users_e] · item_rows[items_e]`` [E], a chunk of edges at a time."""
+        out = user_rows.new_empty(len(self.users))
+        for lo in range(0, len(self.users), DOT_CHUNK):
+            hi = lo + DOT_CHUNK
+            out[lo:hi] = (user_rows.index_select(0, self.users[lo:hi])
+                          * item_rows.index_select(0, self.items[lo:hi])).sum(1)
+        return out
+
+
+class EdgeSpmm(torch.autograd.Function):
+    """``aggregate(values, x[source], target, n)`` with the closed-form gradient of its two inputs."""
+
+    @staticmethod
+    def forward(ctx, values, x, graph, to_users):
+        ctx.save_for_backward(values, x)
+        ctx.graph, ctx.to_users = graph, to_users
+        return graph.spmm(values, x, to_users)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, x = ctx.saved_tensors
+        graph, to_users = ctx.graph, ctx.to_users
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[0]:        # ∂/∂w_e = grad[target_e] · x[source_e]
+            grad_values = graph.dots(grad, x) if to_users else graph.dots(x, grad)
+        if ctx.needs_input_grad[1]:        # the transposed sum: from the targets back to the sources
+            grad_x = graph.spmm(values, grad, not to_users)
+        return grad_values, grad_x, None, None
+
+
+class EdgeDot(torch.autograd.Function):
+    """``(p[users] * f[items]).sum(1)`` [E] with the closed-form gradient (two SpMMs valued by the gradient)."""
+
+    @staticmethod
+    def forward(ctx, user_rows, item_rows, graph):
+        ctx.save_for_backward(user_rows, item_rows)
+        ctx.graph = graph
+        return graph.dots(user_rows, item_rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        user_rows, item_rows = ctx.saved_tensors
+        graph = ctx.graph
+        grad_user = graph.spmm(grad, item_rows, True) if ctx.needs_input_grad[0] else None
+        grad_item = graph.spmm(grad, user_rows, False) if ctx.needs_input_grad[1] else None
+        return grad_user, grad_item, None
 
 
 class GRCN(Recommender):
@@ -70,22 +161,28 @@ class GRCN(Recommender):
         reg_weight: ``λ`` (``--weight_decay``, 1e-5): the loss coefficient, not an Adam decay.
         weight_mode: 'confid', 'max' or 'mean'.
         pruning: relu on the edge weights.
+        fast: the edge products through ``Bipartite`` (sparse products, closed-form gradients); False: the
+            plain formulas (``aggregate``), for tests and the bench.
     """
 
     needs_negatives = True
 
     def __init__(self, num_user, num_item, features, train, dim_latent=64, num_layer=2, reg_weight=1e-5,
-                 weight_mode='confid', pruning=True):
+                 weight_mode='confid', pruning=True, fast=True):
         super().__init__()
         if not features:
             raise ValueError('GRCN needs at least one modality')
         if weight_mode not in WEIGHT_MODES:
             raise ValueError(f'weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}')
         self.num_user, self.num_item, self.num_layer, self.reg_weight = num_user, num_item, num_layer, reg_weight
-        self.weight_mode, self.pruning = weight_mode, pruning
+        self.weight_mode, self.pruning, self.fast = weight_mode, pruning, fast
         self.modalities = list(features)
         self.register_buffer('edge_users', torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long), persistent=False)
         self.register_buffer('edge_items', torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long), persistent=False)
+        by_user, by_item = Bipartite.orderings(self.edge_users, self.edge_items, num_user, num_item)
+        for name, ordering in (('by_user', by_user), ('by_item', by_item)):
+            for part, t in zip(('order', 'crow', 'cols'), ordering):
+                self.register_buffer(f'{name}_{part}', t, persistent=False)
         # A word-id modality's embeddings are d_C wide (the authors' nn.Embedding(vocab, dim_C)), no transform.
         features = {m: dataclasses.replace(f, dim=dim_latent) if isinstance(f, WordFeature) else f
                     for m, f in features.items()}
@@ -106,15 +203,34 @@ class GRCN(Recommender):
             f = F.leaky_relu(self.transforms[m](f))
         return F.normalize(f, dim=1)
 
+    def graph(self):
+        """The edges as ``Bipartite`` (the fast path's products)."""
+        return Bipartite(self.edge_users, self.edge_items,
+                         (self.by_user_order, self.by_user_crow, self.by_user_cols),
+                         (self.by_item_order, self.by_item_crow, self.by_item_cols))
+
+    def edge_scores(self, p, f):
+        """``a_e = p[u_e] · f[i_e]`` [E]."""
+        if self.fast:
+            return EdgeDot.apply(p, f, self.graph())
+        return (take_rows(p, self.edge_users) * take_rows(f, self.edge_items)).sum(1)
+
+    def sum_into(self, weights, x, to_users):
+        """``Σ_{e into t} w_e x[source_e]``: into the users from item rows ``x`` (or into the items from user rows)."""
+        if self.fast:
+            return EdgeSpmm.apply(weights, x, self.graph(), to_users)
+        if to_users:
+            return aggregate(weights, take_rows(x, self.edge_items), self.edge_users, self.num_user)
+        return aggregate(weights, take_rows(x, self.edge_users), self.edge_items, self.num_item)
+
     def modality(self, m):
         """``(c_m [U+I, d_C], α^{→i} [E], α^{→u} [E])`` of modality m."""
         p, f = F.normalize(self.preference[m], dim=1), self.content(m)
-        p_rows, f_rows = take_rows(p, self.edge_users), take_rows(f, self.edge_items)
-        score = (p_rows * f_rows).sum(1)                                        # a_e = p̂_u · f̂_i
+        score = self.edge_scores(p, f)                                          # a_e = p̂_u · f̂_i
         to_item = softmax(score, self.edge_items, num_nodes=self.num_item)
         to_user = softmax(score, self.edge_users, num_nodes=self.num_user)
-        c_user = p + aggregate(to_user, f_rows, self.edge_users, self.num_user)
-        c_item = f + aggregate(to_item, p_rows, self.edge_items, self.num_item)
+        c_user = p + self.sum_into(to_user, f, to_users=True)
+        c_item = f + self.sum_into(to_item, p, to_users=False)
         return torch.cat([c_user, c_item]), to_item, to_user
 
     def edge_weights(self, to_item, to_user):
@@ -136,8 +252,7 @@ class GRCN(Recommender):
         total = x
         for _ in range(self.num_layer):
             users, items = x[:self.num_user], x[self.num_user:]
-            x = torch.cat([aggregate(w_user, take_rows(items, self.edge_items), self.edge_users, self.num_user),
-                           aggregate(w_item, take_rows(users, self.edge_users), self.edge_items, self.num_item)])
+            x = torch.cat([self.sum_into(w_user, items, to_users=True), self.sum_into(w_item, users, to_users=False)])
             total = total + x
         return total
 

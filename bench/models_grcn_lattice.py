@@ -3,6 +3,7 @@ graphs at Amazon-Electronics' size.  Each model has its own function here (``grc
 ``lattice_knn_electronics``), so others can be added beside them.
 
     python bench/models_grcn_lattice.py step --models GRCN LATTICE --scale 1.0     # synthetic Tiktok (36,656 x 76,085)
+    python bench/models_grcn_lattice.py step --models GRCN --scale 0.2            # GRCN fast vs plain, smaller
     python bench/models_grcn_lattice.py lattice_knn                                 # 63,001 items, 4,096-d and 384-d
     python bench/models_grcn_lattice.py lattice_knn --num_item 16000                # the same widths, fewer items
 
@@ -27,7 +28,8 @@ from bench import PeakMemory, _release_free_memory, _status_mib  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
 
 
-def measure(label, fn):
+def measure(label, fn, times=None):
+    """Run ``fn`` once, print its time and peak; ``times`` (a list) collects the seconds."""
     _release_free_memory()
     before = _status_mib('VmRSS')
     with PeakMemory(torch.device('cpu')) as peak:
@@ -36,13 +38,30 @@ def measure(label, fn):
         seconds = time.time() - started
     print(f'{label}: {seconds:.2f} s, peak resident {peak.peak - before:.0f} MiB above {before:.0f} MiB',
           flush=True)
+    if times is not None:
+        times.append(seconds)
     return out
 
 
-def grcn_lattice_step(models=('GRCN', 'LATTICE'), scale=1.0, batch_size=None):
+def grcn_fast_against_plain(model, step, rounds=3):
+    """GRCN's step with the edge products through ``Bipartite`` (the default) and through the plain formulas
+    (``aggregate``, gathered dot products), alternating; prints the ratio of the medians."""
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for fast in (True, False):
+            model.fast = fast
+            measure(f'GRCN step, {"fast edge products" if fast else "plain formulas"}', step, times[fast])
+    model.fast = True
+    fast, plain = (float(np.median(times[k])) for k in (True, False))
+    print(f'GRCN step: plain / fast = {plain / fast:.2f}x (medians of {rounds}: {plain:.2f} s / {fast:.2f} s)',
+          flush=True)
+
+
+def grcn_lattice_step(models=('GRCN', 'LATTICE'), scale=1.0, batch_size=None, plain=True):
     """Build, then time one training step (loss, backward, Adam) of each model on synthetic Tiktok at
     ``scale``; LATTICE's step is timed twice: the epoch's first batch (the learned graph built with its
-    gradient, the plain entry-list product) and a later one (the cached CSR graph, the fast path)."""
+    gradient, the plain entry-list product) and a later one (the cached CSR graph, the fast path); GRCN's
+    fast edge products against the plain formulas (``plain``)."""
     folder = prepare_data.synthetic(f'tiktok_{scale:g}', like='tiktok', scale=scale, seed=0)
     data = load_dataset(folder)
     print(f'{data.num_user} users, {data.num_item} items, {len(data.train)} training pairs', flush=True)
@@ -67,6 +86,8 @@ def grcn_lattice_step(models=('GRCN', 'LATTICE'), scale=1.0, batch_size=None):
                 step)
         if name == 'LATTICE':
             measure(f'{name} step (later batch: cached CSR graph)', step)
+        if name == 'GRCN' and plain:
+            grcn_fast_against_plain(model, step)
         with torch.no_grad():
             model.eval()
             measure(f'{name} forward (evaluation)', lambda: model())
@@ -102,11 +123,12 @@ def main_(argv=None):
     p.add_argument('--scale', type=float, default=1.0)
     p.add_argument('--batch_size', type=int, default=None)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--no-plain', dest='plain', action='store_false', help="step: skip GRCN's plain-formula steps")
     p.add_argument('--num_item', type=int, default=63001, help='lattice_knn: items (Amazon-Electronics: 63,001)')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == 'step':
-        grcn_lattice_step(args.models, args.scale, args.batch_size)
+        grcn_lattice_step(args.models, args.scale, args.batch_size, args.plain)
     else:
         lattice_knn_electronics(args.num_item)
 

@@ -51,7 +51,7 @@ def _steps(args, steps):
     record = []
     for _, batch in zip(range(steps), sampler.batches(model.needs_negatives)):
         loss, parts = trainer.loss(*batch)
-        value, parts = distributed.global_values(loss, parts)
+        value, parts, _ = distributed.global_values(loss, parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}

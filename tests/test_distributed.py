@@ -43,7 +43,8 @@ def test_one_process_helpers_are_the_identity():
     values = np.arange(6.0)
     assert distributed.sum_over_ranks(values) is values
     loss = torch.tensor(2.5)
-    assert distributed.global_values(loss, {'main': 1.5}) == (2.5, {'main': 1.5})
+    assert distributed.global_values(loss, {'main': 1.5}) == (2.5, {'main': 1.5}, False)
+    assert distributed.global_values(loss, {'main': 1.5}, stop=True)[2] is True
     assert distributed.check_batches(1620, 37) is None
     assert distributed.sampler_share() == (1, 0) and not distributed.exact() and not distributed.data_parallel()
     assert distributed.any_rank(True) and not distributed.any_rank(False)

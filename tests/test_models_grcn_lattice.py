@@ -13,6 +13,7 @@ from torch.nn import functional as F
 import config
 from DataLoad import WordFeature
 from knn_graph import knn_neighbours, unit_rows
+import model_GRCN
 from model_GRCN import GRCN
 from model_LATTICE import (LATTICE, dense_graph_plain, graph_product, mixed_graph, normalized,
                            raw_knn, row_normalized_adjacency, weighted_knn)
@@ -110,6 +111,33 @@ def test_grcn_loss_by_hand():
     assert parts['reg_id'] == pytest.approx(reg_id.item(), rel=1e-5)
     assert parts['reg_pref'] == pytest.approx(reg_pref.item(), rel=1e-5)
     assert loss.item() == pytest.approx(parts['bpr'] + 0.5 * (parts['reg_id'] + parts['reg_pref']), rel=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['confid', 'mean'])
+def test_grcn_fast_edge_products_equal_the_plain_formulas(mode, monkeypatch):
+    """The fast path (``Bipartite``: CSR products, closed-form gradients) against the plain ``aggregate`` and
+    gathered dot products: the loss and every gradient, on a random graph whose edges come in no order
+    (users without edges and items without edges included), its dot products in chunks of 7 edges."""
+    monkeypatch.setattr(model_GRCN, 'DOT_CHUNK', 7)
+    rng = np.random.default_rng(3)
+    num_user, num_item = 9, 12
+    pairs = np.unique(np.stack([rng.integers(0, 7, 40), rng.integers(0, 10, 40)], 1), axis=0)
+    pairs = pairs[rng.permutation(len(pairs))]
+    feats = {'v': rng.normal(size=(num_item, 5)).astype(np.float32), 't': rng.normal(size=(num_item, 4)).astype(np.float32)}
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model = GRCN(num_user, num_item, feats, pairs, dim_latent=4, weight_mode=mode, fast=fast)
+        with torch.no_grad():
+            model.confidence.copy_(torch.randn(num_user + num_item, 2))
+        loss, _ = model.loss(torch.tensor([0, 3, 6]), torch.tensor([1, 2, 9]), torch.tensor([4, 5, 6]))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (fast_loss, fast_grads), (plain_loss, plain_grads) = results
+    assert torch.allclose(fast_loss, plain_loss, atol=1e-6)
+    assert fast_grads.keys() == plain_grads.keys() and 'embedding' in fast_grads
+    for name in fast_grads:
+        assert torch.allclose(fast_grads[name], plain_grads[name], atol=1e-6), name
 
 
 def test_grcn_words_are_dC_wide_means():
