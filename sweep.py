@@ -39,7 +39,7 @@ import warnings
 
 try:
     import config
-    from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+    from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, InputError
     from safe_read import read_yaml
     from safe_write import atomic_file, check_writable
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
@@ -61,6 +61,11 @@ CHILD = ('import ctypes, os, runpy, signal, sys\n'
 
 class TrialFailed(Exception):
     """main.py exited non-zero: the trial is recorded as failed."""
+
+
+class TrialTerminated(KeyboardInterrupt):
+    """main.py stopped on a SIGTERM (a scheduler's preemption, exit 143): like Ctrl-C, the trial is retried
+    from its checkpoint at the next start, and this worker stops with 143."""
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +154,8 @@ def run_trial(trial, space, base, folder, parser, lock):
         log.write(proc.stderr)
     if proc.returncode == EXIT_INTERRUPTED:      # Ctrl-C reached the run first: retried, not failed
         raise KeyboardInterrupt
+    if proc.returncode == EXIT_TERMINATED:       # so did a scheduler's SIGTERM
+        raise TrialTerminated
     trial.set_user_attr('exit', proc.returncode)
     trial.set_user_attr('folder', out)
     trial.set_user_attr('wall_s', round(time.time() - started, 1))
@@ -442,10 +449,11 @@ def cli(argv=None):
         from errors import one_line
         print(f'error: {one_line(e)}', file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print('interrupted: run the same command again to continue (an interrupted trial resumes from its '
+    except KeyboardInterrupt as e:
+        stopped = 'terminated' if isinstance(e, TrialTerminated) else 'interrupted'
+        print(f'{stopped}: run the same command again to continue (an interrupted trial resumes from its '
               'checkpoint)', file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(e, TrialTerminated) else EXIT_INTERRUPTED
 
 
 if __name__ == '__main__':

@@ -33,11 +33,11 @@ def measure(label, fn, times=None):
     _release_free_memory()
     before = _status_mib('VmRSS')
     with PeakMemory(torch.device('cpu')) as peak:
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         out = fn()
-        seconds = time.time() - started
-    print(f'{label}: {seconds:.2f} s, peak resident {peak.peak - before:.0f} MiB above {before:.0f} MiB',
-          flush=True)
+        seconds, cpu = time.time() - started, time.process_time() - cpu
+    print(f'{label}: {seconds:.2f} s ({cpu:.2f} s CPU), peak resident {peak.peak - before:.0f} MiB above '
+          f'{before:.0f} MiB', flush=True)
     if times is not None:
         times.append(seconds)
     return out

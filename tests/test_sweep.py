@@ -88,6 +88,27 @@ def test_grid_of_four_finishes_with_four_distinct_trials_and_writes_the_config(t
     assert len(_load(tmp_path, 'g').get_trials()) == 4 and sorted(_runs(tmp_path, 'g').values()) == [1, 1, 1, 1]
 
 
+def test_a_trial_ended_by_sigterm_is_retried_from_its_checkpoint(tmp_path, base, monkeypatch, capsys):
+    """main.py exits 143 (a scheduler's SIGTERM): the worker stops with 143 and one line, the trial is not
+    failed, and the next start retries it (with --resume when its checkpoint exists) and finishes the grid."""
+    monkeypatch.chdir(tmp_path)
+    real_run, calls = subprocess.run, []
+
+    def preempted_first(command, **kw):
+        calls.append(command)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(command, 143, stderr='terminated: resume with --resume\n')
+        return real_run(command, **kw)
+    monkeypatch.setattr(sweep.subprocess, 'run', preempted_first)
+    space = _space(tmp_path, 'l_r: [0.01, 0.001]\n')
+    assert sweep.cli(['--space', space, '--study', 't', '--', *base]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith('terminated: run the same command again')
+    assert sweep.cli(['--space', space, '--study', 't', '--', *base]) == 0
+    trials = _load(tmp_path, 't').get_trials()
+    assert sorted(t.params['l_r'] for t in trials if t.state.name == 'COMPLETE') == [0.001, 0.01]
+    assert not any('exit' in t.user_attrs and t.user_attrs['exit'] == 143 for t in trials)
+
+
 @pytest.mark.parametrize('text, message', [
     ('l_rr: [1]\n', "'l_rr' is not a flag the sweep can vary"),
     ('l_r: [0.1, x]\n', "l_r: invalid float value 'x'"),
