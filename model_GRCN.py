@@ -69,7 +69,7 @@ def aggregate(weights, source_rows, target, num_target):
 # SDDMM's gradient is two SpMMs whose values are the incoming gradient.  ``Bipartite`` keeps the edges sorted
 # by user and by item (CSR), so every SpMM is one sparse-dense product, and computes the SDDMM in chunks of
 # edges that stay in cache.  Same values as the plain formulas (tests/test_models_grcn_lattice.py); the step's
-# time against them is in bench/models_grcn_lattice.py --plain.
+# time against them: python bench/models_grcn_lattice.py step --models GRCN.
 
 DOT_CHUNK = 8192           # edges per SDDMM chunk: two [chunk, 64] float blocks stay within a 2 MiB L2 cache
 
