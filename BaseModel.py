@@ -28,10 +28,16 @@ from torch_geometric.nn import MessagePassing
 AGGR_MODES = ('mean', 'max', 'add')
 
 
+def pair_tensors(train):
+    """``(users [E], items [E])`` of the training pairs as long tensors (item ids from 0)."""
+    train = np.asarray(train)
+    return torch.as_tensor(train[:, 0], dtype=torch.long), torch.as_tensor(train[:, 1], dtype=torch.long)
+
+
 def bipartite_edges(train, num_user):
     """Undirected user-item edges [2, 2E] in node ids (items after users), no self-loops."""
-    users = torch.as_tensor(train[:, 0], dtype=torch.long)
-    items = torch.as_tensor(train[:, 1], dtype=torch.long) + num_user
+    users, items = pair_tensors(train)
+    items = items + num_user
     return torch.stack([torch.cat([users, items]), torch.cat([items, users])])
 
 

@@ -27,11 +27,11 @@ Encoder and loss, for a batch of (user, positive, sampled negative) triples:
 with ``BPR(a, b) = -mean log σ(a_u·b_{i⁺} - a_u·b_{i⁻})``, ``T_m = Linear(dim F_m → d)`` and the
 feature tables ``F_m`` themselves trainable (from the raw features, as the authors' code).
 """
-import numpy as np
 import torch
 from torch import nn
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
+from BaseModel import (
+    _RowMeanProduct, _quiet_csr, normalized_adjacency, pair_tensors, propagate_layers, take_rows, transpose_csr)
 from errors import InputError
 from knn_graph import cached_knn, normalized_knn
 from model_LightGCN import bpr_loss
@@ -111,8 +111,7 @@ class FREEDOM(Recommender):
         self.register_buffer('adj', adj, persistent=False)
         self.register_buffer('item_adj', item_adj, persistent=False)
         self.register_buffer('item_adj_t', transpose_csr(item_adj), persistent=False)
-        users = torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long)
-        items = torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long)
+        users, items = pair_tensors(train)
         self.register_buffer('edge_users', users, persistent=False)
         self.register_buffer('edge_items', items, persistent=False)
         self.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)

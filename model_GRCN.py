@@ -38,13 +38,12 @@ its edge products take the fast path below (``Bipartite``, ``EdgeDot``, ``EdgeSp
 """
 import dataclasses
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
-from BaseModel import _quiet_csr, take_rows
+from BaseModel import _quiet_csr, pair_tensors, take_rows
 from config import str2bool
 from DataLoad import WordFeature
 from model_LightGCN import bpr_loss
@@ -177,8 +176,9 @@ class GRCN(Recommender):
         self.num_user, self.num_item, self.num_layer, self.reg_weight = num_user, num_item, num_layer, reg_weight
         self.weight_mode, self.pruning, self.fast = weight_mode, pruning, fast
         self.modalities = list(features)
-        self.register_buffer('edge_users', torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long), persistent=False)
-        self.register_buffer('edge_items', torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long), persistent=False)
+        edge_users, edge_items = pair_tensors(train)
+        self.register_buffer('edge_users', edge_users, persistent=False)
+        self.register_buffer('edge_items', edge_items, persistent=False)
         by_user, by_item = Bipartite.orderings(self.edge_users, self.edge_items, num_user, num_item)
         for name, ordering in (('by_user', by_user), ('by_item', by_item)):
             for part, t in zip(('order', 'crow', 'cols'), ordering):

@@ -23,12 +23,11 @@ Loss over a batch of B triples: ``-mean log σ(s⁺ - s⁻) + λ_reg ½ (‖z_u�
 gradient at each epoch's first batch and reused, detached, by the epoch's other batches; evaluation
 builds it afresh from the current weights.
 """
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, csr_adjacency, take_rows
+from BaseModel import _RowMeanProduct, csr_adjacency, pair_tensors, take_rows
 from knn_graph import SIMILARITY_FLOATS, knn_neighbours, unit_matrix
 from model_LightGCN import bpr_loss
 from registry import Flag, ModelEntry, Recommender, finite, needs_modality
@@ -112,8 +111,8 @@ def dense_graph_plain(learned_features, raw_features, weights, k, skip):
 
 def row_normalized_adjacency(train, num_user, num_item):
     """The authors' ``Â = D^-1 (A + I)`` [(U+I), (U+I)] as CSR, and its transpose."""
-    users = torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long)
-    items = torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long) + num_user
+    users, items = pair_tensors(train)
+    items = items + num_user
     n = num_user + num_item
     loops = torch.arange(n)
     edges = torch.stack([torch.cat([users, items, loops]), torch.cat([items, users, loops])])

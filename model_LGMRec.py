@@ -28,12 +28,12 @@ with ``β = --cl_weight`` 1e-4, ``λ = --weight_decay`` 1e-6 (Frobenius norms, n
 """
 import itertools
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
+from BaseModel import (
+    _RowMeanProduct, _quiet_csr, normalized_adjacency, pair_tensors, propagate_layers, take_rows, transpose_csr)
 from model_LightGCN import bpr_loss
 from registry import Flag, ModelEntry, Recommender, finite, needs_modality
 
@@ -42,8 +42,7 @@ TEMPERATURE = 0.2          # the authors' self.tau: the Gumbel softmax and the c
 
 def interaction_matrices(train, num_user, num_item):
     """``(R, D_u^-1 R)`` as CSR [U, I] from the training pairs (a user without items: a zero row)."""
-    users = torch.as_tensor(np.asarray(train[:, 0]), dtype=torch.long)
-    items = torch.as_tensor(np.asarray(train[:, 1]), dtype=torch.long)
+    users, items = pair_tensors(train)
     inv_deg = 1.0 / torch.bincount(users, minlength=num_user).clamp(min=1).float()
     with _quiet_csr():
         def csr(values):

@@ -35,6 +35,11 @@ CONFIGS = {
     'LightGCN': ['--model_name', 'LightGCN'],
     'VBPR': ['--model_name', 'VBPR'],
     'FREEDOM': ['--model_name', 'FREEDOM', '--knn_k', '5'],
+    'GRCN': ['--model_name', 'GRCN'],
+    'LATTICE': ['--model_name', 'LATTICE', '--knn_k', '5'],
+    'BM3': ['--model_name', 'BM3'],
+    'MGCN': ['--model_name', 'MGCN', '--knn_k', '5'],
+    'LGMRec': ['--model_name', 'LGMRec'],
 }
 TIMING = ('wall_time_s',)
 
