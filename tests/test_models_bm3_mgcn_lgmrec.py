@@ -50,6 +50,18 @@ def cos_loss(a, b):
     return 1 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1).mean()
 
 
+def bpr_by_hand(zu, zp, zn):
+    return -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
+
+
+def assert_loss_and_gradients(model, loss, hand, grad_atol=1e-5):
+    """The model's loss equals the hand computation ``hand``, and so does its gradient by every parameter."""
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
+    params = list(model.parameters())
+    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
+        assert torch.allclose(g, q, atol=grad_atol)
+
+
 def kill_then_resume_once(tmp_path, folder, flags, num_epoch=4, kill_after=2):
     """``test_train.kill_then_resume`` with one subprocess instead of three (each pays ~6 s of imports on one
     core): the uninterrupted run and the resume run in this process, the run killed (SIGKILL) during epoch
@@ -113,10 +125,7 @@ def test_bm3_encoder_scores_and_loss_by_hand():
     assert parts['rec'] == pytest.approx(rec.item(), abs=1e-6) and parts['reg'] == pytest.approx(reg.item(), abs=1e-6)
     assert parts['cl_v'] == pytest.approx(cl.item(), abs=1e-6)
     hand = rec + 0.1 * reg + 2.0 * cl
-    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
-    params = list(model.parameters())
-    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
-        assert torch.allclose(g, q, atol=1e-6)
+    assert_loss_and_gradients(model, loss, hand, grad_atol=1e-6)
 
 
 def test_bm3_rows_loss_equals_the_authors_order_and_targets_carry_no_gradient():
@@ -231,15 +240,12 @@ def test_mgcn_encoder_and_loss_by_hand():
     users, pos, neg = torch.tensor([0, 1, 1]), torch.tensor([1, 2, 1]), torch.tensor([2, 0, 0])
     loss, parts = model.loss(users, pos, neg)
     zu, zp, zn = z[users], z[U + pos], z[U + neg]
-    bpr = -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
+    bpr = bpr_by_hand(zu, zp, zn)
     reg = 0.5 * (zu.pow(2).sum() + zp.pow(2).sum() + zn.pow(2).sum()) / 3          # on the final embeddings
     cl = nce_by_hand(s[U + pos], c[U + pos]) + nce_by_hand(s[users], c[users])
     assert parts == pytest.approx({'bpr': bpr.item(), 'reg': reg.item(), 'cl': cl.item()}, abs=1e-5)
     hand = bpr + 0.1 * reg + 0.5 * cl
-    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
-    params = list(model.parameters())
-    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
-        assert torch.allclose(g, q, atol=1e-5)
+    assert_loss_and_gradients(model, loss, hand)
 
 
 def test_mgcn_fuser_softmax_over_the_modalities():
@@ -326,16 +332,13 @@ def test_lgmrec_loss_by_hand(monkeypatch):
     loss, parts = model.loss(users, pos, neg)
     n = LG_U
     zu, zp, zn = z[users], z[n + pos], z[n + neg]
-    bpr = -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
+    bpr = bpr_by_hand(zu, zp, zn)
     reg = (zu.norm() + zp.norm() + zn.norm()) / 3                                 # Frobenius norms, not squared
     hv, ht = hyper['v'], hyper['t']
     cl = contrast_by_hand(hv[users], ht[users], ht[:n]) + contrast_by_hand(hv[n + pos], ht[n + pos], ht[n:])
     assert parts == pytest.approx({'bpr': bpr.item(), 'hcl': cl.item(), 'reg': reg.item()}, abs=1e-5)
     hand = bpr + 0.5 * cl + 0.1 * reg
-    assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
-    params = list(model.parameters())
-    for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
-        assert torch.allclose(g, q, atol=1e-5)
+    assert_loss_and_gradients(model, loss, hand)
 
 
 def test_lgmrec_noise_in_training_only_and_from_the_seeded_rng():
