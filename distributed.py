@@ -41,9 +41,9 @@ steps with the gradient of the one-process loss (to float rounding):
   backward, the quadratic part, are what the ranks split.
 
 Evaluation splits the users' chunks across ranks and adds the per-user values
-(``my_chunks``, ``sum_over_ranks``).  After every step the ranks agree whether a
-SIGTERM reached any of them (``any_rank``), so they stop at the same step.  A
-rank that dies ends the job: torchrun
+(``my_chunks``, ``sum_over_ranks``).  At every step the ranks agree whether a
+SIGTERM reached any of them (in ``global_values``' all-reduce; between epochs
+``any_rank``), so they stop after the same step.  A rank that dies ends the job: torchrun
 stops the others; a rank that hangs makes the others' next collective fail
 after ``--dist_timeout`` seconds.
 """
