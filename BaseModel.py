@@ -242,6 +242,51 @@ def propagate_layers_plain(adj, x0, num_layer, dropout=0.0, training=False, drop
     return out[inverse] if unique is not None else out[rows]
 
 
+CONTRAST_BLOCK_FLOATS = 2 ** 24    # one block of a similarity matrix in similarity_logsumexp: 64 MB of float32
+
+
+class _SimilarityLogSumExp(torch.autograd.Function):
+    """``lse_r = log Σ_j exp(a_r · b_j / τ)`` for every row r of ``a``, ``block`` rows at a time.
+
+    Backward with ``P_rj = exp(a_r · b_j / τ - lse_r)`` recomputed block by block:
+    ``∂/∂a_r = g_r Σ_j P_rj b_j / τ``, ``∂/∂b_j = Σ_r g_r P_rj a_r / τ``; only ``a``, ``b`` and ``lse`` are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, tau, block):
+        lse = a.new_empty(a.shape[0])
+        for start in range(0, a.shape[0], block):
+            lse[start:start + block] = torch.logsumexp(a[start:start + block] @ b.t() / tau, dim=1)
+        ctx.save_for_backward(a, b, lse)
+        ctx.tau, ctx.block = tau, block
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, lse = ctx.saved_tensors
+        tau, block = ctx.tau, ctx.block
+        grad_a, grad_b = torch.empty_like(a), torch.zeros_like(b)
+        for start in range(0, a.shape[0], block):
+            rows = slice(start, start + block)
+            weight = torch.exp(a[rows] @ b.t() / tau - lse[rows, None]).mul_(grad[rows, None] / tau)
+            grad_a[rows] = weight @ b
+            grad_b.addmm_(weight.t(), a[rows])
+        return grad_a, grad_b, None, None
+
+
+def similarity_logsumexp(a, b, tau, block_floats=CONTRAST_BLOCK_FLOATS):
+    """``log Σ_j exp(a_r · b_j / τ)`` [len(a)]: the denominators of an InfoNCE of every row of ``a`` against
+    every row of ``b`` (MENTOR over all users and all items, DA-MRS over all items), computed
+    ``block_floats / len(b)`` rows at a time, so the [len(a), len(b)] similarity matrix is never held whole,
+    in the forward or the backward.  ``similarity_logsumexp_plain`` is the formula."""
+    return _SimilarityLogSumExp.apply(a, b, tau, max(1, block_floats // max(len(b), 1)))
+
+
+def similarity_logsumexp_plain(a, b, tau):
+    """``similarity_logsumexp`` as the formula, with autograd (the whole similarity matrix)."""
+    return torch.logsumexp(a @ b.t() / tau, dim=1)
+
+
 def take_rows(x, index):
     """``x[index]`` for a 1-D ``index``, with a backward that gives the same bits at every run.
 

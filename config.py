@@ -37,7 +37,7 @@ def build_parser():
                                   f'(full-ranking Precision, Recall and NDCG; model selection on validation).',
                       epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
-    a('--model_name', default='SLMRec', choices=tuple(models),
+    a('--model_name', default='SLMRec', choices=registry.names_and_aliases(),
       help='model to train (default SLMRec): ' + '; '.join(f'{m}: {e.summary}' for m, e in models.items()))
     a('--data_path', default='ml100k', help='dataset folder under Data/ or a path (default ml100k, '
                                             'prepared on first use like ml1m)')
@@ -191,6 +191,7 @@ def parse_args(argv=None):
     if config is not None:
         parser.set_defaults(**config_defaults(parser, config))
     args = parser.parse_args(argv)
+    args.model_name = registry.entry(args.model_name).name          # an alias names its model
     for key, value in registry.entry(args.model_name).defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

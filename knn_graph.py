@@ -96,31 +96,46 @@ def knn_indices(feature, num_item, k, block_floats=SIMILARITY_FLOATS):
 
 def normalized_knn(indices, num_item):
     """``Ŝ = D^-1/2 S D^-1/2`` of the binary kNN graph ``S[i, indices[i]] = 1`` as COO, ``D`` its
-    row sums (the authors' normalisation; every row has ``k`` entries)."""
+    row sums (the authors' normalisation; a kNN row has ``k`` entries).  An index -1 is an empty slot (a
+    row with fewer neighbours: DA-MRS's denoised and behaviour graphs)."""
     rows = torch.arange(num_item).repeat_interleave(indices.shape[1])
     cols = indices.reshape(-1)
+    keep = cols >= 0
+    rows, cols = rows[keep], cols[keep]
     inv_sqrt = torch.bincount(rows, minlength=num_item).float().pow(-0.5)
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), inv_sqrt[rows] * inv_sqrt[cols],
                                    (num_item, num_item), check_invariants=True).coalesce()
 
 
 def feature_digest(feature, k):
-    """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from."""
-    from DataLoad import WordFeature
+    """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from.  A
+    tuple of features (a graph built from several modalities together) digests each in order; an integer
+    array (training pairs: a graph built from the split) is read as int64."""
     h = hashlib.sha256(f'format {CACHE_FORMAT} k {k} '.encode())
+    for part in feature if isinstance(feature, tuple) else (feature,):
+        _digest_part(h, part)
+    return h.hexdigest()
+
+
+def _digest_part(h, feature):
+    from DataLoad import WordFeature
     if isinstance(feature, WordFeature):
         h.update(f'words {feature.vocab_size} '.encode())
         for t in (feature.item_index, feature.word_id):
             h.update(np.ascontiguousarray(t.numpy(), dtype=np.int64).tobytes())
+    elif np.issubdtype(np.asarray(feature).dtype, np.integer):
+        arr = np.ascontiguousarray(feature, dtype=np.int64)
+        h.update(f'ints {arr.shape} '.encode())
+        h.update(arr.tobytes())
     else:
         arr = np.ascontiguousarray(feature, dtype=np.float32)
         h.update(f'dense {arr.shape} '.encode())
         h.update(arr.tobytes())
-    return h.hexdigest()
 
 
 def cached_graph(prefix, name, feature, num_item, k, cache_dir, build, valid):
-    """``build()`` (a dict of tensors) of one modality's kNN graph, from ``<cache_dir>/<prefix>_<name>_k<k>.pt``
+    """``build()`` (a dict of tensors) of one graph (a modality's kNN graph; ``feature`` may also be a tuple of
+    modalities or the training pairs, see ``feature_digest``), from ``<cache_dir>/<prefix>_<name>_k<k>.pt``
     when that file was built from the same content (the digest) and ``valid(saved)`` holds, else built; a
     build slower than ``CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
     path = None if cache_dir is None else os.path.join(cache_dir, f'{prefix}_{name}_k{k}.pt')

@@ -61,6 +61,7 @@ class ModelEntry:
     """What a model file declares about its model.
 
     name: the ``--model_name`` value.
+    aliases: other spellings ``--model_name`` accepts for it (DA-MRS for DAMRS); runs and tables use ``name``.
     build: ``(args, data) -> Recommender``; raises ``InputError`` (or ``ValueError``) for a dataset or
         flags it cannot work with.
     defaults: the published value of each per-model flag (``l_r``, ``weight_decay``, ``batch_size``,
@@ -79,6 +80,7 @@ class ModelEntry:
     name: str
     build: object
     defaults: dict
+    aliases: tuple = ()
     flags: tuple = ()
     reads: tuple = ()
     adam_weight_decay: bool = False
@@ -155,11 +157,23 @@ def entries():
         if model.name in found:
             raise RuntimeError(f'{module}: model name {model.name!r} is taken')
         found[model.name] = model
+    spellings = [name for model in found.values() for name in (model.name, *model.aliases)]
+    if len(set(spellings)) != len(spellings):
+        raise RuntimeError(f'a model name or alias is used twice: {sorted(spellings)}')
     return found
 
 
 def entry(name):
-    return entries()[name]
+    """The entry of a model name or one of its aliases."""
+    known = entries()
+    if name in known:
+        return known[name]
+    return next(model for model in known.values() if name in model.aliases)
+
+
+def names_and_aliases():
+    """Every value ``--model_name`` accepts."""
+    return tuple(entries()) + tuple(alias for model in entries().values() for alias in model.aliases)
 
 
 def register(model):

@@ -54,10 +54,11 @@ def bpr_by_hand(zu, zp, zn):
     return -F.logsigmoid((zu * zp).sum(1) - (zu * zn).sum(1)).mean()
 
 
-def assert_loss_and_gradients(model, loss, hand, grad_atol=1e-5):
-    """The model's loss equals the hand computation ``hand``, and so does its gradient by every parameter."""
+def assert_loss_and_gradients(model, loss, hand, grad_atol=1e-5, params=None):
+    """The model's loss equals the hand computation ``hand``, and so does its gradient by every parameter (by
+    ``params`` when given)."""
     assert loss.item() == pytest.approx(hand.item(), abs=1e-5)
-    params = list(model.parameters())
+    params = list(model.parameters()) if params is None else params
     for g, q in zip(torch.autograd.grad(loss, params), torch.autograd.grad(hand, params)):
         assert torch.allclose(g, q, atol=grad_atol)
 
