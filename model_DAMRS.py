@@ -319,4 +319,5 @@ MODEL = ModelEntry(
              problem='must be in [1, 10000]'),
     ),
     reads=('knn_k', 'cl_weight'),
+    rows={'DA-MRS': ('DA-MRS', [])},
 )
