@@ -233,4 +233,6 @@ MODEL = ModelEntry(
     ),
     reads=('knn_k', 'mm_image_weight', 'dropout_rate', 'cl_weight', 'ssl_temp'),
     lr_grid=(0.001, 0.0001),
+    rows={'MENTOR': ('MENTOR', []),
+          'MENTOR-frozen': ("MENTOR, P and E frozen (the authors' GPU runs)", ['--mentor_frozen_inputs', 'True'])},
 )
