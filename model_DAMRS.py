@@ -44,7 +44,7 @@ from BaseModel import (
     similarity_logsumexp, take_rows, transpose_csr)
 from errors import InputError
 from knn_graph import SIMILARITY_FLOATS, _similarity_block, normalized_knn, unit_matrix
-from registry import Flag, ModelEntry, Recommender, finite, needs_modality
+from registry import Flag, ModelEntry, Recommender, finite, needs_item_graph
 
 TEMPERATURE = 0.2          # the authors' neighbor_discrimination(..., temperature=0.2)
 PSEUDO_POSITIVES = 10      # the authors' topk(..., 10) (their Tiktok variant used knn_k)
@@ -289,9 +289,7 @@ class DAMRS(Recommender):
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
 def build(args, data):
-    needs_modality('DAMRS', data)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    needs_item_graph('DAMRS', args, data)
     if args.behaviour_k >= data.num_item:
         raise InputError(f'--behaviour_k {args.behaviour_k} must be below the number of items ({data.num_item})')
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)

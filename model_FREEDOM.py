@@ -32,10 +32,9 @@ from torch import nn
 
 from BaseModel import (
     _RowMeanProduct, _quiet_csr, normalized_adjacency, pair_tensors, propagate_layers, take_rows, transpose_csr)
-from errors import InputError
 from knn_graph import cached_knn, normalized_knn
 from model_LightGCN import bpr_loss
-from registry import Flag, ModelEntry, Recommender, finite, needs_modality
+from registry import Flag, ModelEntry, Recommender, finite, needs_item_graph
 
 
 # ---------------------------------------------------------------------- the item-item graph
@@ -174,10 +173,8 @@ class FREEDOM(Recommender):
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
 def build(args, data):
-    needs_modality('FREEDOM', data)
+    needs_item_graph('FREEDOM', args, data)
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
     graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
     return FREEDOM(data.num_user, data.num_item, data.features, data.train, adj, graph, args.dim_latent,
                    args.num_layer, args.dropout_rate, reg_weight=args.weight_decay)

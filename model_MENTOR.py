@@ -40,9 +40,8 @@ from BaseModel import (
     _RowMeanProduct, normalized_adjacency, propagate_layers, similarity_logsumexp, take_rows, transpose_csr,
     xavier_normal_param)
 from config import str2bool
-from errors import InputError
 from model_FREEDOM import item_graph
-from registry import Flag, ModelEntry, Recommender, finite, needs_modality
+from registry import Flag, ModelEntry, Recommender, finite, needs_item_graph
 
 NOISE_EPS = 0.1            # the authors' GCN(..., perturbed=True): 0.1 * sign(h) * normalise(rand)
 MASK_F_WEIGHT = 1.5        # the authors' mask_weight_f; its term carries no gradient, so no flag changes training
@@ -204,9 +203,7 @@ class MENTOR(Recommender):
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
 def build(args, data):
-    needs_modality('MENTOR', data)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    needs_item_graph('MENTOR', args, data)
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
     graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
     return MENTOR(data.num_user, data.num_item, data.features, adj, graph, args.dim_latent, args.num_layer,

@@ -31,10 +31,9 @@ from torch.nn import functional as F
 
 from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
 import knn_graph
-from errors import InputError
 from knn_graph import SIMILARITY_FLOATS, knn_neighbours, unit_matrix
 from model_LightGCN import bpr_loss
-from registry import Flag, ModelEntry, Recommender, needs_modality
+from registry import Flag, ModelEntry, Recommender, needs_item_graph
 
 TEMPERATURE = 0.2          # the authors' code: InfoNCE(..., 0.2) (its self.tau = 0.5 is never read)
 
@@ -195,9 +194,7 @@ class MGCN(Recommender):
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
 def build(args, data):
-    needs_modality('MGCN', data)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    needs_item_graph('MGCN', args, data)
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
     return MGCN(data.num_user, data.num_item, data.features, adj, item_graphs(data.features, data.num_item, args.knn_k, data.path),
                 args.dim_latent, args.num_layer, reg_weight=args.weight_decay, cl_weight=args.cl_weight,

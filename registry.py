@@ -210,6 +210,13 @@ def needs_modality(name, data):
         raise InputError(f'{name} needs at least one modality (see --modalities)')
 
 
+def needs_item_graph(name, args, data):
+    """``needs_modality``, and the one-line error for ``--knn_k`` above the item count (a kNN graph model)."""
+    needs_modality(name, data)
+    if args.knn_k > data.num_item:
+        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+
+
 def check_memory(args, data):
     """Refuse what cannot fit in this machine's memory, before the graph or the model is built: sizes in
     meta.json are checked only against the ids, so a typo (or a hostile file) could allocate the machine away

@@ -2,9 +2,9 @@
 paths, and the item-item graphs' build at Amazon-Clothing's size.
 
     python bench/models_mentor_damrs.py                           # both parts, full sizes
-    python bench/models_mentor_damrs.py --scale 0.25 --skip_graphs
-    python bench/models_mentor_damrs.py --graphs_only
-    python bench/models_mentor_damrs.py --device cuda --skip_graphs   # on a GPU
+    python bench/models_mentor_damrs.py --scale 0.25 --parts steps
+    python bench/models_mentor_damrs.py --parts graphs
+    python bench/models_mentor_damrs.py --device cuda --parts steps   # on a GPU
 
 Step: synthetic Tiktok (``prepare_data.synthetic --like tiktok --scale s``: 36,656 users and 76,085 items at
 s = 1; dense v and a, word-id t), one Adam step on a batch of the model's default size (MENTOR 2048 pairs, DA-MRS
@@ -167,14 +167,11 @@ def main_(argv=None):
     p.add_argument('--behaviour_k', type=int, default=2)
     p.add_argument('--inter_per_user', type=float, default=7.08)
     p.add_argument('--graph_scale', type=float, default=1.0, help="Amazon-Clothing size factor for the graphs")
-    p.add_argument('--skip_graphs', action='store_true')
-    p.add_argument('--graphs_only', action='store_true')
+    p.add_argument('--parts', default='steps,graphs', help="what to run, in order: 'steps', 'graphs' or both")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not args.graphs_only:
-        bench_steps(args)
-    if not args.skip_graphs:
-        bench_graphs(args)
+    for part in args.parts.split(','):
+        {'steps': bench_steps, 'graphs': bench_graphs}[part](args)
 
 
 if __name__ == '__main__':
