@@ -218,4 +218,6 @@ MODEL = ModelEntry(
              "(their first commit 09095cb, nn.Softmax(dim=0))", choices=('modalities', 'nodes')),
     ),
     reads=('knn_k', 'cl_weight'),
+    rows={'MGCN': ('MGCN', []),
+          'MGCN-nodes': ("MGCN, fuser softmax over the nodes (the authors' first commit)", ['--mgcn_softmax', 'nodes'])},
 )
