@@ -281,7 +281,11 @@ def similarity_logsumexp(a, b, tau, block_floats=CONTRAST_BLOCK_FLOATS):
     """``log Σ_j exp(a_r · b_j / τ)`` [len(a)]: the denominators of an InfoNCE of every row of ``a`` against
     every row of ``b`` (MENTOR over all users and all items, DA-MRS over all items), computed
     ``block_floats / len(b)`` rows at a time, so the [len(a), len(b)] similarity matrix is never held whole,
-    in the forward or the backward.  ``similarity_logsumexp_plain`` is the formula."""
+    in the forward or the backward.  ``similarity_logsumexp_plain`` is the formula, and serves where the whole
+    matrix fits in one block: the blocked backward recomputes each block's product, which costs a fifth of a
+    MENTOR or DA-MRS step at Tiktok's quarter size (bench/RESULTS.md), and only pays where memory is short."""
+    if len(a) * len(b) <= block_floats:
+        return similarity_logsumexp_plain(a, b, tau)
     return _SimilarityLogSumExp.apply(a, b, tau, max(1, block_floats // max(len(b), 1)))
 
 

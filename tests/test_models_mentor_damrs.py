@@ -37,9 +37,10 @@ def normalised(s):
 
 # ---------------------------------------------------------------------- shared: the blocked InfoNCE denominators
 
-@pytest.mark.parametrize('block_floats', [1, 7, 2 ** 24])
+@pytest.mark.parametrize('block_floats', [1, 28, 76, 2 ** 24])
 def test_similarity_logsumexp_equals_the_formula_with_its_gradients(block_floats):
-    """One row a block, a ragged last block, one block: the values and both gradients of the formula."""
+    """11 rows against 7: one row a block, blocks of 4 (the last ragged), of 10 and 1, and the formula itself
+    where the whole matrix fits one block: the values and both gradients of the formula."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(11, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
