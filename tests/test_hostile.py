@@ -1,0 +1,96 @@
+"""Issue 30, the outside audit's hostile inputs: each case found ending in a traceback, a crash, an allocation of
+gigabytes from a few bytes, a silent merge or drop, or a misleading line (one regression test per case)."""
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import main
+import prepare_data
+from DataLoad import load_dataset
+from errors import DataError
+from conftest import ROOT, one_line_error
+
+
+# ---------------------------------------------------------------- pickles: nothing built before it is checked
+
+def _object_npy(path, payload, shape=(2,)):
+    with open(path, 'wb') as f:
+        np.lib.format.write_array_header_1_0(f, {'descr': '|O', 'fortran_order': False, 'shape': shape})
+        f.write(payload)
+
+
+class _Reduce:
+    """Pickles as ``func(*args)`` followed by ``BUILD state``: a hand-made stream of admitted names."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _array_state(shape, raw, dtype=np.dtype(object)):
+    return _Reduce(np._core.multiarray._reconstruct, (np.ndarray, (0,), b'b'), (1, shape, dtype, False, raw))
+
+
+def _load_in_a_child(folder):
+    """``load_dataset(folder)`` in a process of its own (a regression here is a segmentation fault): its error."""
+    import subprocess
+    code = ('import sys; sys.path.insert(0, sys.argv[1]); from DataLoad import load_dataset; from errors import DataError\n'
+            'try:\n    load_dataset(sys.argv[2])\nexcept DataError as e:\n    print(e)')
+    child = subprocess.run([sys.executable, '-c', code, ROOT, str(folder)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    return child.stdout.strip()
+
+
+def test_object_array_whose_list_is_shorter_than_its_shape(hand_folder):
+    # found: numpy's __setstate__ allocates the named shape, then reads past a shorter list: shape (10**8,) with an
+    # empty list was a segmentation fault (exit 139, no line) from a 300-byte val_full.npy
+    _object_npy(hand_folder / 'val_full.npy', pickle.dumps(_array_state((3,), [[0, 4], [1, 2]]), protocol=3))
+    assert 'val_full.npy: unsafe or corrupt pickle (refused an array whose data do not fill its shape (3,))' \
+        in _load_in_a_child(hand_folder)
+
+
+def test_object_array_whose_list_is_longer_than_its_shape(hand_folder):
+    # found: the rows beyond the shape were dropped silently
+    _object_npy(hand_folder / 'test_full.npy', pickle.dumps(_array_state((1,), [[0, 4], [1, 2]]), protocol=3))
+    with pytest.raises(DataError, match=r'test_full.npy: unsafe or corrupt pickle \(refused an array whose data do '
+                                        r'not fill its shape'):
+        load_dataset(str(hand_folder))
+
+
+def test_dtype_whose_flags_hide_object_fields(hand_folder):
+    # found: dtype('V8') given the state (3, '|', None, ('a',), {'a': (dtype('O'), 0)}, 8, 1, 0) holds an object
+    # field while saying it holds none: an array of its bytes is an array of pointers the file chooses
+    hidden = _Reduce(np.dtype, ('V8', False, True), (3, '|', None, ('a',), {'a': (np.dtype('O'), 0)}, 8, 1, 0))
+    _object_npy(hand_folder / 'val_full.npy', pickle.dumps(_array_state((1,), b'A' * 8, hidden), protocol=3))
+    with pytest.raises(DataError, match=r'val_full.npy: unsafe or corrupt pickle \(refused the dtype'):
+        load_dataset(str(hand_folder))
+
+
+def test_a_sparse_class_called_with_a_shape_is_refused_before_it_allocates(tmp_path):
+    # found: a 43-byte valMat.pkl calling csr_matrix((2**31 - 1, 200)) through the admitted class allocated 8 GiB,
+    # then 16 GiB, before any check (here 10**6 rows: 12 MB if it ever regresses)
+    from safe_read import load_sparse_pickle
+    path = tmp_path / 'valMat.pkl'
+    path.write_bytes(b'\x80\x02cscipy.sparse._csr\ncsr_matrix\nJ' + (10 ** 6).to_bytes(4, 'little') + b'K\xc8\x86\x85R.')
+    with pytest.raises(DataError, match=r'valMat.pkl: unsafe or corrupt pickle \(refused a sparse matrix constructed '
+                                        r'from arguments'):
+        load_sparse_pickle(str(path))
+
+
+def test_genuine_sparse_pickles_still_load(tmp_path):
+    import scipy.sparse as sp
+    from safe_read import load_sparse_pickle
+    matrix = sp.random(7, 5, density=0.4, format='csr', random_state=0)
+    for protocol in (2, 4, 5):
+        for kind in ('csr', 'coo'):
+            path = tmp_path / f'{kind}{protocol}.pkl'
+            path.write_bytes(pickle.dumps(matrix.asformat(kind), protocol=protocol))
+            rows, cols, values, shape = load_sparse_pickle(str(path))
+            assert shape == (7, 5)
+            assert np.array_equal(sp.coo_matrix((values, (rows, cols)), shape=shape).toarray(), matrix.toarray())
