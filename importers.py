@@ -12,12 +12,13 @@ of a dataset folder (``prepare_data.write_dataset``'s arguments); it writes noth
 Item ids are 0-based here; the offset by U of SPEC 1.1 is written by ``write_dataset``.
 """
 import os
+import re
 import sys
 
 import numpy as np
 
-from DataLoad import MAX_ID, MODALITY_NAME
-from errors import DataError, describe
+from DataLoad import MAX_ID, MODALITY_NAME, check_backed
+from errors import DataError
 from features import sentence_embeddings
 
 
@@ -432,6 +433,7 @@ def read_mmrec(source, content=None):
     num_item = features[0][2].shape[0] if features else int(table[:, 1].max()) + 1
     if table[:, 1].max() >= num_item:
         raise DataError(path, f'item id {int(table[:, 1].max())} has no feature row ({num_item} rows)')
+    _check_sizes(path, num_user, num_item, [table[:, :2]], features)
     train = np.unique(table[table[:, 2] == 0][:, :2], axis=0)
     splits = []
     for label in (1, 2):
@@ -484,6 +486,8 @@ def read_hkuds(source, val_fraction=0.1, seed=0, content=None):
             raise DataError(path, f'shape {shape} differs from trnMat.pkl\'s {(num_user, num_item)} '
                                   f'(all splits are users x items of one dataset)')
     features = _hkuds_features(source, num_item)
+    _check_sizes(f'{trn_path} (shape {(num_user, num_item)})', num_user, num_item,
+                 [np.stack(m[1:3], axis=1) for m in matrices.values()], features)
     _, rows, cols, _ = matrices['trnMat.pkl']
     train = np.unique(np.stack([rows, cols], axis=1), axis=0)
     if len(train) == 0:
@@ -493,6 +497,12 @@ def read_hkuds(source, val_fraction=0.1, seed=0, content=None):
         val = _split_dict(*matrices['valMat.pkl'][1:3])
     else:
         train, val = _hold_out(train, val_fraction, seed)
+        if not val:
+            largest = int(np.unique(train[:, 0], return_counts=True)[1].max())
+            raise DataError('--val_fraction', f'{val_fraction:g} of each user\'s training items holds out none '
+                                              f'(floor({val_fraction:g} n) is 0 for every user; the most any user has '
+                                              f'is n = {largest}): raise --val_fraction, or add valMat.pkl to '
+                                              f'{source}')
         split = f'the authors\' trnMat/tstMat; validation {val_fraction:g} of each user\'s training items (seed {seed})'
     test = _split_dict(*matrices['tstMat.pkl'][1:3])
     meta = {'source': {'kind': 'hkuds', 'folder': os.path.abspath(source), 'split': split}}
@@ -512,6 +522,7 @@ def read_json(source, content=None):
     features = _hkuds_features(source, None)
     num_user = int(pairs[:, 0].max()) + 1 if len(pairs) else 0
     num_item = features[0][2].shape[0] if features else int(pairs[:, 1].max()) + 1
+    _check_sizes(f'{source} (the largest ids + 1)', num_user, num_item, [pairs], features)
     for f in names:
         if len(splits[f]) and splits[f][:, 1].max() >= num_item:
             raise DataError(os.path.join(source, f), f'item {int(splits[f][:, 1].max())} has no feature row '
@@ -526,22 +537,21 @@ def read_json(source, content=None):
                           [os.path.join(source, f) for f in names[1:]])
 
 
+ASCII_ID = re.compile(r'0|[1-9][0-9]*')         # a user id key of a JSON split: '7', not '007', '+7' or '²'
+
+
 def _read_json_split(path):
-    """[(user, item)] of a JSON split {"user": [items]}; ids non-negative integers below 2**31."""
-    import json
-    from safe_read import read_regular
-    try:
-        split = json.loads(read_regular(path, MAX_JSON_BYTES))
-    except DataError:
-        raise
-    except (ValueError, RecursionError) as e:
-        raise DataError(path, f'not valid JSON ({describe(e)})') from None
+    """[(user, item)] of a JSON split {"user": [items]}; ids non-negative integers below 2**31, each user once
+    (a key given twice, or spelled twice as '7' and '007', would merge two lists silently)."""
+    from safe_read import load_json
+    split = load_json(path, MAX_JSON_BYTES)
     if not isinstance(split, dict):
         raise DataError(path, 'expected a JSON object {"user id": [item ids]}')
     pairs = []
     for user, items in split.items():
-        if not (isinstance(user, str) and user.isdigit() and int(user) <= MAX_ID):
-            raise DataError(path, f'user id {user[:40]!r} is not a non-negative integer below 2**31')
+        if not (len(user) <= 10 and ASCII_ID.fullmatch(user) and int(user) <= MAX_ID):
+            raise DataError(path, f'user id {user[:40]!r} is not a non-negative integer below 2**31 written in '
+                                  f'digits 0-9 without leading zeros')
         if not isinstance(items, list) or not all(type(i) is int and 0 <= i <= MAX_ID for i in items):
             raise DataError(path, f'user {user}: expected a list of item ids (non-negative integers below 2**31)')
         pairs.extend((int(user), i) for i in items)
@@ -584,11 +594,21 @@ def _hold_out(train, fraction, seed):
     return train[keep], val
 
 
+def _check_sizes(path, num_user, num_item, pairs, features):
+    """The sizes of a layout whose counts come from a shape or the largest ids, against the (user, item) pairs
+    of all its splits (``DataLoad.check_backed``); feature matrices (one row per item, checked) back the item
+    count.  Called before anything per user or per item is built."""
+    pairs = np.concatenate(pairs)
+    check_backed(path, 'users', num_user, len(np.unique(pairs[:, 0])))
+    if not features:
+        check_backed(path, 'items', num_item, len(np.unique(pairs[:, 1])))
+
+
 def _checked_parts(num_user, num_item, train, val, test, features, meta, content, paths):
     """The treatment of both layouts (docs/data.md): every user and item of the source is kept (the
-    authors' item count, all items ranked); validation/test rows of users without a training item are
-    dropped (nothing is learnt for them), as are validation/test pairs that are training pairs (masked
-    out in ranking); both counted in meta.json."""
+    authors' item count, all items ranked); validation/test rows of users without a training item are dropped
+    (nothing is learnt for them), as are validation/test pairs that are training pairs (masked out in
+    ranking); both counted in meta.json."""
     trained = np.zeros(num_user, dtype=bool)
     trained[train[:, 0]] = True
     keys = np.unique(train[:, 0] * num_item + train[:, 1])

@@ -50,6 +50,25 @@ def read_regular(path, limit):
     return data
 
 
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(k for n, k in enumerate(keys) if k in keys[:n])
+        raise ValueError(f'the key {twice[:40]!r} appears twice in one object')
+    return dict(pairs)
+
+
+def load_json(path, limit):
+    """The JSON document in the regular file ``path`` (at most ``limit`` bytes); a key given twice in one object
+    is refused (``json`` keeps the last silently).  Every failure is a ``DataError`` naming the file."""
+    import json
+    data = read_regular(path, limit)
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:          # UnicodeDecodeError is a ValueError
+        raise DataError(path, f'not valid JSON ({describe(e)})') from None
+
+
 MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
 
 

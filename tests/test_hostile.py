@@ -94,3 +94,80 @@ def test_genuine_sparse_pickles_still_load(tmp_path):
             rows, cols, values, shape = load_sparse_pickle(str(path))
             assert shape == (7, 5)
             assert np.array_equal(sp.coo_matrix((values, (rows, cols)), shape=shape).toarray(), matrix.toarray())
+
+
+# ---------------------------------------------------------------- JSON: one spelling per key, sizes backed by data
+
+def _json_source(folder, train='{"0": [0, 1], "1": [1, 2], "2": [0, 2]}', val='{"0": [2], "1": [0]}',
+                 test='{"0": [2], "2": [1]}'):
+    folder.mkdir()
+    for name, text in (('train.json', train), ('val.json', val), ('test.json', test)):
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize('train, problem', [
+    ('{"0": [0, 1], "\u00b2": [1, 2], "2": [0, 2]}', "user id '\u00b2' is not a non-negative integer"),    # a traceback
+    ('{"0": [0, 1], "1": [1, 2], "01": [0, 2]}', "user id '01' is not a non-negative integer"),    # merged with '1'
+    ('{"0": [0, 1], "1": [1, 2], "1": [0, 2]}', "not valid JSON (ValueError: the key '1' appears twice"),   # merged
+    ('{"0": [0, 1], "1": [1, 2], "\uff12": [0, 2]}', "user id '\uff12' is not a non-negative integer"),
+    ('{"0": [0, 1], "1": [1, 2], "2147483646": [0, 2]}', '2147483647 users declared, but only 4 of them'),
+], ids=['superscript two', 'leading zero', 'duplicate key', 'fullwidth two', 'huge id'])
+def test_json_user_keys_are_plain_digits_given_once(train, problem, tmp_path, capsys):
+    # found: '²' passed str.isdigit and int() raised (a traceback); '01' and a repeated key merged lists silently;
+    # a user id 2147483646 built per-user lists of 2**31 entries
+    src = _json_source(tmp_path / 'src', train=train)
+    assert prepare_data.main(['json', '--folder', str(src), '--name', str(tmp_path / 'out')]) == 2
+    one_line_error(capsys, problem)
+    assert sorted(os.listdir(tmp_path)) == ['src']
+
+
+def test_meta_json_with_a_key_twice_is_refused(hand_folder):
+    (hand_folder / 'meta.json').write_text('{"modalities": [], "modalities": [{"name": "v", "file": "feat_v.npy"}]}')
+    with pytest.raises(DataError, match="meta.json: not valid JSON .*the key 'modalities' appears twice"):
+        load_dataset(str(hand_folder))
+
+
+def test_hkuds_shape_not_backed_by_the_data_is_refused_before_anything_per_item(tmp_path, capsys):
+    # found: a 300-byte COO pickle of shape (120, 50_000_000) made the import build 50 million item ids
+    import scipy.sparse as sp
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name, rows in (('trnMat.pkl', [0, 1, 2, 0]), ('tstMat.pkl', [0, 1])):
+        m = sp.coo_matrix((np.ones(len(rows)), (rows, list(range(len(rows))))), shape=(120, 50_000_000))
+        (src / name).write_bytes(pickle.dumps(m, protocol=4))
+    assert prepare_data.main(['hkuds', '--folder', str(src), '--name', str(tmp_path / 'out')]) == 2
+    one_line_error(capsys, 'trnMat.pkl (shape (120, 50000000)): 120 users declared, but only 3 of them')
+    assert sorted(os.listdir(tmp_path)) == ['src']
+
+
+@pytest.mark.parametrize('change, problem', [
+    (dict(num_user=5), 'meta.json: 5 users declared, but only 2 of them have an interaction'),
+    (dict(num_item=1000, modalities=[]), 'meta.json: 1000 items declared, but only 3 of them'),
+])
+def test_meta_sizes_not_backed_by_the_data(change, problem, hand_folder):
+    meta = {'num_user': 2, 'num_item': 3, 'modalities': [{'name': 'v', 'file': 'feat_v.npy'}], **change}
+    (hand_folder / 'meta.json').write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=problem):
+        load_dataset(str(hand_folder))
+
+
+def test_a_train_npy_user_id_that_is_huge_is_refused_before_anything_per_user(hand_folder):
+    # without meta.json sizes the user count is the largest id + 1: one row of train.npy declared 2**31 users
+    np.save(hand_folder / 'train.npy', np.array([[0, 2], [0, 3], [1, 3], [2 ** 31 - 2, 4]]))
+    with pytest.raises(DataError, match='train.npy: 2147483647 users declared, but only 3 of them'):
+        load_dataset(str(hand_folder))
+
+
+def test_hold_out_that_holds_out_nothing_names_val_fraction(tmp_path, capsys):
+    # found: '--val_fraction 0.01' on users with a few items each said 'tstMat.pkl ... no val pair is left'
+    import scipy.sparse as sp
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name, rows in (('trnMat.pkl', [0, 0, 1, 1, 2, 2]), ('tstMat.pkl', [0, 1, 2])):
+        m = sp.coo_matrix((np.ones(len(rows)), (rows, [n % 4 for n in range(len(rows))])), shape=(3, 4))
+        (src / name).write_bytes(pickle.dumps(m, protocol=4))
+    assert prepare_data.main(['hkuds', '--folder', str(src), '--name', str(tmp_path / 'out'),
+                              '--val_fraction', '0.2']) == 2
+    one_line_error(capsys, '--val_fraction: 0.2 of each user\'s training items holds out none', 'n = 2',
+                   'add valMat.pkl')
