@@ -28,14 +28,63 @@ def parts(num_user, num_item, train, val, test, features, meta, user_ids=None, i
                 meta=meta, user_ids=user_ids, item_ids=item_ids)
 
 
-def add_content(content, features, meta, item_ids):
+def add_content(content, features, meta, item_ids, source_ids=None):
     """Append the features ``content`` encodes from raw text or images (``features.Content``) for the items
-    ``item_ids`` (source ids, in row order); a modality the source already has is refused."""
+    ``item_ids`` (source ids, in row order); a modality the source already has is refused.
+
+    Every text line and image file must name an item of the source (``check_content_ids``): ``source_ids``, the
+    source's items before any filter (a CSV import; those the filter dropped are left out), or ``item_ids``
+    themselves in the layouts that number items by their feature row (HKUDS, LATTICE, MMRec)."""
     if not content:
         return
+    warning = check_content_ids(content, item_ids if source_ids is None else source_ids, numbered=source_ids is None)
     for m, fname, value, kind in content.encode(item_ids, {f[0] for f in features}):
         features.append((m, fname, value, kind))
+    if warning:
+        print(warning, file=sys.stderr)
     meta['source']['content'] = content.notes
+
+
+def content_ids(content):
+    """``[(where, id)]``: the item each line of ``--text_file`` and each image of ``--image_dir`` names."""
+    from safe_read import read_regular
+    from features import IMAGE_SUFFIXES, MAX_TEXT_BYTES
+    named = []
+    if content.text_file:
+        try:
+            lines = read_regular(content.text_file, MAX_TEXT_BYTES).decode('utf-8-sig').splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(content.text_file, f'not UTF-8 text (byte {e.start}: {e.reason})') from None
+        named += [(f'{content.text_file}: line {n}', line.partition('\t')[0].strip())
+                  for n, line in enumerate(lines, start=1) if line.strip() and '\t' in line]
+    if content.image_dir and os.path.isdir(content.image_dir):
+        named += [(os.path.join(content.image_dir, entry), os.path.splitext(entry)[0])
+                  for entry in sorted(os.listdir(content.image_dir))
+                  if os.path.splitext(entry)[1].lower() in IMAGE_SUFFIXES]
+    return named
+
+
+def check_content_ids(content, known, numbered):
+    """Refuse raw content that names an id which is not an item of the source (it would be dropped silently); in
+    a layout whose items are numbered 0..I-1 (``numbered``), a file that counts from 1 is named as such, and one
+    that names no item 0 gets a warning (counted from 1, every text would be one item off): returned, for the
+    caller to print once the import has succeeded."""
+    named = content_ids(content)
+    known = set(known)
+    unknown = [(where, i) for where, i in named if i not in known]
+    if unknown:
+        where, item = unknown[0]
+        hint = ''
+        if numbered and item == str(len(known)) and all(i.isascii() and i.isdigit() for _, i in named):
+            hint = f'; items are numbered 0..{len(known) - 1} here (row r of the feature matrices is item r), ' \
+                   f'not from 1'
+        raise DataError(where, f'item {item[:40]!r} is not an item of the source ({len(unknown)} of '
+                               f'{len(named)} named so){hint}')
+    if numbered and named and '0' not in {i for _, i in named}:
+        return (f'warning: {content.text_file or content.image_dir}: no line or image names item 0; items are '
+                f'numbered from 0 here (row r of the feature matrices is item r): ids counted from 1 would put '
+                f'every text or image one item off')
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -393,7 +442,7 @@ def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, con
     meta = {'source': {'kind': 'csv', 'file': os.path.abspath(inter_path), 'min_inter': min_inter,
                        'split': 'chronological 8:1:1 per user' if time_col is not None
                        else f'random 8:1:1 per user (seed {seed})'}}
-    add_content(content, features, meta, item_order)
+    add_content(content, features, meta, item_order, row_ids)
     return parts(len(user_order), len(item_order), train, val, test, features, meta, user_order, item_order)
 
 

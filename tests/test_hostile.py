@@ -171,3 +171,47 @@ def test_hold_out_that_holds_out_nothing_names_val_fraction(tmp_path, capsys):
                               '--val_fraction', '0.2']) == 2
     one_line_error(capsys, '--val_fraction: 0.2 of each user\'s training items holds out none', 'n = 2',
                    'add valMat.pkl')
+
+
+# ---------------------------------------------------------------- raw content: every line names an item
+
+def _fake_embed(texts):
+    return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize('lines, problem', [
+    ('0\ta\n1\tb\n2\tc\n7\tnot an item\n', "items.tsv: line 4: item '7' is not an item of the source (1 of 4"),
+    ('1\ta\n2\tb\n3\tc\n', "items.tsv: line 3: item '3' is not an item of the source (1 of 3 named so); items are "
+                           "numbered 0..2 here"),
+], ids=['not an item', 'one-based'])
+def test_text_lines_that_name_no_item_are_refused(lines, problem, tmp_path, capsys):
+    # found: a line for an id the dataset does not have was dropped silently, and a file counting from 1 put
+    # every text on the next item (the last one's dropped)
+    src = _json_source(tmp_path / 'src')
+    (tmp_path / 'items.tsv').write_text(lines)
+    from features import Content
+    with pytest.raises(DataError, match=problem.replace('(', r'\(').replace(')', r'\)')):
+        prepare_data.import_json('js', str(src), root=str(tmp_path / 'Data'),
+                                 content=Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed))
+    assert not os.path.exists(tmp_path / 'Data' / 'js')
+
+
+def test_text_file_without_item_zero_warns_once(tmp_path, capsys):
+    src = _json_source(tmp_path / 'src')
+    (tmp_path / 'items.tsv').write_text('1\tb\n2\tc\n')
+    from features import Content
+    folder = prepare_data.import_json('js', str(src), root=str(tmp_path / 'Data'),
+                                      content=Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'items.tsv: no line or image names item 0' in err[0]
+    assert load_dataset(folder).features['t'][:, 0].tolist() == [0, 1, 1]
+
+
+def test_csv_text_lines_follow_the_source_ids_and_refuse_strangers(tmp_path):
+    from features import Content
+    rows = ['user,item,time'] + [f'u{u},i{(u + k) % 12},{k}' for u in range(4) for k in range(10)]
+    (tmp_path / 'r.csv').write_text('\n'.join(rows) + '\n')
+    (tmp_path / 'items.tsv').write_text('i2\tfour\ni5\ta longer text\nj9\tno such item\n')
+    content = Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed)
+    with pytest.raises(DataError, match="items.tsv: line 3: item 'j9' is not an item of the source"):
+        prepare_data.import_csv('c', str(tmp_path / 'r.csv'), {}, root=str(tmp_path / 'Data'), content=content)
