@@ -215,3 +215,44 @@ def test_csv_text_lines_follow_the_source_ids_and_refuse_strangers(tmp_path):
     content = Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed)
     with pytest.raises(DataError, match="items.tsv: line 3: item 'j9' is not an item of the source"):
         prepare_data.import_csv('c', str(tmp_path / 'r.csv'), {}, root=str(tmp_path / 'Data'), content=content)
+
+
+# ---------------------------------------------------------------- prepare_data: where it writes, what it replaces
+
+@pytest.mark.parametrize('where, problem', [('file', 'is not a folder'), ('under a file', 'is not a folder'),
+                                            ('proc', 'cannot write the dataset there'),
+                                            ('long', 'cannot write the dataset there (File name too long)')])
+def test_name_whose_parent_cannot_take_it_is_one_line_before_reading(where, problem, tmp_path, capsys):
+    # found: a --name under a file, under /proc or of 300 characters was an OSError traceback (after the source
+    # had been read)
+    (tmp_path / 'f').write_text('x')
+    name = {'file': tmp_path / 'f' / 'x', 'under a file': tmp_path / 'f' / 'a' / 'b', 'proc': '/proc/slmrec-x/y',
+            'long': tmp_path / ('n' * 300)}[where]
+    assert prepare_data.main(['synthetic', '--num_user', '20', '--num_item', '30', '--name', str(name)]) == 2
+    one_line_error(capsys, problem)
+    assert os.listdir(tmp_path) == ['f']
+
+
+@pytest.mark.parametrize('change', ['another folder', 'other options', 'missing folder'])
+def test_import_over_a_dataset_from_another_source_needs_force(change, tmp_path, capsys):
+    # found: the same --name with another --folder printed the old dataset's card and "dataset ready"
+    first = _json_source(tmp_path / 'a')
+    other = _json_source(tmp_path / 'b', train='{"0": [0, 1], "1": [1, 2], "2": [0, 1, 2]}')
+    name = str(tmp_path / 'Data' / 'js')
+    assert prepare_data.main(['json', '--folder', str(first), '--name', name]) == 0
+    assert prepare_data.main(['json', '--folder', str(first), '--name', name]) == 0      # the same command: ready
+    assert capsys.readouterr().out.endswith(f'dataset ready: {name}\n')
+    argv = {'another folder': ['json', '--folder', str(other)], 'missing folder': ['json', '--folder', str(tmp_path / 'c')],
+            'other options': ['hkuds', '--folder', str(first)]}[change]
+    assert prepare_data.main(argv + ['--name', name]) == 2
+    err = one_line_error(capsys)
+    assert 'js: holds a dataset prepared from another source or with other options' in err and '--force' in err
+    assert len(load_dataset(name).train) == 6
+    if change == 'missing folder':                      # the same command, its source since removed
+        import shutil
+        shutil.rmtree(first)
+        assert prepare_data.main(['json', '--folder', str(first), '--name', name]) == 2
+        one_line_error(capsys, 'a: not found')
+    if change == 'another folder':
+        assert prepare_data.main(argv + ['--name', name, '--force']) == 0
+        assert len(load_dataset(name).train) == 7
