@@ -190,6 +190,20 @@ def model_flags():
     return [(flag, readers[name]) for name, flag in flags.items()]
 
 
+def flag_readers():
+    """``{flag: [models that read it]}`` for every flag that not every model reads: each model's own flags (with the
+    models that list them in ``reads``), and the shared per-model flags that only some models have a default for
+    (``--dropout_rate``).  A flag given to a model that does not read it is refused (``config.parse_args``): it
+    would change nothing but the run name."""
+    models = entries()
+    readers = {flag.name: names for flag, names in model_flags()}
+    for key in dict.fromkeys(k for e in models.values() for k in e.defaults):
+        having = [m for m, e in models.items() if key in e.defaults]
+        if key not in readers and len(having) < len(models):
+            readers[key] = having
+    return readers
+
+
 def needs_modality(name, data):
     """The one-line error for a model that needs item features on a dataset (or selection) without any."""
     if not data.features:

@@ -267,23 +267,11 @@ def table(study):
 
 def chosen_config(parser, base, params):
     """The flags given after -- plus the best trial's, as a --config mapping (dest: value)."""
-    explicit = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:
-        if action.option_strings and action.dest != 'help':
-            explicit._add_action(_copy_action(action))
-    given = vars(explicit.parse_args(base))
+    given = config.explicit_values(parser, base)
     chosen = config.config_defaults(parser, given['config']) if given.get('config') else {}
     chosen.update({k: v for k, v in given.items() if k not in OWN_OUTPUTS})
     chosen.update(params)
     return chosen
-
-
-def _copy_action(action):
-    import copy
-    action = copy.copy(action)
-    action.default = argparse.SUPPRESS
-    action.required = False
-    return action
 
 
 def write_config(path, config, study_name, trial):

@@ -256,3 +256,43 @@ def test_import_over_a_dataset_from_another_source_needs_force(change, tmp_path,
     if change == 'another folder':
         assert prepare_data.main(argv + ['--name', name, '--force']) == 0
         assert len(load_dataset(name).train) == 7
+
+
+# ---------------------------------------------------------------- flags the chosen model does not read
+
+@pytest.mark.parametrize('flags, problem', [
+    (['--knn_k', '5'], '--knn_k: read by FREEDOM, LATTICE and MGCN only, not SLMRec'),
+    (['--model_name', 'LightGCN', '--dropout_rate', '0.2'], '--dropout_rate: read by SLMRec, FREEDOM, BM3 and LGMRec '
+                                                            'only, not LightGCN'),
+    (['--model_name', 'BPR', '--cl_weight', '0.1'], '--cl_weight: read by BM3, MGCN and LGMRec only, not BPR'),
+    (['--model_name', 'MMGCN', '--ssl_task', 'FAC'], '--ssl_task: read by SLMRec only, not MMGCN'),
+    (['--model_name', 'SLMRec', '--has_id', 'True'], '--has_id: read by MMGCN only, not SLMRec'),
+])
+def test_a_flag_the_model_does_not_read_is_refused(flags, problem, tmp_path, capsys):
+    # found: '--knn_k 5' on SLMRec was accepted, did nothing, and gave the run another name (another checkpoint)
+    assert main.main(flags + ['--data_path', str(tmp_path / 'none')]) == 2
+    one_line_error(capsys, problem, 'would change nothing but the run name')
+
+
+def test_a_config_key_the_model_does_not_read_is_refused_and_readers_accept_it(tmp_path):
+    import config
+    from errors import InputError
+    (tmp_path / 'c.yaml').write_text('knn_k: 5\n')
+    with pytest.raises(InputError, match='--knn_k: read by FREEDOM, LATTICE and MGCN only, not SLMRec'):
+        config.parse_args(['--config', str(tmp_path / 'c.yaml')])
+    for name in ('FREEDOM', 'LATTICE', 'MGCN'):
+        assert config.parse_args(['--config', str(tmp_path / 'c.yaml'), '--model_name', name]).knn_k == 5
+    assert config.parse_args(['--model_name', 'SLMRec', '--concat', 'True']).concat is True    # its mmgcn backbone
+
+
+def test_usage_table_names_each_flags_readers():
+    # found: docs/usage.md said --knn_k was FREEDOM's and --dropout_rate 'unused by the others' (BM3 and LGMRec
+    # read it): every row of a flag that not every model reads must name exactly the registry's readers
+    import re
+    import registry
+    with open(os.path.join(ROOT, 'docs', 'usage.md'), encoding='utf-8') as f:
+        rows = dict(re.findall(r'^\| `--(\w+)` \| [^|]* \| (.*) \|$', f.read(), re.M))
+    for flag, readers in registry.flag_readers().items():
+        assert flag in rows, f'docs/usage.md has no row for --{flag}'
+        named = [m for m in registry.entries() if re.search(rf'(?<!\w){re.escape(m)}(?!\w)', rows[flag])]
+        assert sorted(named) == sorted(readers), (flag, named, readers)
