@@ -123,6 +123,11 @@ class Dataset:
     val: dict                              # user -> np.ndarray of items
     test: dict
     features: dict = field(default_factory=dict)   # modality -> np.ndarray [I, f] or WordFeature
+    available: list = None      # the modalities the dataset has (``features`` may hold a selection of them)
+
+    def __post_init__(self):
+        if self.available is None:
+            self.available = list(self.features)
 
     @property
     def modalities(self):

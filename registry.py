@@ -205,8 +205,11 @@ def flag_readers():
 
 
 def needs_modality(name, data):
-    """The one-line error for a model that needs item features on a dataset (or selection) without any."""
+    """The one-line error for a model that needs item features on a dataset (or selection) without any: the
+    dataset's own lack is not a --modalities problem."""
     if not data.features:
+        if not getattr(data, 'available', None):
+            raise InputError(f'{data.path}: {name} needs item features, and this dataset has none (no modality)')
         raise InputError(f'{name} needs at least one modality (see --modalities)')
 
 
@@ -233,6 +236,8 @@ def build_model(args, data):
     try:
         return entry(args.model_name).build(args, data)
     except ValueError as e:
+        if not getattr(data, 'available', True) and 'modalit' in str(e):     # not a --modalities problem
+            raise InputError(f'{data.path}: this dataset has no item features (no modality), and {e}') from None
         raise InputError(str(e)) from None
 
 

@@ -296,3 +296,106 @@ def test_usage_table_names_each_flags_readers():
         assert flag in rows, f'docs/usage.md has no row for --{flag}'
         named = [m for m in registry.entries() if re.search(rf'(?<!\w){re.escape(m)}(?!\w)', rows[flag])]
         assert sorted(named) == sorted(readers), (flag, named, readers)
+
+
+# ---------------------------------------------------------------- every run's files its own
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory):
+    """A tiny dataset and the flags of a cheap run (no outputs)."""
+    folder = prepare_data.synthetic('small', like='none', num_user=24, num_item=30, inter_per_user=8, seed=2,
+                                    root=str(tmp_path_factory.mktemp('hostile')))
+    return folder, ['--data_path', folder, '--num_epoch', '1', '--dim_latent', '8', '--batch_size', '64',
+                    '--num_layer', '1', '--no-progress']
+
+
+def _outputs(folder, tag='x'):
+    return ['--save_file', str(folder / f'{tag}.jsonl'), '--checkpoint', str(folder / f'{tag}.last.pt'),
+            '--PATH_weight_save', str(folder / f'{tag}.best.pt')]
+
+
+@pytest.mark.parametrize('flag, what', [('--PATH_weight_save', 'best-model file'), ('--export_topk', 'top-K export')])
+def test_two_live_runs_never_share_a_best_model_or_an_export(flag, what, small, tmp_path, capsys):
+    # found: only the checkpoint was locked; two live runs with one --PATH_weight_save replaced each other's best model
+    import fcntl
+    _, base = small
+    shared = tmp_path / 'shared.out'
+    with open(f'{shared}.lock', 'a+') as holder:         # what a live run holding the file keeps locked
+        holder.write('4242\n')
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main.main(base + _outputs(tmp_path) + [flag, str(shared)]) == 2
+    one_line_error(capsys, f'shared.out: another run (pid 4242) is using this {what}; wait for it to end, or give '
+                           f'this run another {flag}')
+    assert sorted(os.listdir(tmp_path)) == ['shared.out.lock']
+
+
+def test_runs_sharing_a_results_file_append_one_at_a_time(tmp_path):
+    import fcntl
+    import threading
+    from safe_write import append_results_line
+    path = tmp_path / 'r.jsonl'
+    path.write_text('{"run": "a"}')                       # a line left unterminated by an older failure
+    with open(path, 'a') as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)                # another run in the middle of its append
+        writer = threading.Thread(target=append_results_line, args=(str(path), {'run': 'b'}))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()                          # it waits for the lock
+        holder.write('\n{"run": "c"}\n')
+        holder.flush()
+    writer.join(10)
+    assert path.read_text().splitlines() == ['{"run": "a"}', '{"run": "c"}', '{"run": "b"}']
+
+
+def test_training_may_not_overwrite_the_weights_it_loads(small, tmp_path, capsys):
+    # found: '--PATH_weight_load runs/X.best.pt' under the same run name replaced the loaded file at the first
+    # evaluation (with a worse model, as a new run's best starts from nothing)
+    _, base = small
+    assert main.main(base + _outputs(tmp_path)) == 0
+    before = (tmp_path / 'x.best.pt').read_bytes()
+    for target in ('x.best.pt', 'x.last.pt'):
+        assert main.main(base + _outputs(tmp_path) + ['--PATH_weight_load', str(tmp_path / target)]) == 2
+        one_line_error(capsys, 'would overwrite the --PATH_weight_load file; give it its own path')
+    assert (tmp_path / 'x.best.pt').read_bytes() == before
+    evaluate = base + ['--num_epoch', '0']               # writes neither: evaluating the file is fine
+    assert main.main(evaluate + _outputs(tmp_path) + ['--PATH_weight_load', str(tmp_path / 'x.best.pt')]) == 0
+    assert (tmp_path / 'x.best.pt').read_bytes() == before
+
+
+# ---------------------------------------------------------------- lines that say what happened
+
+@pytest.mark.parametrize('resume', [False, True])
+def test_sigterm_before_any_checkpoint_does_not_say_resume(resume, small, tmp_path, capsys, monkeypatch):
+    # found: SIGTERM while the data loaded printed 'terminated: resume with --resume'; --resume then said
+    # 'checkpoint not found'
+    import startup
+    _, base = small
+    if resume:
+        assert main.main(base + _outputs(tmp_path)) == 0
+        capsys.readouterr()
+    monkeypatch.setitem(startup._STOP, 'requested', True)            # a SIGTERM before training began
+    flags = base + _outputs(tmp_path) + (['--resume', '--num_epoch', '2'] if resume else [])
+    assert main.main(flags) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == ('terminated: resume with --resume' if resume else 'terminated before the first epoch ended: no '
+                   'checkpoint was written; run the same command again (without --resume)')
+
+
+def test_a_dataset_without_features_is_not_a_modalities_problem(small, tmp_path, capsys):
+    # found: 'error: VBPR needs at least one modality (see --modalities)' for a dataset that has none at all
+    folder, base = small
+    data = tmp_path / 'ids'
+    import shutil
+    shutil.copytree(folder, data)
+    meta = json.loads((data / 'meta.json').read_text())
+    meta['modalities'] = []
+    (data / 'meta.json').write_text(json.dumps(meta))
+    args = [x if x != folder else str(data) for x in base] + _outputs(tmp_path)
+    assert main.main(args + ['--model_name', 'VBPR']) == 2
+    err = one_line_error(capsys, 'ids: VBPR needs item features, and this dataset has none (no modality)')
+    assert '--modalities' not in err
+    assert main.main(args + ['--model_name', 'SLMRec']) == 2          # FAC's own words, with the dataset's lack
+    one_line_error(capsys, 'ids: this dataset has no item features (no modality), and --ssl_task FAC contrasts')
+    assert main.main(base + _outputs(tmp_path) + ['--model_name', 'VBPR', '--modalities', 'none']) == 2
+    one_line_error(capsys, 'VBPR needs at least one modality (see --modalities)')
