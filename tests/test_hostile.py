@@ -399,3 +399,74 @@ def test_a_dataset_without_features_is_not_a_modalities_problem(small, tmp_path,
     one_line_error(capsys, 'ids: this dataset has no item features (no modality), and --ssl_task FAC contrasts')
     assert main.main(base + _outputs(tmp_path) + ['--model_name', 'VBPR', '--modalities', 'none']) == 2
     one_line_error(capsys, 'VBPR needs at least one modality (see --modalities)')
+
+
+# ---------------------------------------------------------------- sweep.py
+
+@pytest.mark.parametrize('study', ['../evil', 'a/b', '.hidden', 'x' * 101])
+def test_sweep_study_name_must_be_plain(study, tmp_path, capsys, monkeypatch):
+    # found: '--study ../evil' wrote runs/../evil's database and trial folders outside runs/
+    pytest.importorskip('optuna')
+    import sweep
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'space.yaml').write_text('l_r: [0.01]\n')
+    assert sweep.cli(['--space', 'space.yaml', '--study', study, '--', '--data_path', 'x']) == 2
+    one_line_error(capsys, '--study: ', 'is not a plain name')
+    assert os.listdir(tmp_path) == ['space.yaml']
+
+
+@pytest.mark.parametrize('space, problem', [
+    ('num_layer: [1, 40]\n', 'space.yaml: num_layer 40: main.py refuses it (--num_layer: must be in [1, 32], got 40)'),
+    ('dropout_rate: {low: 0.1, high: 1.0}\n', 'dropout_rate 1.0: main.py refuses it (--dropout_rate: must be in [0, 1)'),
+    ('knn_k: [5, 10]\n', 'knn_k 5: main.py refuses it (--knn_k: read by FREEDOM, LATTICE and MGCN only, not SLMRec'),
+])
+def test_sweep_space_values_main_refuses_are_refused_before_any_trial(space, problem, tmp_path, capsys, monkeypatch):
+    # found: a space admitting values main.py refuses ran them: a failed trial (and optuna's traceback) each, exit 0
+    pytest.importorskip('optuna')
+    import sweep
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'space.yaml').write_text(space)
+    assert sweep.cli(['--space', 'space.yaml', '--study', 's', '--', '--data_path', 'x']) == 2
+    one_line_error(capsys, problem)
+    assert os.listdir(tmp_path) == ['space.yaml']
+
+
+def test_sweep_whose_every_trial_is_refused_is_one_line_and_exit_2(small, tmp_path):
+    # found: each failed trial printed optuna's 12-line traceback of TrialFailed; the sweep ended as a success
+    pytest.importorskip('optuna')
+    import subprocess
+    folder, _ = small
+    (tmp_path / 'space.yaml').write_text('modalities: [zz]\n')               # unknown to the data: not checkable
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', 'space.yaml', '--study', 's',
+                           '--heartbeat', '1',
+                           '--', '--data_path', folder, '--num_epoch', '1'], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith('error: no trial completed: main.py refused every trial') and \
+        len(done.stderr.splitlines()) == 1, done.stderr
+    assert "failed (bad input: error: --modalities: unknown modality 'zz'" in done.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_stops_its_trial_at_a_safe_point_with_one_line(small, tmp_path):
+    # found: SIGTERM killed sweep.py at once (exit 143 by the signal, no line) and its trial with SIGKILL
+    pytest.importorskip('optuna')
+    import signal
+    import subprocess
+    import time
+    folder, _ = small
+    (tmp_path / 'space.yaml').write_text('l_r: [0.01, 0.001]\n')
+    job = subprocess.Popen([sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', 'space.yaml', '--study', 't',
+                            '--heartbeat', '1', '--', '--data_path', folder, '--num_epoch', '40', '--patience', '100', '--dim_latent', '8',
+                            '--batch_size', '64', '--num_layer', '1'], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    trial = tmp_path / 'runs' / 'sweep-t' / 'trial-0'
+    for _ in range(1200):                       # once trial 0 has checkpointed an epoch
+        if (trial / 'last.pt').exists():
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 143 and err == ('terminated: run the same command again to continue (an interrupted '
+                                             'trial resumes from its checkpoint)\n'), err
+    assert (trial / 'log.txt').read_text().rstrip().endswith('terminated: resume with --resume')   # its own stop
