@@ -288,3 +288,21 @@ NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PAT
 def hyper_params(args):
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
 
+
+
+def print_run_name(argv):
+    """``python config.py <main.py flags>``: the run name main.py gives those flags, or main.py's one line
+    for flags it refuses, exit 2 (scripts/slurm_torchrun.sbatch names a job's files by it)."""
+    import sys
+    from errors import EXIT_BAD_INPUT, one_line
+    try:
+        print(run_name(parse_args(argv)))
+    except InputError as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(print_run_name(sys.argv[1:]))

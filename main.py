@@ -264,8 +264,20 @@ def main(argv=None):
             torch.set_num_threads(threads)
 
 
+def report_status(code):
+    """Under launch.py: rank 0's exit status, for the launcher to exit with (its one line is rank 0's)."""
+    path = os.environ.get('SLMREC_LAUNCH_STATUS')
+    if path and distributed.is_main():
+        try:
+            with open(path, 'w') as f:
+                f.write(f'{code}\n')
+        except OSError:
+            pass
+
+
 if __name__ == '__main__':
     code = main()
+    report_status(code)
     if code == EXIT_TERMINATED:
         # Stopping already: torchrun ends the other ranks with SIGTERM once one has exited, and Python's own
         # shutdown puts SIGTERM's default back (death by signal, -15), but leaves an ignored signal ignored.

@@ -470,3 +470,110 @@ def test_sigterm_to_a_sweep_stops_its_trial_at_a_safe_point_with_one_line(small,
     assert job.returncode == 143 and err == ('terminated: run the same command again to continue (an interrupted '
                                              'trial resumes from its checkpoint)\n'), err
     assert (trial / 'log.txt').read_text().rstrip().endswith('terminated: resume with --resume')   # its own stop
+
+
+# ---------------------------------------------------------------- torchrun: launch.py's exit statuses and lines
+
+LAUNCH = [sys.executable, os.path.join(ROOT, 'launch.py'), '--standalone', '--nproc_per_node', '2']
+
+
+@pytest.mark.parametrize('flags, problem', [(['--l_r', '-1'], '--l_r: must be a positive finite number'),
+                                            (['--knn_k', '5'], '--knn_k: read by FREEDOM, LATTICE and MGCN only')])
+def test_a_bad_argument_under_the_launcher_is_one_line_and_exit_2(flags, problem, tmp_path, capsys, monkeypatch):
+    # found: under torchrun, rank 0's line was followed by torchrun's 40-line ChildFailedError report, exit 1;
+    # launch.py checks main.py's flags before any rank starts
+    import launch
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(LAUNCH[2:] + [os.path.join(ROOT, 'main.py'), '--data_path', str(tmp_path), *flags]) == 2
+    one_line_error(capsys, problem)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(SystemExit) as stop:                       # torchrun's own options: one line too
+        launch.main(['--nproc_per_node', '2', '--bogus', 'main.py'])
+    assert stop.value.code == 2
+    one_line_error(capsys, 'unrecognized arguments: --bogus (see python launch.py --help)')
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_ends_143_with_one_line_and_an_intact_checkpoint(small, tmp_path):
+    # found: kill -TERM to torchrun printed a SignalException traceback and exited 1
+    import signal
+    import subprocess
+    import torch
+    folder, _ = small
+    job = subprocess.Popen(LAUNCH + [os.path.join(ROOT, 'main.py'), '--data_path', folder, '--num_epoch', '40',
+                                     '--patience', '100', '--dim_latent', '8', '--batch_size', '10', '--no-progress',
+                                     *_outputs(tmp_path)],
+                           env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1'), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in job.stdout:
+            if line.startswith('epoch    1  Test'):
+                break
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 143 and err == 'terminated: resume with --resume\n', err
+    assert torch.load(tmp_path / 'x.last.pt', weights_only=True)['state']['epoch'] >= 1
+    assert not (tmp_path / 'x.jsonl').exists()
+
+
+# ---------------------------------------------------------------- the SLURM scripts (srun and scontrol faked)
+
+def _slurm(tmp_path, script, *args, **env):
+    """Run ``scripts/<script>`` as SLURM would, in a submit folder that links the package; the fake srun writes
+    the command it was given to srun.txt.  Returns (exit status, stderr, srun's arguments or None)."""
+    import subprocess
+    submit, fake = tmp_path / 'submit', tmp_path / 'bin'
+    if not submit.exists():
+        submit.mkdir()
+        fake.mkdir()
+        for name in os.listdir(ROOT):
+            if name.endswith('.py'):
+                os.symlink(os.path.join(ROOT, name), submit / name)
+        (fake / 'srun').write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$SLURM_SUBMIT_DIR/srun.txt"\n')
+        (fake / 'scontrol').write_text('#!/bin/sh\necho node1\n')
+        for tool in ('srun', 'scontrol'):
+            os.chmod(fake / tool, 0o755)
+    (submit / 'srun.txt').unlink(missing_ok=True)
+    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), *args], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PATH=f'{fake}:{os.environ["PATH"]}',
+                                                SLURM_SUBMIT_DIR=str(submit), SLURM_JOB_NODELIST='node1',
+                                                SLURM_NNODES='1', SLURM_JOB_ID='77', SLURM_JOB_NAME='slmrec', **env))
+    called = (submit / 'srun.txt').read_text().splitlines() if (submit / 'srun.txt').exists() else None
+    return done.returncode, done.stderr, called
+
+
+@pytest.mark.slow
+def test_slurm_torchrun_names_each_run_by_its_flags_and_resumes_only_its_own(tmp_path):
+    # found: every job's run was named after the job name: a second job with another seed resumed the first one's
+    # checkpoint (and the rendezvous port was 29500 for every job on a node)
+    import config
+    flags = ['--data_path', 'ml100k', '--model_name', 'LightGCN']
+    names = [config.run_name(config.parse_args(flags + ['--seed', seed])) for seed in ('1', '2')]
+    code, _, first = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '1')
+    assert code == 0 and f'runs/{names[0]}.last.pt' in first and '--resume' not in first
+    assert first[1:3] == ['python', 'launch.py'] and first[first.index('--rdzv_endpoint') + 1] != 'node1:29500'
+    (tmp_path / 'submit' / 'runs').mkdir()
+    (tmp_path / 'submit' / 'runs' / f'{names[0]}.last.pt').write_bytes(b'')     # job 1 was preempted
+    code, _, second = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '2')
+    assert code == 0 and f'runs/{names[1]}.last.pt' in second and '--resume' not in second
+    code, _, again = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '1')     # job 1 requeued
+    assert code == 0 and f'runs/{names[0]}.last.pt' in again and '--resume' in again
+
+
+def test_the_run_name_the_slurm_script_asks_for_or_one_line(capsys):
+    import config
+    assert config.print_run_name(['--data_path', 'ml100k', '--seed', '3']) == 0
+    assert capsys.readouterr().out == 'ml100k-SLMRec-FAC-seed3\n'
+    assert config.print_run_name(['--model_name', 'LightGCN', '--knn_k', '5']) == 2     # before srun starts anything
+    one_line_error(capsys, '--knn_k: read by FREEDOM, LATTICE and MGCN only, not LightGCN')
+
+
+def test_slurm_sweep_passes_empty_flag_lists_and_forwards_its_arguments(tmp_path):
+    code, err, called = _slurm(tmp_path, 'slurm_sweep.sbatch', '--space', 's.yaml', '--study', 't', STORAGE='sqlite:///x')
+    assert code == 0, err
+    assert called == ['--kill-on-bad-exit=0', 'python', 'sweep.py', '--space', 's.yaml', '--study', 't', '--storage', 'sqlite:///x',
+                      '--n_jobs', '1', '--']
+    with open(os.path.join(ROOT, 'scripts', 'slurm_sweep.sbatch')) as f:
+        assert '#SBATCH --signal=B:USR1@300' in f.read()
