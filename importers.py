@@ -22,6 +22,9 @@ from errors import DataError
 from features import sentence_embeddings
 
 
+ASCII_ID = re.compile(r'0|[1-9][0-9]*')         # an integer id in a source file: '7', not '007', '+7' or '²'
+
+
 def parts(num_user, num_item, train, val, test, features, meta, user_ids=None, item_ids=None):
     """What a reader returns: ``write_dataset``'s arguments after the folder."""
     return dict(num_user=num_user, num_item=num_item, train=train, val=val, test=test, features=features,
@@ -462,8 +465,16 @@ def read_mmrec(source, content=None):
             raise DataError(path, f'missing column {col!r} (header: {header})')
     cu, ci, cx = header.index('userID'), header.index('itemID'), header.index('x_label')
     try:
-        table = np.array([[int(r[cu]), int(r[ci]), int(r[cx])] for r in body], dtype=np.int64).reshape(-1, 3)
-    except (ValueError, IndexError):
+        fields = [(r[cu].strip(), r[ci].strip(), r[cx].strip()) for r in body]
+    except IndexError:
+        raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
+    bad = next((n for n, f in enumerate(fields) if not all(ASCII_ID.fullmatch(x) for x in f)), None)
+    if bad is not None:                 # '007' and '7' (or '٧', which int() reads as 7) would be one id
+        raise DataError(path, f'line {bad + 2}: userID, itemID and x_label must be integers written in the digits '
+                              f'0-9 without leading zeros, found {"/".join(fields[bad])[:60]!r}')
+    try:
+        table = np.array([[int(x) for x in f] for f in fields], dtype=np.int64).reshape(-1, 3)
+    except ValueError:
         raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
     except OverflowError:
         raise DataError(path, 'an id is too large (ids must be below 2**31)') from None
@@ -584,9 +595,6 @@ def read_json(source, content=None):
                        'split': 'the authors\' train/val/test.json'}}
     return _checked_parts(num_user, num_item, train, val, test, features, meta, content,
                           [os.path.join(source, f) for f in names[1:]])
-
-
-ASCII_ID = re.compile(r'0|[1-9][0-9]*')         # a user id key of a JSON split: '7', not '007', '+7' or '²'
 
 
 def _read_json_split(path):

@@ -407,14 +407,33 @@ def load_matrix(path):
     return arr
 
 
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a mapping that gives a key twice (it keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != 'tag:yaml.org,2002:merge':
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f'the key {str(key)[:40]!r} appears twice',
+                                                                key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+    return UniqueKeyLoader
+
+
 def read_yaml(path, what):
-    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError."""
+    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError,
+    a key given twice in a mapping included."""
     import yaml
     try:
         if os.path.exists(path) and not os.path.isfile(path):
             raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_unique_key_loader())
     except (OSError, ValueError) as e:               # ValueError: a path with a null byte, a file not UTF-8
         raise InputError(f'{path}: cannot read the {what} ({getattr(e, "strerror", None) or e})') from None
     except yaml.YAMLError as e:

@@ -173,6 +173,34 @@ def test_hold_out_that_holds_out_nothing_names_val_fraction(tmp_path, capsys):
                    'add valMat.pkl')
 
 
+@pytest.mark.parametrize('tool', ['config', 'space'])
+def test_yaml_key_given_twice_is_refused(tool, tmp_path, capsys, monkeypatch):
+    # the JSON case's twin: YAML keeps the last of two keys silently ('l_r: 0.1' then 'l_r: 0.001')
+    monkeypatch.chdir(tmp_path)                  # (accepted, the run would fail fast on the missing dataset)
+    (tmp_path / 'f.yaml').write_text('l_r: [0.1]\nseed: [1]\nl_r: [0.001]\n' if tool == 'space'
+                                     else 'l_r: 0.1\nseed: 1\nl_r: 0.001\n')
+    if tool == 'config':
+        assert main.main(['--config', str(tmp_path / 'f.yaml'), '--data_path', str(tmp_path / 'none')]) == 2
+    else:
+        pytest.importorskip('optuna')
+        import sweep
+        assert sweep.cli(['--space', str(tmp_path / 'f.yaml'), '--study', 's', '--', '--data_path',
+                          str(tmp_path / 'none')]) == 2
+    one_line_error(capsys, "f.yaml: not valid YAML (the key 'l_r' appears twice")
+
+
+@pytest.mark.parametrize('user', ['07', '\u0667', '+7'])
+def test_mmrec_ids_are_plain_digits(user, tmp_path, capsys):
+    # found with the JSON case: int() reads '07', '+7' and the Arabic-Indic digit '\u0667' as user 7 (merged)
+    src = tmp_path / 'baby'
+    src.mkdir()
+    lines = ['userID\titemID\tx_label'] + [f'{u}\t{(u + i) % 8}\t{0 if i < 3 else (1 if i == 3 else 2)}'
+                                           for u in range(8) for i in range(5)]
+    (src / 'baby.inter').write_text('\n'.join(lines + [f'{user}\t2\t0']) + '\n')
+    assert prepare_data.main(['mmrec', '--folder', str(src), '--name', str(tmp_path / 'out')]) == 2
+    one_line_error(capsys, 'baby.inter: line 42: userID, itemID and x_label must be integers written in the digits 0-9')
+
+
 # ---------------------------------------------------------------- raw content: every line names an item
 
 def _fake_embed(texts):
@@ -268,8 +296,9 @@ def test_import_over_a_dataset_from_another_source_needs_force(change, tmp_path,
     (['--model_name', 'MMGCN', '--ssl_task', 'FAC'], '--ssl_task: read by SLMRec only, not MMGCN'),
     (['--model_name', 'SLMRec', '--has_id', 'True'], '--has_id: read by MMGCN only, not SLMRec'),
 ])
-def test_a_flag_the_model_does_not_read_is_refused(flags, problem, tmp_path, capsys):
+def test_a_flag_the_model_does_not_read_is_refused(flags, problem, tmp_path, capsys, monkeypatch):
     # found: '--knn_k 5' on SLMRec was accepted, did nothing, and gave the run another name (another checkpoint)
+    monkeypatch.chdir(tmp_path)
     assert main.main(flags + ['--data_path', str(tmp_path / 'none')]) == 2
     one_line_error(capsys, problem, 'would change nothing but the run name')
 
