@@ -580,15 +580,14 @@ def test_slurm_torchrun_names_each_run_by_its_flags_and_resumes_only_its_own(tmp
     import config
     flags = ['--data_path', 'ml100k', '--model_name', 'LightGCN']
     names = [config.run_name(config.parse_args(flags + ['--seed', seed])) for seed in ('1', '2')]
+    assert names[0] != names[1]                      # a job with another seed has files of its own
     code, _, first = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '1')
     assert code == 0 and f'runs/{names[0]}.last.pt' in first and '--resume' not in first
     assert first[1:3] == ['python', 'launch.py'] and first[first.index('--rdzv_endpoint') + 1] != 'node1:29500'
     (tmp_path / 'submit' / 'runs').mkdir()
-    (tmp_path / 'submit' / 'runs' / f'{names[0]}.last.pt').write_bytes(b'')     # job 1 was preempted
-    code, _, second = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '2')
-    assert code == 0 and f'runs/{names[1]}.last.pt' in second and '--resume' not in second
-    code, _, again = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '1')     # job 1 requeued
-    assert code == 0 and f'runs/{names[0]}.last.pt' in again and '--resume' in again
+    (tmp_path / 'submit' / 'runs' / f'{names[1]}.last.pt').write_bytes(b'')     # the seed-2 job was preempted
+    code, _, again = _slurm(tmp_path, 'slurm_torchrun.sbatch', *flags, '--seed', '2')     # ... and requeued
+    assert code == 0 and f'runs/{names[1]}.last.pt' in again and '--resume' in again
 
 
 def test_the_run_name_the_slurm_script_asks_for_or_one_line(capsys):
