@@ -14,7 +14,7 @@ import knn_graph
 import model_DRAGON
 import registry
 from BaseModel import normalized_adjacency
-from model_DRAGON import DRAGON, cooccurrence_topk, fill_slots
+from model_DRAGON import DRAGON, cooccurrence_topk, fill_slots, slot_weights
 from model_FREEDOM import item_graph
 from model_MGCN import item_graphs as mgcn_graphs
 from model_PGL import PGL
@@ -254,19 +254,29 @@ def test_user_graph_cache_is_validated_and_follows_the_training_pairs(tmp_path, 
     path.write_bytes(b'garbage')
     model_DRAGON.cached_user_graph(CO_TRAIN, 6, 4, 3, str(tmp_path))
     assert len(calls) == 3 and 'does not match' in capsys.readouterr().err
-    changed = model_DRAGON.cached_user_graph(CO_TRAIN[1:], 6, 4, 3, str(tmp_path))  # another split: rebuilt
-    assert len(calls) == 4 and not torch.equal(changed[1], first[1])
+    moved = CO_TRAIN.copy()
+    moved[-1] = [4, 2]                                               # another split, the same size: rebuilt
+    changed = model_DRAGON.cached_user_graph(moved, 6, 4, 3, str(tmp_path))
+    assert len(calls) == 4 and not torch.equal(changed[0], first[0])
 
 
 def test_empty_slots_copy_earlier_slots_from_the_seeded_rng():
-    ids, counts, found = cooccurrence_topk(CO_TRAIN, 6, 4, 5)
+    ids, counts, found = cooccurrence_topk(CO_TRAIN, 6, 4, 12)
     torch.manual_seed(5)
     filled, filled_counts = fill_slots(ids, counts, found)
     for u, f in enumerate(found.tolist()):
-        kept = f if f else 5                                     # a user without neighbours keeps its zeros
+        kept = f if f else 12                                    # a user without neighbours keeps its zeros
         assert torch.equal(filled[u, :kept], ids[u, :kept])
-        for j in range(kept, 5):               # each empty slot a copy of an earlier one, its count with it
+        for j in range(kept, 12):              # each empty slot a copy of an earlier one, its count with it
             assert any(filled[u, j] == filled[u, r] and filled_counts[u, j] == filled_counts[u, r] for r in range(j))
+    torch.manual_seed(5)                       # the draws by hand: per slot j one uniform r < j per user, in order
+    expect = ids.clone()
+    for j in range(1, 12):
+        r = (torch.rand(6) * j).long()
+        for u, f in enumerate(found.tolist()):
+            if 0 < f <= j:
+                expect[u, j] = expect[u, r[u]]
+    assert torch.equal(filled, expect)
     one = fill_slots(torch.tensor([[7, 0, 0]]), torch.tensor([[2., 0., 0.]]), torch.tensor([1]))
     assert one[0].tolist() == [[7, 7, 7]] and one[1].tolist() == [[2., 2., 2.]]         # one neighbour: every slot
     torch.manual_seed(5)
@@ -277,9 +287,9 @@ def test_empty_slots_copy_earlier_slots_from_the_seeded_rng():
 
 # ---------------------------------------------------------------------- DRAGON: the model
 
-def dragon_model(feats=MGCN_FEAT):
+def dragon_model(feats=MGCN_FEAT, k=2):
     torch.manual_seed(0)
-    users = cooccurrence_topk(LG_TRAIN, LG_U, I, 2)
+    users = cooccurrence_topk(LG_TRAIN, LG_U, I, k)
     return DRAGON(LG_U, I, feats, normalized_adjacency(LG_TRAIN, LG_U, I), item_graph(feats, I, 2), users,
                   dim_latent=4, num_layer=2, reg_weight=0.1)
 
@@ -306,6 +316,9 @@ def test_dragon_user_graph_weights_by_hand():
     # u0: u1 (1 shared) alone, both slots; u1: u0, u2 (1 each); u2: u1 alone
     assert model.epoch_ids.tolist() == [[1, 1], [0, 2], [1, 1]]
     assert torch.allclose(model.epoch_weights, torch.full((3, 2), 0.5))
+    e = math.exp(2.0)
+    assert torch.allclose(slot_weights(torch.tensor([[3., 1.], [0., 0.]]), torch.tensor([2, 0])),
+                          torch.tensor([[e / (e + 1), 1 / (e + 1)], [0., 0.]]))          # softmax of the counts
     weights = model.modality_weights
     assert weights.shape == (LG_U, 2) and torch.allclose(weights.sum(1), torch.ones(LG_U))   # softmax at start
 
@@ -337,13 +350,13 @@ def test_dragon_loss_by_hand_and_rows_equal_the_plain_order():
 
 
 def test_dragon_saved_weights_score_as_evaluated(tmp_path):
-    model = dragon_model()
-    torch.manual_seed(9)
-    model.neighbour_counts[1, 0] = 3.0
+    model = dragon_model(k=6)                           # user 1: two neighbours, four slots drawn afresh each epoch
+    fresh = dragon_model(k=6)
+    torch.manual_seed(1)
     model.on_epoch_start()
+    assert not torch.equal(model.epoch_ids, fresh.epoch_ids)           # [0, 2, 0, 0, 0, 2] against [0, 2, 2, 2, 2, 2]
     expected = model.eval().scores(torch.arange(LG_U))
     torch.save(model.state_dict(), tmp_path / 'w.pt')
-    fresh = dragon_model()
     fresh.load_state_dict(torch.load(tmp_path / 'w.pt', weights_only=True))
     assert torch.equal(fresh.eval().scores(torch.arange(LG_U)), expected)
 
