@@ -24,8 +24,9 @@ Loss for a batch of (user, positive, sampled negative), λ = ``--weight_decay`` 
 
     L = -mean log₂ σ(z_u·z_{i⁺} - z_u·z_{i⁻}) + λ (Σ_m mean(P_m[u]²) + mean(a²))      (mean(a²): M ≥ 2 only)
 
-``loss`` computes the user-user and item-item sums for the batch's rows alone; ``loss_plain`` is the authors'
-order (every row, then the batch's), the reference it is tested against.
+``loss`` computes the user-user and item-item sums for the batch's rows alone where a batch holds fewer than
+half the users (items); ``loss_plain`` is the authors' order (every row, then the batch's), the reference it
+is tested against.
 """
 import math
 
@@ -37,8 +38,7 @@ from torch.nn import functional as F
 
 from BaseModel import _RowMeanProduct, normalized_adjacency, propagate_layers, row_submatrix, take_rows, transpose_csr
 import knn_graph
-from errors import InputError
-from model_FREEDOM import item_graph
+from model_FREEDOM import cached_item_graph
 from registry import Flag, ModelEntry, Recommender, needs_modality
 
 BLOCK_ENTRIES = 2 ** 22    # co-occurrence pairs counted at a time (a block of users' share of R Rᵀ)
@@ -204,15 +204,24 @@ class DRAGON(Recommender):
             reg = reg + self.modality_weights.pow(2).mean()
         return bpr + self.reg_weight * reg, {'bpr': bpr.item(), 'reg': reg.item()}
 
-    def loss(self, users, pos, neg):
-        """The loss for the batch's rows: the user-user sum for the batch's users and the item-item product
-        for its items alone (a row block of ``S``)."""
+    def loss(self, users, pos, neg, rows=None):
+        """The loss with the user-user sum for the batch's users alone and the item-item product for its items
+        alone (a row block of ``S``), each where the batch holds fewer than half of them (``rows`` None; True or
+        False forces it): with more, every row is cheaper (ML-100K: 943 users, batches of 2048)."""
+        def few(count, total):
+            return rows if rows is not None else 2 * count < total
         users_rep, items_rep = self.representations()
+        if few(len(users), self.num_user):
+            z_user = take_rows(users_rep, users) + self.user_user(users_rep, users)
+        else:
+            z_user = take_rows(users_rep + self.user_user(users_rep), users)
         items = torch.cat([pos, neg])
-        z_user = take_rows(users_rep, users) + self.user_user(users_rep, users)
         unique, inverse = torch.unique(items, return_inverse=True)
-        block, block_t = row_submatrix(self.item_adj, unique)
-        z_items = take_rows(items_rep, items) + take_rows(_RowMeanProduct.apply(items_rep, block, block_t), inverse)
+        if few(len(unique), self.num_item):
+            block, block_t = row_submatrix(self.item_adj, unique)
+            z_items = take_rows(items_rep, items) + take_rows(_RowMeanProduct.apply(items_rep, block, block_t), inverse)
+        else:
+            z_items = take_rows(items_rep + _RowMeanProduct.apply(items_rep, self.item_adj, self.item_adj_t), items)
         return self._loss(users, z_user, *z_items.split(len(pos)))
 
     def loss_plain(self, users, pos, neg):
@@ -225,13 +234,10 @@ class DRAGON(Recommender):
 
 def build(args, data):
     needs_modality('DRAGON', data)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
     users = cached_user_graph(data.train, data.num_user, data.num_item, args.user_graph_k, data.path)
-    return DRAGON(data.num_user, data.num_item, data.features, adj, graph, users, args.dim_latent, args.num_layer,
-                  reg_weight=args.weight_decay)
+    return DRAGON(data.num_user, data.num_item, data.features, adj, cached_item_graph(args, data), users,
+                  args.dim_latent, args.num_layer, reg_weight=args.weight_decay)
 
 
 MODEL = ModelEntry(

@@ -26,9 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, normalized_adjacency, pair_tensors, propagate_layers, take_rows, transpose_csr
-from errors import InputError
-from model_FREEDOM import item_graph, prune_weights
+from BaseModel import _RowMeanProduct, normalized_adjacency, propagate_layers, take_rows, transpose_csr
+from model_FREEDOM import cached_item_graph, pruned_adjacency, register_edges
 from model_LightGCN import bpr_loss
 from model_MGCN import info_nce
 from registry import ModelEntry, Recommender, needs_modality
@@ -67,11 +66,7 @@ class PGL(Recommender):
         self.register_buffer('adj', adj, persistent=False)
         self.register_buffer('item_adj', item_adj, persistent=False)
         self.register_buffer('item_adj_t', transpose_csr(item_adj), persistent=False)
-        users, items = pair_tensors(train)
-        self.register_buffer('edge_users', users, persistent=False)
-        self.register_buffer('edge_items', items, persistent=False)
-        self.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)
-        self.register_buffer('train_adj', None, persistent=False)     # Ã of the epoch, drawn by on_epoch_start
+        register_edges(self, train, num_user, num_item)                 # Ã of the epoch: on_epoch_start
 
         self.user_embeddings = nn.ParameterDict(
             {m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_user, dim_latent))) for m in self.modalities})
@@ -80,10 +75,9 @@ class PGL(Recommender):
 
     def on_epoch_start(self):
         """Draw this epoch's local principal subgraph ``Ã`` (called by ``Train.train_epoch``)."""
-        kept = torch.multinomial(self.edge_weights, max(1, int(len(self.edge_weights) * self.keep)))
-        pairs = torch.stack([self.edge_users[kept], self.edge_items[kept]], dim=1).cpu()
-        self.train_adj = normalized_adjacency(pairs, self.num_user, self.num_item).to(self.adj.device,
-                                                                                       self.adj.dtype)
+        # ⌊(1 - (1 - 0.3)) E⌋ equals the authors' ⌊0.3 E⌋ for every E below 2·10⁶ (checked)
+        self.train_adj = pruned_adjacency(self.edge_users, self.edge_items, self.edge_weights, 1.0 - self.keep,
+                                          self.num_user, self.num_item)
 
     def inputs(self):
         """``[x_u ; x_i]`` [(U+I), M·d]: the users' per-modality embeddings and the normalised item features."""
@@ -124,11 +118,9 @@ class PGL(Recommender):
 
 def build(args, data):
     needs_modality('PGL', data)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
-    return PGL(data.num_user, data.num_item, data.features, data.train, adj, graph, args.dim_latent, args.num_layer,
+    return PGL(data.num_user, data.num_item, data.features, data.train, adj, cached_item_graph(args, data),
+               args.dim_latent, args.num_layer,
                dropout=args.dropout_rate, cl_weight=args.cl_weight)
 
 

@@ -32,10 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
+from BaseModel import _quiet_csr, normalized_adjacency, propagate_layers, transpose_csr
 from errors import InputError
-from model_LightGCN import bpr_loss
-from model_MGCN import cached_weighted_knn, info_nce, normalized_weighted_knn, user_item_block
+from model_MGCN import cached_weighted_knn, normalized_weighted_knn, through_item_graph, user_item_block, view_loss
 from registry import Flag, ModelEntry, Recommender, needs_modality
 
 TEMPERATURE = 0.2          # the authors' InfoNCE(..., 0.2)
@@ -129,17 +128,12 @@ class SMORE(Recommender):
         return {v: self.embedding_item * self.item_gates[v](torch.fft.irfft(
             x * torch.view_as_complex(self.filters[v]), n=d, dim=1, norm='ortho')) for v, x in spectra.items()}
 
-    def item_view(self, v, item):
-        """``x_v`` [(U+I), d]: ``item`` through ``Ŝ_v``, the users as ``R̂`` of their items."""
-        graph, graph_t = getattr(self, f'item_adj_{v}'), getattr(self, f'item_adj_t_{v}')
-        for _ in range(self.num_item_layer):
-            item = _RowMeanProduct.apply(item, graph, graph_t)
-        return torch.cat([_RowMeanProduct.apply(item, self.user_item, self.user_item_t), item])
-
     def views(self):
         """``(c, s)`` [(U+I), d] each: the user-item view and the modality side."""
         content = propagate_layers(self.adj, torch.cat([self.embedding_user, self.embedding_item]), self.num_layer)
-        views = {v: self.item_view(v, item) for v, item in self.spectral_items().items()}
+        views = {v: through_item_graph(item, getattr(self, f'item_adj_{v}'), getattr(self, f'item_adj_t_{v}'),
+                                       self.user_item, self.user_item_t, self.num_item_layer)
+                 for v, item in self.spectral_items().items()}
         fusion = views['fusion']
 
         def preference(v):
@@ -154,17 +148,8 @@ class SMORE(Recommender):
         return z[:self.num_user], z[self.num_user:]
 
     def loss(self, users, pos, neg):
-        """BPR with its λ term on the final embeddings, plus β times the two view contrasts."""
-        content, side = self.views()
-        z = content + side
-        z_user, z_pos, z_neg = take_rows(z, torch.cat([users, pos + self.num_user, neg + self.num_user])).split(len(users))
-        bpr = bpr_loss(z_user, z_pos, z_neg)
-        reg = 0.5 * (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
-        pos_nodes = pos + self.num_user
-        cl = info_nce(take_rows(side, pos_nodes), take_rows(content, pos_nodes), TEMPERATURE) + \
-            info_nce(take_rows(side, users), take_rows(content, users), TEMPERATURE)
-        return bpr + self.reg_weight * reg + self.cl_weight * cl, {'bpr': bpr.item(), 'reg': reg.item(),
-                                                                    'cl': cl.item()}
+        """BPR with its λ term on the final embeddings, plus β times the two view contrasts (MGCN's loss)."""
+        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, TEMPERATURE)
 
 
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)

@@ -39,10 +39,9 @@ import model_FREEDOM  # noqa: E402
 import model_PGL  # noqa: E402
 import model_SMORE  # noqa: E402
 import prepare_data  # noqa: E402
-import registry  # noqa: E402
-from bench import PeakMemory, _release_free_memory, _status_mib, timed  # noqa: E402
+from bench import PeakMemory, _release_free_memory, _status_mib  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
-from models_bm3_mgcn_lgmrec import batch_of, random_item_graphs  # noqa: E402
+from models_bm3_mgcn_lgmrec import random_item_graphs, time_step  # noqa: E402
 
 
 def random_freedom_graph(modalities, num_item, k, image_weight, seed=0):
@@ -76,7 +75,6 @@ def build(name, data, folder):
 
 
 def bench_steps(args):
-    cpu = torch.device('cpu')
     folder = prepare_data.synthetic(f'tiktok_b{args.scale:g}', like='tiktok', scale=args.scale, seed=0)
     data = load_dataset(folder)
     print(f'{data.summary()}; {args.threads} thread(s)', flush=True)
@@ -85,29 +83,8 @@ def bench_steps(args):
     for name in args.models.split(','):
         torch.manual_seed(0)
         model, margs = build(name, data, folder)
-        model.train()
-        model.on_epoch_start()
-        optimizer = registry.optimizer(margs, model)
-        batch = batch_of(data, margs.batch_size, model.needs_negatives)
-        module = modules[name]
-
-        def step(loss_fn):
-            def run():
-                loss, _ = loss_fn(*batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return run
-        ours = timed(step(model.loss), cpu, args.repeat, args.warmup)
-        fast_propagation = module.propagate_layers
-        module.propagate_layers = BaseModel.propagate_layers_plain
-        try:
-            plain = timed(step(model.loss_plain if name == 'DRAGON' else model.loss), cpu, args.repeat, args.warmup)
-        finally:
-            module.propagate_layers = fast_propagation
-        print(f'{name + " step (batch " + str(margs.batch_size) + ")":<34} {ours[0]:9.3f} {plain[0]:9.3f} '
-              f'{plain[0] / ours[0]:6.2f}x {ours[1]:9.0f} {plain[1]:9.0f}', flush=True)
-        del model, optimizer
+        time_step(name, model, margs, data, modules[name], model.loss_plain if name == 'DRAGON' else model.loss, args)
+        del model
         _release_free_memory()
 
 

@@ -344,9 +344,10 @@ def test_dragon_loss_by_hand_and_rows_equal_the_plain_order():
     reg = sum(model.preferences[m][users].pow(2).mean() for m in MGCN_FEAT) + model.modality_weights.pow(2).mean()
     assert parts == pytest.approx({'bpr': bpr.item(), 'reg': reg.item()}, abs=1e-5)
     assert_loss_and_gradients(model, loss, bpr + 0.1 * reg)
-    plain, plain_parts = model.loss_plain(users, pos, neg)
-    assert plain_parts == pytest.approx(parts, abs=1e-6)
-    assert_loss_and_gradients(model, model.loss(users, pos, neg)[0], plain)
+    for rows in (True, False):                           # the batch's rows alone, and every row
+        plain, plain_parts = model.loss_plain(users, pos, neg)
+        assert model.loss(users, pos, neg, rows=rows)[1] == pytest.approx(plain_parts, abs=1e-6)
+        assert_loss_and_gradients(model, model.loss(users, pos, neg, rows=rows)[0], plain)
 
 
 def test_dragon_saved_weights_score_as_evaluated(tmp_path):
