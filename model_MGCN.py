@@ -97,6 +97,18 @@ def user_item_block(adj, num_user):
                                        (num_user, num_item), check_invariants=True).coalesce().to_sparse_csr()
 
 
+def register_view_graphs(model, adj, num_user, item_adj):
+    """``model``'s buffers for ``through_item_graph``: ``adj`` (``Â``), ``user_item`` (``R̂``) with its transpose,
+    and each item-item graph ``item_adj_<v>`` with its transpose ``item_adj_t_<v>`` (MGCN's and SMORE's)."""
+    model.register_buffer('adj', adj, persistent=False)
+    user_item = user_item_block(adj, num_user)
+    model.register_buffer('user_item', user_item, persistent=False)
+    model.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
+    for v, graph in item_adj.items():
+        model.register_buffer(f'item_adj_{v}', graph, persistent=False)
+        model.register_buffer(f'item_adj_t_{v}', transpose_csr(graph), persistent=False)
+
+
 def through_item_graph(item, graph, graph_t, user_item, user_item_t, layers):
     """``[R̂ Ŝ^layers item ; Ŝ^layers item]``: item rows through an item-item graph (``graph_t`` its transpose),
     each user the ``R̂``-weighted sum of its items (MGCN's and SMORE's views)."""
@@ -153,13 +165,7 @@ class MGCN(Recommender):
         self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
         self.reg_weight, self.cl_weight, self.fuser_softmax = reg_weight, cl_weight, fuser_softmax
         self.modalities = list(features)
-        self.register_buffer('adj', adj, persistent=False)
-        user_item = user_item_block(adj, num_user)
-        self.register_buffer('user_item', user_item, persistent=False)
-        self.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
-        for m in self.modalities:
-            self.register_buffer(f'item_adj_{m}', item_adj[m], persistent=False)
-            self.register_buffer(f'item_adj_t_{m}', transpose_csr(item_adj[m]), persistent=False)
+        register_view_graphs(self, adj, num_user, item_adj)
 
         self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
         self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))

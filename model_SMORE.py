@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _quiet_csr, normalized_adjacency, propagate_layers, transpose_csr
+from BaseModel import _quiet_csr, normalized_adjacency, propagate_layers
 from errors import InputError
-from model_MGCN import cached_weighted_knn, normalized_weighted_knn, through_item_graph, user_item_block, view_loss
+from model_MGCN import (
+    cached_weighted_knn, normalized_weighted_knn, register_view_graphs, through_item_graph, view_loss)
 from registry import Flag, ModelEntry, Recommender, needs_modality
 
 TEMPERATURE = 0.2          # the authors' InfoNCE(..., 0.2)
@@ -94,14 +95,8 @@ class SMORE(Recommender):
         self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
         self.dropout, self.reg_weight, self.cl_weight = dropout, reg_weight, cl_weight
         self.modalities = list(features)
-        self.register_buffer('adj', adj, persistent=False)
-        user_item = user_item_block(adj, num_user)
-        self.register_buffer('user_item', user_item, persistent=False)
-        self.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
-        graphs = {**item_adj, 'fusion': max_fusion([item_adj[m] for m in self.modalities], num_item)}
-        for v, graph in graphs.items():
-            self.register_buffer(f'item_adj_{v}', graph, persistent=False)
-            self.register_buffer(f'item_adj_t_{v}', transpose_csr(graph), persistent=False)
+        register_view_graphs(self, adj, num_user,
+                             {**item_adj, 'fusion': max_fusion([item_adj[m] for m in self.modalities], num_item)})
 
         d = dim_latent
         self.embedding_user = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_user, d)))

@@ -135,13 +135,19 @@ def bench_knn(args):
         del feature, indices, values, graph
 
 
-def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def step_parser(doc, models):
+    """The step benchmarks' shared flags (size, models, repetitions, threads)."""
+    p = argparse.ArgumentParser(description=doc.split('\n\n')[0])
     p.add_argument('--scale', type=float, default=1.0, help='Tiktok size factor for the step (1 = published)')
-    p.add_argument('--models', default='BM3,MGCN,LGMRec')
+    p.add_argument('--models', default=models)
     p.add_argument('--repeat', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=1)
+    return p
+
+
+def main_(argv=None):
+    p = step_parser(__doc__, 'BM3,MGCN,LGMRec')
     p.add_argument('--knn_items', type=int, default=63001)
     p.add_argument('--knn_k', type=int, default=10)
     p.add_argument('--skip_knn', action='store_true')

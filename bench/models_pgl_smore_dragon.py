@@ -22,7 +22,6 @@ User graph: ``model_DRAGON.cooccurrence_topk`` (K = 40) on a synthetic dataset o
 --num_item 23033 --inter_per_user 7.075``), its time and the process's peak resident memory (VmHWM, absolute
 and above the memory held before); a dense U × U matrix (the authors' script) would need 5.8 GiB.
 """
-import argparse
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ import model_SMORE  # noqa: E402
 import prepare_data  # noqa: E402
 from bench import PeakMemory, _release_free_memory, _status_mib  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
-from models_bm3_mgcn_lgmrec import random_item_graphs, time_step  # noqa: E402
+from models_bm3_mgcn_lgmrec import random_item_graphs, step_parser, time_step  # noqa: E402
 
 
 def random_freedom_graph(modalities, num_item, k, image_weight, seed=0):
@@ -106,12 +105,7 @@ def bench_users(args):
 
 
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--scale', type=float, default=1.0, help='Tiktok size factor for the step (1 = published)')
-    p.add_argument('--models', default='PGL,SMORE,DRAGON')
-    p.add_argument('--repeat', type=int, default=3)
-    p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--threads', type=int, default=1)
+    p = step_parser(__doc__, 'PGL,SMORE,DRAGON')
     p.add_argument('--user_k', type=int, default=40)
     p.add_argument('--skip_users', action='store_true')
     p.add_argument('--users_only', action='store_true')
