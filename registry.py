@@ -31,7 +31,7 @@ from errors import InputError
 # Every model of the package, in the order --help and the results table show them.
 MODEL_FILES = (
     'model_SSL', 'model_MMGCN', 'model_BPR', 'model_LightGCN', 'model_VBPR', 'model_GRCN', 'model_LATTICE',
-    'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec',
+    'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec', 'model_PGL', 'model_SMORE', 'model_DRAGON',
 )
 
 
