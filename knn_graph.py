@@ -111,7 +111,7 @@ def normalized_knn(indices, num_item):
 def feature_digest(feature, k):
     """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from.  A
     tuple of features (a graph built from several modalities together) digests each in order; an integer
-    array (training pairs: a graph built from the split) is read as int64."""
+    array (training pairs: DRAGON's user-user graph, DA-MRS's behaviour graph) is hashed exactly, as int64."""
     h = hashlib.sha256(f'format {CACHE_FORMAT} k {k} '.encode())
     for part in feature if isinstance(feature, tuple) else (feature,):
         _digest_part(h, part)
@@ -126,7 +126,7 @@ def _digest_part(h, feature):
             h.update(np.ascontiguousarray(t.numpy(), dtype=np.int64).tobytes())
     elif np.issubdtype(np.asarray(feature).dtype, np.integer):
         arr = np.ascontiguousarray(feature, dtype=np.int64)
-        h.update(f'ints {arr.shape} '.encode())
+        h.update(f'int {arr.shape} '.encode())
         h.update(arr.tobytes())
     else:
         arr = np.ascontiguousarray(feature, dtype=np.float32)

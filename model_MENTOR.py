@@ -40,7 +40,7 @@ from BaseModel import (
     _RowMeanProduct, normalized_adjacency, propagate_layers, similarity_logsumexp, take_rows, transpose_csr,
     xavier_normal_param)
 from config import str2bool
-from model_FREEDOM import item_graph
+from model_FREEDOM import cached_item_graph
 from registry import Flag, ModelEntry, Recommender, finite, needs_item_graph
 
 NOISE_EPS = 0.1            # the authors' GCN(..., perturbed=True): 0.1 * sign(h) * normalise(rand)
@@ -205,7 +205,7 @@ class MENTOR(Recommender):
 def build(args, data):
     needs_item_graph('MENTOR', args, data)
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
+    graph = cached_item_graph(args, data)
     return MENTOR(data.num_user, data.num_item, data.features, adj, graph, args.dim_latent, args.num_layer,
                   reg_weight=args.weight_decay, align_weight=args.align_weight, cl_weight=args.cl_weight,
                   temperature=args.ssl_temp, dropout=args.dropout_rate, frozen_inputs=args.mentor_frozen_inputs)
