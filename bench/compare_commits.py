@@ -41,7 +41,9 @@ CONFIGS = {
     'MGCN': ['--model_name', 'MGCN', '--knn_k', '5'],
     'LGMRec': ['--model_name', 'LGMRec'],
     'PGL': ['--model_name', 'PGL', '--knn_k', '5'],
+    'MENTOR': ['--model_name', 'MENTOR', '--knn_k', '5'],
     'SMORE': ['--model_name', 'SMORE', '--image_knn_k', '5', '--text_knn_k', '5'],
+    'DAMRS': ['--model_name', 'DAMRS', '--knn_k', '5'],
     'DRAGON': ['--model_name', 'DRAGON', '--knn_k', '5', '--user_graph_k', '5'],
 }
 TIMING = ('wall_time_s',)

@@ -20,7 +20,6 @@ DA-MRS's denoised content graphs (``model_DAMRS.denoised_knn``, both modalities 
 (``behaviour_neighbours``), MENTOR's (FREEDOM's) kNN graph per modality (``knn_graph.knn_indices``); seconds and
 the peak resident memory above what was held before.
 """
-import argparse
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ import prepare_data  # noqa: E402
 import registry  # noqa: E402
 from bench import PeakMemory, _release_free_memory, _status_mib, timed  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
+from models_bm3_mgcn_lgmrec import step_parser  # noqa: E402
 
 CLOTHING = (39387, 23033)
 
@@ -154,13 +154,8 @@ def bench_graphs(args):
 
 
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--scale', type=float, default=1.0, help='Tiktok size factor for the step (1 = published)')
-    p.add_argument('--models', default='MENTOR,DAMRS')
+    p = step_parser(__doc__, 'MENTOR,DAMRS')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--repeat', type=int, default=3)
-    p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--threads', type=int, default=1)
     p.add_argument('--plain_limit_gib', type=float, default=8.0,
                    help='skip a plain step whose similarity matrices would need more memory than this')
     p.add_argument('--knn_k', type=int, default=10)
