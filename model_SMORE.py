@@ -146,6 +146,12 @@ class SMORE(Recommender):
         """BPR with its λ term on the final embeddings, plus β times the two view contrasts (MGCN's loss)."""
         return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, TEMPERATURE)
 
+    def loss_plain(self, users, pos, neg):
+        """``loss`` with the view contrasts by the formula (``view_loss(plain=True)``: every batch row, autograd's
+        InfoNCE): what ``loss`` is tested against."""
+        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, TEMPERATURE,
+                         plain=True)
+
 
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
