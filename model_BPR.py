@@ -60,6 +60,7 @@ def build(args, data):
 
 MODEL = ModelEntry(
     name='BPR', build=build, summary='matrix factorisation, BPR (SPEC 6)',
-    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=1, num_epoch=1000),
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_epoch=1000),      # no graph: no num_layer
+    item_features=False,
     rows={'BPR': ('MF-BPR', [])},
 )
