@@ -215,4 +215,6 @@ MODEL = ModelEntry(
              check=lambda a: finite(a.lgmrec_alpha) and a.lgmrec_alpha >= 0, problem='must be a finite number >= 0'),
     ),
     reads=('dropout_rate', 'cl_weight'),
+    # the authors' LGMRec.yaml grid: cl_weight over {0, 1e-6, ..., 0.1}
+    search_grid=dict(l_r=[0.01, 0.001], cl_weight=[1e-5, 1e-4, 1e-3, 1e-2]),
 )

@@ -288,4 +288,6 @@ MODEL = ModelEntry(
     reads=('knn_k', 'cl_weight'),
     rows={'MGCN': ('MGCN', []),
           'MGCN-nodes': ("MGCN, fuser softmax over the nodes (the authors' first commit)", ['--mgcn_softmax', 'nodes'])},
+    # MMRec's MGCN.yaml: cl_loss over {0.001, 0.01, 0.1}
+    search_grid=dict(l_r=[0.01, 0.001], cl_weight=[0.001, 0.01, 0.1]),
 )

@@ -184,4 +184,6 @@ MODEL = ModelEntry(
              type=int, check=lambda a: 1 <= a.text_knn_k <= 10000, problem='must be in [1, 10000]'),
     ),
     reads=('dropout_rate', 'cl_weight'),
+    # MMRec's SMORE.yaml: reg_weight {1e-5, 1e-4} x dropout_rate {0, 0.1} (its k and layer grids left at the README's)
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[1e-5, 1e-4], dropout_rate=[0.0, 0.1]),
 )

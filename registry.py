@@ -75,6 +75,8 @@ class ModelEntry:
     rows: the results table's rows of this model: key -> (label, extra flags); default one row, its name.
     lr_grid: the learning rates the results table tries (validation picks one).
     tuning_grid: row key -> the wider grid ``sweep.py`` runs for that row.
+    search_grid: the tuned configurations' grid (``bench/tune.py``, ``configs/<dataset>/<name>.yaml``): the
+        learning rate and the model's one key coefficient from its authors' search grid, at most 8 points.
     item_features: False for an ID-only model (MF-BPR, LightGCN): ``--modalities`` and ``--has_*`` are refused
         for it, as every flag a model does not read.
     """
@@ -89,6 +91,7 @@ class ModelEntry:
     rows: dict = None
     lr_grid: tuple = (0.01, 0.001)
     tuning_grid: dict = field(default_factory=dict)
+    search_grid: dict = None
     summary: str = ''
     item_features: bool = True
 
