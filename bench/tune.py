@@ -28,16 +28,18 @@ sys.path.insert(0, ROOT)
 import registry  # noqa: E402
 from safe_write import atomic_file  # noqa: E402
 
-CONFIGS = os.path.join(ROOT, 'configs')
-
-
 def grid_of(model, which):
     entry = registry.entry(model)
     return {'l_r': list(entry.lr_grid)} if which == 'lr' else dict(entry.search_grid)
 
 
+def dataset_name(dataset):
+    """The name configs and studies go by: a folder under Data/, or a path's last part."""
+    return os.path.basename(os.path.normpath(dataset))
+
+
 def study_name(dataset, model, which):
-    return f'tune-{dataset}-{model}' + ('-lr' if which == 'lr' else '')
+    return f'tune-{dataset_name(dataset)}-{model}' + ('-lr' if which == 'lr' else '')
 
 
 def base_flags(args, model):
@@ -46,30 +48,30 @@ def base_flags(args, model):
             '--patience', str(args.patience), '--topK', '20', '10', '--seed', '1']
 
 
-def storage(study):
-    return 'sqlite:///' + os.path.join(ROOT, 'runs', f'sweep-{study}.db')
+def storage(args, study):
+    return 'sqlite:///' + os.path.join(args.runs, f'sweep-{study}.db')
 
 
 def run_study(args, model):
     """sweep.py over the model's grid (resumable); returns its exit status."""
     import yaml
     study = study_name(args.dataset, model, args.grid)
-    space = os.path.join(ROOT, 'runs', f'{study}.space.yaml')
+    space = os.path.join(args.runs, f'{study}.space.yaml')
     os.makedirs(os.path.dirname(space), exist_ok=True)
     with atomic_file(space, 'w') as f:
         yaml.safe_dump(grid_of(model, args.grid), f)
     command = [sys.executable, os.path.join(ROOT, 'sweep.py'), '--space', space, '--study', study,
-               '--storage', storage(study), '--', *base_flags(args, model), '--num_workers', str(args.threads)]
+               '--storage', storage(args, study), '--', *base_flags(args, model), '--num_workers', str(args.threads)]
     print(f'== {model}: {" ".join(command[1:])}', flush=True)
-    return subprocess.run(command, cwd=ROOT).returncode
+    return subprocess.run(command, cwd=os.path.dirname(args.runs)).returncode      # trials in <runs>/sweep-<study>/
 
 
-def best_trial(study):
+def best_trial(args, study):
     """The study's best complete trial, or None (no study, or nothing finished)."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        loaded = optuna.load_study(study_name=study, storage=storage(study))
+        loaded = optuna.load_study(study_name=study, storage=storage(args, study))
     except KeyError:                                    # no such study in that storage
         return None, None
     complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -90,7 +92,7 @@ def config_text(args, model, trial, study, points):
     grid = ', '.join(f'{k}: {v}' for k, v in grid_of(model, args.grid).items())
     source = "the results table's learning rates" if args.grid == 'lr' else "its registry entry's search_grid"
     header = [
-        f'# {model} on {args.dataset}, tuned by bench/tune.py ({datetime.date.today()}, commit {commit}).',
+        f'# {model} on {dataset_name(args.dataset)}, tuned by bench/tune.py ({datetime.date.today()}, commit {commit}).',
         f'# Chosen on validation only: trial {trial.number} of sweep.py study {study!r} ({points} grid points), '
         f'best epoch {trial.user_attrs.get("best_epoch")}, {trial.user_attrs.get("wall_s", 0):.0f} s.',
         f'# {metrics}.',
@@ -98,7 +100,7 @@ def config_text(args, model, trial, study, points):
         f'# Made by: python bench/tune.py --dataset {args.dataset} --models {model}'
         + (' --grid lr' if args.grid == 'lr' else '') + f' --max_epoch {args.max_epoch} --patience {args.patience}',
         f'# Trials: main.py {" ".join(flags)} <grid point>',
-        f'# Reproduce: python main.py --config configs/{args.dataset}/{model}.yaml',
+        f'# Reproduce: python main.py --config configs/{dataset_name(args.dataset)}/{model}.yaml',
     ]
     return '\n'.join(header) + '\n' + yaml.safe_dump(chosen, sort_keys=False)
 
@@ -106,7 +108,7 @@ def config_text(args, model, trial, study, points):
 def write_config(args, model):
     """``configs/<dataset>/<model>.yaml`` from the finished study; False when the grid is not finished."""
     study = study_name(args.dataset, model, args.grid)
-    trial, loaded = best_trial(study)
+    trial, loaded = best_trial(args, study)
     points = 1
     for values in grid_of(model, args.grid).values():
         points *= len(values)
@@ -115,7 +117,7 @@ def write_config(args, model):
     if trial is None or finished < points:
         print(f'{model}: study {study!r} has {finished} of {points} trials finished; no configuration yet')
         return False
-    path = os.path.join(CONFIGS, args.dataset, f'{model}.yaml')
+    path = os.path.join(args.configs, dataset_name(args.dataset), f'{model}.yaml')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_file(path, 'w') as f:
         f.write(config_text(args, model, trial, study, points))
@@ -133,7 +135,13 @@ def main_(argv=None):
     p.add_argument('--patience', type=int, default=10)
     p.add_argument('--threads', type=int, default=1, help='torch threads per trial (two trials at a time on 2 cores)')
     p.add_argument('--write_only', action='store_true', help='write the configurations of finished studies only')
+    p.add_argument('--configs', default=os.path.join(ROOT, 'configs'), help='where configs/<dataset>/ goes')
+    p.add_argument('--runs', default=os.path.join(ROOT, 'runs'), help="the studies' folder (sweep.py's runs/)")
     args = p.parse_args(argv)
+    args.runs = os.path.abspath(args.runs)
+    if os.path.basename(args.runs) != 'runs':
+        p.error('--runs must be a folder named runs (sweep.py keeps its trials in runs/ beside it)')
+    os.makedirs(args.runs, exist_ok=True)
     models = args.models.split(',')
     unknown = [m for m in models if m not in registry.entries()]
     if unknown:
