@@ -35,3 +35,20 @@ def test_tune_writes_a_configuration_that_reproduces_its_trial(tiny_plain, tmp_p
         record = json.loads(f.read().splitlines()[-1])
     assert record['val'] == trial.user_attrs['val'] and record['test'] == trial.user_attrs['test']
     assert record['args']['l_r'] == trial.params['l_r']
+
+
+def test_every_shipped_configuration_parses_and_says_where_it_came_from():
+    """configs/<dataset>/<Model>.yaml as landed from the sweeps: each file is a valid main.py --config for the
+    model it is named after, on the dataset its folder names, with tune.py's provenance at its top."""
+    import glob
+    import config
+    paths = sorted(glob.glob(os.path.join(ROOT, 'configs', '*', '*.yaml')))
+    assert paths, 'configs/ holds no tuned configuration'
+    for path in paths:
+        dataset, model = os.path.basename(os.path.dirname(path)), os.path.basename(path)[:-len('.yaml')]
+        args = config.parse_args(['--config', path])
+        assert (args.model_name, os.path.basename(args.data_path)) == (model, dataset), path
+        with open(path, encoding='utf-8') as f:
+            header = [line for line in f.read().splitlines() if line.startswith('#')]
+        assert header[0].startswith(f'# {model} on {dataset}, tuned by bench/tune.py'), path
+        assert 'Chosen on validation only' in header[1] and header[-1].startswith('# Reproduce: python main.py'), path
