@@ -245,53 +245,80 @@ def propagate_layers_plain(adj, x0, num_layer, dropout=0.0, training=False, drop
     return out[inverse] if unique is not None else out[rows]
 
 
-CONTRAST_BLOCK_FLOATS = 2 ** 24    # one block of a similarity matrix in similarity_logsumexp: 64 MB of float32
+CONTRAST_BLOCK_FLOATS = 2 ** 24    # the most of a similarity matrix similarity_logsumexp holds: 64 MB of float32
+BACKWARD_BLOCK_FLOATS = 2 ** 22    # rows of a kept P weighted at a time in _SimilarityLogSumExp's backward (16 MB)
+
+
+def _softmax_rows(scaled, b, weights):
+    """``(P, lse)`` of the rows ``scaled`` (``a / τ``): ``P_rc = w_c exp(scaled_r·b_c) / Σ_c' w_c' exp(scaled_r·b_c')``
+    [n, m], built in place from the products (one exponential per entry), and ``lse_r = log Σ_c w_c
+    exp(scaled_r·b_c)`` [n]."""
+    probs = scaled @ b.t()
+    top = probs.amax(1, keepdim=True)
+    probs.sub_(top).exp_()
+    if weights is not None:
+        probs.mul_(weights)
+    total = probs.sum(1, keepdim=True)
+    return probs.div_(total), (top + total.log()).squeeze(1)
 
 
 class _SimilarityLogSumExp(torch.autograd.Function):
-    """``lse_r = log Σ_j exp(a_r · b_j / τ)`` for every row r of ``a``, ``block`` rows at a time.
+    """``similarity_logsumexp`` with its gradient in closed form: with ``P`` of ``_softmax_rows`` and ``g`` the
+    gradient of the output, ``∂a_r = g_r Σ_c P_rc b_c / τ`` and ``∂b_c = Σ_r g_r P_rc a_r / τ``.
 
-    Backward with ``P_rj = exp(a_r · b_j / τ - lse_r)`` recomputed block by block:
-    ``∂/∂a_r = g_r Σ_j P_rj b_j / τ``, ``∂/∂b_j = Σ_r g_r P_rj a_r / τ``; only ``a``, ``b`` and ``lse`` are kept.
-    """
+    ``rows`` None: the whole [n, m] ``P`` is kept for the backward, which weights it ``BACKWARD_BLOCK_FLOATS`` at a
+    time (autograd's ``logsumexp`` of ``a bᵀ / τ`` would hold the products, their quotient by τ and its
+    exponential, and its backward two more such matrices).  ``rows`` r: the forward and the backward go r rows
+    at a time, the backward recomputing each block of ``P``, so only a, b and one block are ever held."""
 
     @staticmethod
-    def forward(ctx, a, b, tau, block):
-        lse = a.new_empty(a.shape[0])
-        for start in range(0, a.shape[0], block):
-            lse[start:start + block] = torch.logsumexp(a[start:start + block] @ b.t() / tau, dim=1)
-        ctx.save_for_backward(a, b, lse)
-        ctx.tau, ctx.block = tau, block
+    def forward(ctx, a, b, weights, tau, rows):
+        scaled = a / tau                                   # 1/τ on the [n, d] rows, not on the [n, m] products
+        if rows is None:
+            probs, lse = _softmax_rows(scaled, b, weights)
+            ctx.save_for_backward(scaled, b, weights, probs)
+        else:
+            lse = torch.cat([_softmax_rows(scaled[start:start + rows], b, weights)[1]
+                             for start in range(0, len(a), rows)])
+            ctx.save_for_backward(scaled, b, weights)
+        ctx.tau, ctx.rows = tau, rows
         return lse
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, lse = ctx.saved_tensors
-        tau, block = ctx.tau, ctx.block
-        grad_a, grad_b = torch.empty_like(a), torch.zeros_like(b)
-        for start in range(0, a.shape[0], block):
-            rows = slice(start, start + block)
-            weight = torch.exp(a[rows] @ b.t() / tau - lse[rows, None]).mul_(grad[rows, None] / tau)
-            grad_a[rows] = weight @ b
-            grad_b.addmm_(weight.t(), a[rows])
-        return grad_a, grad_b, None, None
+        scaled, b, weights, *kept = ctx.saved_tensors
+        grad_a, grad_b = torch.empty_like(scaled), torch.zeros_like(b)
+        step = ctx.rows or max(1, BACKWARD_BLOCK_FLOATS // max(b.shape[0], 1))
+        for start in range(0, len(scaled), step):
+            block = slice(start, start + step)
+            if kept:                                   # a kept P stays as it is: a retained graph may run backward again
+                weighted = kept[0][block] * grad[block].unsqueeze(1)
+            else:
+                weighted = _softmax_rows(scaled[block], b, weights)[0].mul_(grad[block].unsqueeze(1))
+            torch.mm(weighted, b, out=grad_a[block])
+            grad_b.addmm_(weighted.t(), scaled[block])
+        return grad_a.div_(ctx.tau), grad_b, None, None, None
 
 
-def similarity_logsumexp(a, b, tau, block_floats=CONTRAST_BLOCK_FLOATS):
-    """``log Σ_j exp(a_r · b_j / τ)`` [len(a)]: the denominators of an InfoNCE of every row of ``a`` against
-    every row of ``b`` (MENTOR over all users and all items, DA-MRS over all items), computed
-    ``block_floats / len(b)`` rows at a time, so the [len(a), len(b)] similarity matrix is never held whole,
-    in the forward or the backward.  ``similarity_logsumexp_plain`` is the formula, and serves where the whole
-    matrix fits in one block: the blocked backward recomputes each block's product, which costs a fifth of a
-    MENTOR or DA-MRS step at Tiktok's quarter size (bench/RESULTS.md), and only pays where memory is short."""
+def similarity_logsumexp(a, b, tau, weights=None, block_floats=CONTRAST_BLOCK_FLOATS):
+    """``log Σ_c w_c exp(a_r · b_c / τ)`` [len(a)]: the denominators of an InfoNCE of every row of ``a`` against
+    every row of ``b``, each column ``c`` standing for ``w_c`` equal columns (``weights``; None: 1).
+    ``_SimilarityLogSumExp``'s closed-form gradient: where the [len(a), len(b)] matrix fits ``block_floats`` it is
+    built once and kept for the backward (MGCN, SMORE and LGMRec over a batch's distinct nodes; ML-100K's
+    MENTOR and DA-MRS); else ``block_floats / len(b)`` rows at a time, each block recomputed in the backward, so
+    the whole matrix is never held (MENTOR over all users and all items, DA-MRS over all items, at Tiktok's
+    size: 21.6 GiB for MENTOR's I × I alone).  ``similarity_logsumexp_plain`` is the formula."""
     if len(a) * len(b) <= block_floats:
-        return similarity_logsumexp_plain(a, b, tau)
-    return _SimilarityLogSumExp.apply(a, b, tau, max(1, block_floats // max(len(b), 1)))
+        return _SimilarityLogSumExp.apply(a, b, weights, tau, None)
+    return _SimilarityLogSumExp.apply(a, b, weights, tau, max(1, block_floats // max(len(b), 1)))
 
 
-def similarity_logsumexp_plain(a, b, tau):
+def similarity_logsumexp_plain(a, b, tau, weights=None):
     """``similarity_logsumexp`` as the formula, with autograd (the whole similarity matrix)."""
-    return torch.logsumexp(a @ b.t() / tau, dim=1)
+    logits = a @ b.t() / tau
+    if weights is not None:
+        logits = logits + weights.log()
+    return torch.logsumexp(logits, dim=1)
 
 
 def take_rows(x, index):

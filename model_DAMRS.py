@@ -28,8 +28,8 @@ Loss for a batch of (user, positive, sampled negative), with U_B, I_B its distin
     KL = mean over U_B × I_B of KL(p ‖ q) + KL(q ‖ p),  p = σ(z_u · î), q = σ(z_u · ĉ)   (Bernoulli KL)
     L = BPR_w + β ND + γ KL                 (β = --cl_weight 1e-3, γ = --kl_weight 1)
 
-``ĥ``: rows L2-normalised.  ``T_i`` is ``exp(BaseModel.similarity_logsumexp)``, blocked, so no [|I_B|, I]
-matrix is held for the gradient; the pseudo-labels are computed ``CONTRAST_BLOCK_FLOATS / (G I)`` rows at a
+``ĥ``: rows L2-normalised.  ``T_i`` is ``exp(BaseModel.similarity_logsumexp)``, blocked where the [|I_B|, I]
+matrix exceeds one block, so it is not held for the gradient; the pseudo-labels are computed ``CONTRAST_BLOCK_FLOATS / (G I)`` rows at a
 time, without gradient (``pseudo_labels``; one block is the plain formula).
 """
 import numpy as np
@@ -317,5 +317,8 @@ MODEL = ModelEntry(
              problem='must be in [1, 10000]'),
     ),
     reads=('knn_k', 'cl_weight'),
+    # the authors' LightGCN.yaml: neighbor_weight (--cl_weight) [1e-3], its commented grid [1, 0.1, 0.01, 1e-3,
+    # 1e-4, 0] (the four around the default here); learning_rate [1e-3], commented 5e-4 and 1e-4
+    search_grid=dict(l_r=[0.001, 0.0001], cl_weight=[1e-4, 1e-3, 1e-2, 0.1]),
     rows={'DA-MRS': ('DA-MRS', [])},
 )

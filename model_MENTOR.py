@@ -27,7 +27,8 @@ Loss for a batch of (user, positive, sampled negative):
 
 ``drop``: dropout ρ = --dropout_rate 0.5; ``Q = Linear(M d → M d)``; var (unbiased) and mean over every entry of
 a whole table; the InfoNCE (temperature --ssl_temp 0.2) runs over **all** users and all items, its
-denominators through ``BaseModel.similarity_logsumexp`` (blocked; ``model_MGCN.info_nce`` is the formula).
+denominators through ``BaseModel.similarity_logsumexp`` (blocked where the matrix exceeds one block;
+``model_MGCN.info_nce`` is the formula).
 """
 import itertools
 import math
@@ -49,7 +50,7 @@ MASK_F_WEIGHT = 1.5        # the authors' mask_weight_f; its term carries no gra
 
 def info_nce_all(a, b, temperature):
     """``-mean_r log softmax_j(â_r · b̂_j / τ)[r]`` over every row: ``model_MGCN.info_nce`` with its denominators
-    blocked (``similarity_logsumexp``), so no [len(a), len(b)] matrix is held."""
+    by ``similarity_logsumexp``, blocked where the [len(a), len(b)] matrix exceeds one block."""
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     return (similarity_logsumexp(a, b, temperature) - (a * b).sum(1) / temperature).mean()
 
@@ -230,6 +231,9 @@ MODEL = ModelEntry(
     ),
     reads=('knn_k', 'mm_image_weight', 'dropout_rate', 'cl_weight', 'ssl_temp'),
     lr_grid=(0.001, 0.0001),
+    # the authors' MENTOR.yaml: mask_weight_g (--cl_weight) over [1e-4, 1e-3], in earlier commented grids also
+    # 0.01 and 0.1 (and 0, the term left out); learning_rate [1e-4], with the table's 1e-3 beside it
+    search_grid=dict(l_r=[0.001, 0.0001], cl_weight=[1e-4, 1e-3, 1e-2, 0.1]),
     rows={'MENTOR': ('MENTOR', []),
           'MENTOR-frozen': ("MENTOR, P and E frozen (the authors' GPU runs)", ['--mentor_frozen_inputs', 'True'])},
 )

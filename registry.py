@@ -77,6 +77,10 @@ class ModelEntry:
     rows: the results table's rows of this model: key -> (label, extra flags); default one row, its name.
     lr_grid: the learning rates the results table tries (validation picks one).
     tuning_grid: row key -> the wider grid ``sweep.py`` runs for that row.
+    search_grid: the tuned configurations' grid (``bench/tune.py``, ``configs/<dataset>/<name>.yaml``): the
+        learning rate and the model's one key coefficient from its authors' search grid, at most 8 points.
+    item_features: False for an ID-only model (MF-BPR, LightGCN): ``--modalities`` and ``--has_*`` are refused
+        for it, as every flag a model does not read.
     """
     name: str
     build: object
@@ -90,7 +94,9 @@ class ModelEntry:
     rows: dict = None
     lr_grid: tuple = (0.01, 0.001)
     tuning_grid: dict = field(default_factory=dict)
+    search_grid: dict = None
     summary: str = ''
+    item_features: bool = True
 
     def table_rows(self):
         return self.rows if self.rows is not None else {self.name: (self.name, [])}
@@ -207,8 +213,8 @@ def model_flags():
 
 def flag_readers():
     """``{flag: [models that read it]}`` for every flag that not every model reads: each model's own flags (with the
-    models that list them in ``reads``), and the shared per-model flags that only some models have a default for
-    (``--dropout_rate``).  A flag given to a model that does not read it is refused (``config.parse_args``): it
+    models that list them in ``reads``), the shared per-model flags that only some models have a default for
+    (``--dropout_rate``, ``--num_layer``), and the modality selection (not for an ID-only model).  A flag given to a model that does not read it is refused (``config.parse_args``): it
     would change nothing but the run name."""
     models = entries()
     readers = {flag.name: names for flag, names in model_flags()}
@@ -216,6 +222,10 @@ def flag_readers():
         having = [m for m, e in models.items() if key in e.defaults]
         if key not in readers and len(having) < len(models):
             readers[key] = having
+    featured = [m for m, e in models.items() if e.item_features]
+    if len(featured) < len(models):
+        for key in ('modalities', 'has_v', 'has_a', 'has_t'):
+            readers.setdefault(key, featured)
     return readers
 
 

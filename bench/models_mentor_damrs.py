@@ -68,7 +68,7 @@ class Plain:
 
     def __enter__(self):
         self.saved = {name: getattr(self.module, name) for name in ('similarity_logsumexp', 'propagate_layers')}
-        self.module.similarity_logsumexp = lambda a, b, tau, *_: BaseModel.similarity_logsumexp_plain(a, b, tau)
+        self.module.similarity_logsumexp = BaseModel.similarity_logsumexp_plain
         self.module.propagate_layers = BaseModel.propagate_layers_plain
         if self.module is model_DAMRS:
             self.saved['pseudo_labels'] = model_DAMRS.pseudo_labels

@@ -37,20 +37,24 @@ def normalised(s):
 
 # ---------------------------------------------------------------------- shared: the blocked InfoNCE denominators
 
+@pytest.mark.parametrize('weighted', [False, True])
 @pytest.mark.parametrize('block_floats', [1, 28, 76, 2 ** 24])
-def test_similarity_logsumexp_equals_the_formula_with_its_gradients(block_floats):
-    """11 rows against 7: one row a block, blocks of 4 (the last ragged), of 10 and 1, and the formula itself
-    where the whole matrix fits one block: the values and both gradients of the formula."""
+def test_similarity_logsumexp_equals_the_formula_with_its_gradients(block_floats, weighted):
+    """11 rows against 7: one row a block, blocks of 4 (the last ragged), of 10 and 1 (each block recomputed in
+    the backward), and where the whole matrix fits one block the closed form keeping it; unweighted and with
+    column weights: the values and both gradients of the formula, and the formula by hand."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(11, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(11, generator=gen, dtype=torch.float64)
-    fast = similarity_logsumexp(a, b, 0.3, block_floats)
-    plain = similarity_logsumexp_plain(a, b, 0.3)
+    g = torch.randn(11, generator=gen, dtype=torch.float64)
+    w = torch.tensor([1., 3., 2., 1., 1., 4., 2.], dtype=torch.float64) if weighted else None
+    fast = similarity_logsumexp(a, b, 0.3, w, block_floats=block_floats)
+    plain = similarity_logsumexp_plain(a, b, 0.3, w)
     assert torch.allclose(fast, plain, atol=1e-12)
-    assert torch.allclose(plain, torch.log(torch.exp(a @ b.t() / 0.3).sum(1)), atol=1e-12)
-    for g, q in zip(torch.autograd.grad((fast * weight).sum(), [a, b]), torch.autograd.grad((plain * weight).sum(), [a, b])):
-        assert torch.allclose(g, q, atol=1e-12)
+    counts = w if weighted else torch.ones(7, dtype=torch.float64)
+    assert torch.allclose(plain, torch.log((counts * torch.exp(a @ b.t() / 0.3)).sum(1)), atol=1e-12)
+    for p, q in zip(torch.autograd.grad((fast * g).sum(), [a, b]), torch.autograd.grad((plain * g).sum(), [a, b])):
+        assert torch.allclose(p, q, atol=1e-12)
 
 
 def test_info_nce_over_all_rows_equals_mgcn_info_nce():
