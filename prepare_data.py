@@ -32,7 +32,8 @@ try:
     from DataLoad import DATA_ROOT, LEGACY_FEATURES, LEGACY_SIZES
     from errors import DataError
     from importers import ML_SOURCES, read_csv, read_hkuds, read_json, read_mmrec, read_movielens, split_by_order
-    from safe_write import process_alive
+    from safe_write import (PARTIAL_MARKER, mark_partial, partial_sibling, publish_partial, remove_partial,
+                            remove_partials)
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
@@ -56,7 +57,6 @@ LIKE['none'] = dict(sizes=(2000, 3000, 60000),
 
 DATASET_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')     # a folder under Data/
 SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec', 'hkuds', 'json')
-PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
 
 
 def dataset_folder(name, root=DATA_ROOT):
@@ -187,33 +187,6 @@ def content_request(content):
     return {**paths, 'image_model': content.image_model, 'image_size': content.image_size}
 
 
-def remove_partials(folder):
-    """Remove the temporary siblings ``.<name>-XXXXXXXX`` of ``folder`` whose writer is gone."""
-    parent, base = os.path.split(os.path.abspath(folder))
-    pattern = re.compile(re.escape(f'.{base}-') + r'[a-z0-9_]{8}')
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return
-    for entry in entries:
-        tmp = os.path.join(parent, entry)
-        marker = os.path.join(tmp, PARTIAL_MARKER)
-        if not pattern.fullmatch(entry) or os.path.islink(tmp) or not os.path.isfile(marker):
-            continue
-        try:
-            with open(marker) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if pid != os.getpid() and not process_alive(pid):
-            try:
-                _remove_partial(tmp)
-            except OSError:
-                pass
-
-
-
-
 # --------------------------------------------------------------------------
 # Writing a folder
 
@@ -235,13 +208,11 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     parent = os.path.dirname(os.path.abspath(folder))
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+        tmp = partial_sibling(folder)
     except (OSError, ValueError) as e:
         raise DataError(folder, f'cannot write the dataset there ({getattr(e, "strerror", None) or e})') from None
     old = None
     try:
-        with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
-            f.write(str(os.getpid()))
         train_off = np.stack([train[:, 0], train[:, 1] + num_user], axis=1).astype(np.int64)
         np.save(os.path.join(tmp, 'train.npy'), train_off)
         np.save(os.path.join(tmp, 'val_full.npy'), split_rows(val, num_user), allow_pickle=True)
@@ -275,11 +246,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 os.rmdir(folder)
             else:
                 raise DataError(folder, 'exists and was not written by prepare_data.py; refusing to replace it')
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
-        os.replace(tmp, folder)
-        os.unlink(os.path.join(folder, PARTIAL_MARKER))
+        publish_partial(tmp, folder)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(folder):    # stopped between the two renames: the old back
@@ -292,7 +259,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
         raise
     finally:
         if old is not None:
-            _remove_partial(old)
+            remove_partial(old)
     return folder
 
 
@@ -301,19 +268,9 @@ def _set_aside(folder):
     before the new folder is in place, leaves what ``remove_partials`` cleans); returns the new path."""
     parent, base = os.path.split(os.path.abspath(folder))
     aside = tempfile.mkdtemp(prefix=f'.{base}-', dir=parent)
-    with open(os.path.join(folder, PARTIAL_MARKER), 'w') as f:
-        f.write(str(os.getpid()))
+    mark_partial(folder)
     os.replace(folder, aside)                       # onto the empty folder mkdtemp made
     return aside
-
-
-def _remove_partial(path):
-    """Remove a marked temporary folder, its marker last (an interrupted removal stays recognisable)."""
-    for entry in os.listdir(path):
-        if entry != PARTIAL_MARKER:
-            target = os.path.join(path, entry)
-            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
