@@ -335,9 +335,12 @@ def check_sweep(args, base, parser, space):
         raise InputError('--trials, --n_jobs and --heartbeat must be positive')
     first = {k: (v[0] if isinstance(v, list) else v[0]) for k, v in space.items()}
     try:
-        config.parse_args(base + flag_argv(parser, first))            # the main.py flags are checked now, once
+        parsed = config.parse_args(base + flag_argv(parser, first))   # the main.py flags are checked now, once
     except SystemExit:
         raise InputError('the main.py flags after -- do not parse (see above)') from None
+    if parsed.select_on != 'val' or 'select_on' in space:
+        raise InputError('--select_on: the sweep selects on validation only (a grid chosen on the test split '
+                         'would be optimistic twice); run main.py --select_on test on the chosen point instead')
     for path, what in ((args.write_config, 'config file'),):
         if path and os.path.realpath(path) == os.path.realpath(args.space):
             raise InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')

@@ -19,6 +19,14 @@ evaluations without validation improvement.
 The table is printed and written to ``bench/out/results_<dataset>.md``; each
 run's JSON line goes to ``bench/out/results_<dataset>.jsonl``.
 
+``--select_on test`` is the protocol of papers whose code keeps the best
+*test* epoch (DiffMM, the official SLMRec): every run picks its epoch, stops
+early and the grid picks its point by test Recall@20.  Those numbers are
+optimistic and are never mixed with the validation-selected ones: the runs
+have their own names (``...-testsel``), and the table its own file
+(``results_<dataset>-testsel.md``), title and footer; a record of the other
+protocol in such a table is an error.
+
 Every finished run also leaves its record in ``bench/out/runs/<run>.json``, and
 a later invocation with the same ``--max_epoch`` and ``--patience`` reuses it
 instead of training again: an interrupted table resumes where it stopped, and
@@ -73,24 +81,31 @@ def grid_points(flags, use_grid=True):
     return [[f'--{name}', str(v)] for v in values]
 
 
-def run_tag(dataset, flags, seed):
+def run_tag(dataset, flags, seed, select_on='val'):
     dataset = os.path.basename(os.path.normpath(dataset))
-    return f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+    tag = f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+    return tag + ('-testsel' if select_on == 'test' else '')
+
+
+def protocol(record):
+    """The split a run selected its epoch on: 'val', or 'test' (``--select_on test``, optimistic)."""
+    return record['args'].get('select_on', 'val')
 
 
 def earlier_record(path, args):
-    """The record of a finished earlier run of the same protocol (same epochs and patience), or None."""
+    """The record of a finished earlier run of the same protocol (same epochs, patience and selection), or None."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         record = json.load(f)
-    same = (record['args']['num_epoch'] == args.max_epoch and record['args']['patience'] == args.patience)
+    same = (record['args']['num_epoch'] == args.max_epoch and record['args']['patience'] == args.patience
+            and protocol(record) == args.select_on)
     return record if same and record['status'] in ('done', 'diverged') else None
 
 
 def train(dataset, flags, seed, args, log):
     """One run of main.py; its record is kept in <out>/runs/<tag>.json, and a later call reuses it."""
-    tag = run_tag(dataset, flags, seed)
+    tag = run_tag(dataset, flags, seed, args.select_on)
     runs = os.path.join(args.out, 'runs')
     os.makedirs(runs, exist_ok=True)
     path = os.path.join(runs, tag)
@@ -99,7 +114,8 @@ def train(dataset, flags, seed, args, log):
         print(f'[reuse] {tag} ({record["device"]}, {record["wall_time_s"]:.0f}s)', flush=True)
         return record
     argv = ['--data_path', dataset, '--seed', str(seed), '--topK', '20', '10', '--num_epoch', str(args.max_epoch),
-            '--patience', str(args.patience), '--save_file', path + '.jsonl', '--no-progress',
+            '--patience', str(args.patience), '--select_on', args.select_on, '--save_file', path + '.jsonl',
+            '--no-progress',
             '--checkpoint', path + '.last.pt', '--PATH_weight_save', path + '.best.pt', *flags]
     if args.no_cuda:
         argv.append('--no-cuda')
@@ -123,7 +139,8 @@ def train(dataset, flags, seed, args, log):
     record = json.loads(line)
     if record['best_epoch'] is None:
         raise SystemExit(f'run ended with no evaluation ({record["status"]}): main.py {" ".join(argv)}')
-    print(f'[done] {tag}: val R@20 {record["val"]["20"]["recall"]:.4f}, best epoch {record["best_epoch"]}, '
+    print(f'[done] {tag}: {args.select_on} R@20 {record[args.select_on]["20"]["recall"]:.4f}, '
+          f'best epoch {record["best_epoch"]}, '
           f'{record["wall_time_s"]:.0f}s on {record["device"]}', flush=True)
     return record
 
@@ -168,15 +185,18 @@ def row_runs(key, pool, args, log):
     """A row's grid with the first seed, then the other seeds at the chosen point."""
     label, flags = ROWS[key]
     if key in SWEPT:
+        if args.select_on != 'val':
+            raise SystemExit(f'{key}: a swept row is tuned by sweep.py, on validation only (no --select_on test)')
         point, first = sweep_first_seed(key, flags, args)
         rest = [pool.submit(train, args.dataset, flags + point, s, args, log) for s in args.seeds[1:]]
         return point, [first] + [f.result() for f in rest]
     points = grid_points(flags, args.grid)
     first = [pool.submit(train, args.dataset, flags + pt, args.seeds[0], args, log) for pt in points]
     first = {tuple(pt): f.result() for pt, f in zip(points, first)}
+    split = args.select_on                            # the grid is chosen on the split the epochs are
     for pt, record in first.items():
-        print(f'[grid] {label} {" ".join(pt)}: val R@20 {record["val"]["20"]["recall"]:.4f}', flush=True)
-    point = max(first, key=lambda pt: first[pt]['val']['20']['recall'])
+        print(f'[grid] {label} {" ".join(pt)}: {split} R@20 {record[split]["20"]["recall"]:.4f}', flush=True)
+    point = max(first, key=lambda pt: first[pt][split]['20']['recall'])
     rest = [pool.submit(train, args.dataset, flags + list(point), s, args, log) for s in args.seeds[1:]]
     return point, [first[point]] + [f.result() for f in rest]
 
@@ -198,12 +218,17 @@ def main_(argv=None):
                    help='runs at a time, each in its own process (a GPU that one small run leaves mostly idle)')
     p.add_argument('--no-grid', dest='grid', action='store_false',
                    help="no selection: each model's published learning rate (for a CPU-sized first look)")
+    p.add_argument('--select_on', choices=('val', 'test'), default='val',
+                   help="test: the papers' optimistic protocol (epochs and grid chosen on test), in a table of its "
+                        "own (results_<dataset>-testsel.md)")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     name = os.path.basename(os.path.normpath(args.dataset))     # a folder under Data/ or a path
-    log = os.path.join(args.out, f'results_{name}.jsonl')
-    lines = []
+    suffix = '-testsel' if args.select_on == 'test' else ''
+    log = os.path.join(args.out, f'results_{name}{suffix}.jsonl')
+    lines = ['**Selected on TEST (--select_on test): optimistic numbers, the protocol of papers whose code keeps '
+             'the best test epoch; not comparable with the validation-selected table.**', ''] if suffix else []
     header = ('| model | ' + ' | '.join(f'{short}@{k}' for k in KS for _, short in METRICS)
               + ' | chosen | best epoch | s/run |')
     lines += [header, '|' + '---|' * (header.count('|') - 1)]
@@ -218,6 +243,10 @@ def main_(argv=None):
         with ThreadPoolExecutor(args.jobs) as pool, ThreadPoolExecutor(len(keys)) as row_pool:
             rows = list(row_pool.map(lambda key: row_runs(key, pool, args, log), keys))
     for key, (point, records) in zip(keys, rows):
+        mixed = [r['run'] for r in records if protocol(r) != args.select_on]
+        if mixed:
+            raise SystemExit(f'{", ".join(mixed)}: selected on another split than this table (--select_on '
+                             f'{args.select_on}); the two protocols never share a table')
         first_data = first_data or records[0]['data']
         cols = [cell([r['test'][str(k)][m] for r in records]) for k in KS for m, _ in METRICS]
         epochs = '/'.join(str(r['best_epoch']) for r in records)
@@ -228,16 +257,17 @@ def main_(argv=None):
     swept = f'grid by sweep.py {swept}, chosen on validation with seed {args.seeds[0]}; ' if swept else ''
     devices = Counter(r.get('device_name', r['device']) for _, records in rows for r in records)
     lines.append('')
-    lines.append(f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
+    chosen = 'validation' if args.select_on == 'val' else 'TEST (--select_on test: optimistic)'
+    lines.append(f'{first_data}. Test metrics at the best {chosen} Recall@20 epoch, '
                  f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
-                 + (f'grid {GRID}, chosen on validation with seed {args.seeds[0]}; ' if args.grid
+                 + (f'grid {GRID}, chosen on {chosen} with seed {args.seeds[0]}; ' if args.grid
                     else 'no grid: published learning rates; ')
                  + swept
                  + f'at most {args.max_epoch} epochs, patience {args.patience}; '
                  f'runs by device: {", ".join(f"{d} {n}" for d, n in sorted(devices.items()))}; '
                  f'total {time.time() - started:.0f}s.')
     table = '\n'.join(lines)
-    with open(os.path.join(args.out, f'results_{name}.md'), 'w') as f:
+    with open(os.path.join(args.out, f'results_{name}{suffix}.md'), 'w') as f:
         f.write(table + '\n')
     print(table)
 
