@@ -17,7 +17,7 @@ and the learned graph ``S_m`` (binary [U, I], the training matrix until it is fi
 of a batch's users, ``σ(x, y) = normalise((x[users] yᵀ) ⊙ (1 - R[users]))`` (training items zeroed), feed
 the discriminator ``D(x) = 100 sigmoid(Lin(drop(BN(Lin(drop(BN(Lin x)))))))`` (widths I/4, I/8, 1):
 
-    fake = [σ(p_m, q_m)]_m,   real = normalise(softmax((R[users] - c g) / τ_r) + s σ(z_u, z_i)) (M copies)
+    fake = [σ(p_m, q_m)]_m,   real = normalise(softmax(R[users] - c g / τ_r) + s σ(z_u, z_i)) (M copies)
     L_D  = -mean D(real) + mean D(fake) + λ_gp 0.3 mean(‖∇D(α real + (1-α) fake)‖ - 1)²    (g: Gumbel noise)
 
 one discriminator step (Adam, --mmssl_d_lr, betas 0.5/0.9) before each batch's main step
@@ -57,14 +57,15 @@ def degree_normalized(users, items, num_user, num_item, dtype=torch.float32):
     ``csr_matrix`` does); a row without edges stays zero."""
     with _quiet_csr():
         s = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users), device=users.device, dtype=dtype),
-                                    (num_user, num_item)).coalesce()
+                                    (num_user, num_item), check_invariants=False).coalesce()
         (rows, cols), values = s.indices(), s.values()
         deg_u = values.new_zeros(num_user).index_add_(0, rows, values)
         deg_i = values.new_zeros(num_item).index_add_(0, cols, values)
         inv_u, inv_i = deg_u.clamp(min=1).rsqrt(), deg_i.clamp(min=1).rsqrt()
-        user_side = torch.sparse_coo_tensor(s.indices(), values * inv_u[rows], s.shape).to_sparse_csr()
-        item_side = torch.sparse_coo_tensor(s.indices().flip(0), values * inv_i[cols],
-                                            (num_item, num_user)).coalesce().to_sparse_csr()
+        user_side = torch.sparse_coo_tensor(s.indices(), values * inv_u[rows], s.shape,
+                                            check_invariants=False).to_sparse_csr()
+        item_side = torch.sparse_coo_tensor(s.indices().flip(0), values * inv_i[cols], (num_item, num_user),
+                                            check_invariants=False).coalesce().to_sparse_csr()
     return user_side, item_side
 
 
@@ -73,14 +74,38 @@ def masked_scores(x, y, mask):
     return F.normalize((x @ y.t()) * (1 - mask), dim=1)
 
 
+class _CutColumns(torch.autograd.Function):
+    """``C Wᵀ`` [n, H] for the sparse C [n, I] holding ``cut`` at the (row, item) ``pairs`` (sorted by row, then
+    item, as a coalesced block's): one sparse product, and in the backward ``Cᵀ g`` for W and ``g W`` at the pairs
+    alone for ``cut`` (a sampled product), never a dense [n, I] or [pairs, H] matrix."""
+
+    @staticmethod
+    def forward(ctx, cut, weight, rows, items, n):
+        crow = torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=n).cumsum(0)])
+        with _quiet_csr():
+            c = torch.sparse_csr_tensor(crow, items, cut, (n, weight.shape[1]), check_invariants=False)
+        ctx.c = c
+        ctx.save_for_backward(weight)
+        return torch.sparse.mm(c, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, = ctx.saved_tensors
+        grad = grad.contiguous()
+        with _quiet_csr():
+            grad_cut = torch.sparse.sampled_addmm(ctx.c, grad, weight, beta=0).values()
+            grad_weight = torch.sparse.mm(transpose_csr(ctx.c), grad).t()
+        return grad_cut, grad_weight, None, None, None
+
+
 def masked_scores_layer(x, y, pairs, weight, bias):
     """``Lin(σ)`` without σ: ``(x (W y)ᵀ - Σ_{(r, i) ∈ pairs} (x_r·y_i) W[:, i]) / ‖σ‖ + b`` [n, H], with
     ``‖σ_r‖² = x_r (yᵀy) x_rᵀ - Σ_i (x_r·y_i)²``; ``pairs`` the (row, item) of the mask's ones."""
     r, i = pairs
-    cut = (x[r] * y[i]).sum(1)                                        # the masked-out scores
+    cut = (take_rows(x, r) * take_rows(y, i)).sum(1)                  # the masked-out scores
     norm2 = ((x @ (y.t() @ y)) * x).sum(1) - x.new_zeros(len(x)).index_add(0, r, cut * cut)
     norm = norm2.clamp(min=0).sqrt().clamp(min=1e-12)                 # F.normalize's eps
-    proj = x @ (weight @ y).t() - x.new_zeros(len(x), weight.shape[0]).index_add(0, r, cut[:, None] * weight.t()[i])
+    proj = x @ (weight @ y).t() - _CutColumns.apply(cut, weight, r, i, len(x))
     return proj / norm[:, None] + bias
 
 
@@ -226,9 +251,11 @@ class MMSSL(Recommender):
         return block.to_dense(), tuple(block.to_sparse_coo().indices())
 
     def real_rows(self, mask, z_user, z_item, users):
-        """``normalise(softmax((R[u] - c g) / τ_r) + s σ(z_u, z_i))`` [B, I], ``g = log(-log(U + 1e-8) + 1e-8)``."""
+        """``normalise(softmax(R[u] - c g / τ_r) + s σ(z_u, z_i))`` [B, I], ``g = log(-log(U + 1e-8) + 1e-8)``
+        (as the authors' code: τ_r divides the noise only, so the softmax is nearly flat, a training item
+        weighing e ≈ 2.7 times another)."""
         gumbel = torch.log(-torch.log(torch.rand_like(mask) + 1e-8) + 1e-8)
-        soft = torch.softmax((mask - self.log_log_scale * gumbel) / self.real_tau, dim=1)
+        soft = torch.softmax(mask - self.log_log_scale * gumbel / self.real_tau, dim=1)
         return F.normalize(soft + self.ui_pre_scale * masked_scores(z_user[users], z_item, mask), dim=1)
 
     def fake_layer(self, modal, users, mask, pairs, weight, bias):
