@@ -104,9 +104,11 @@ def masked_scores_layer(x, y, pairs, weight, bias):
     r, i = pairs
     cut = (take_rows(x, r) * take_rows(y, i)).sum(1)                  # the masked-out scores
     norm2 = ((x @ (y.t() @ y)) * x).sum(1) - x.new_zeros(len(x)).index_add(0, r, cut * cut)
-    norm = norm2.clamp(min=0).sqrt().clamp(min=1e-12)                 # F.normalize's eps
+    norm = norm2.clamp(min=1e-24).sqrt()                              # F.normalize's eps, 1e-12 on the norm
     proj = x @ (weight @ y).t() - _CutColumns.apply(cut, weight, r, i, len(x))
-    return proj / norm[:, None] + bias
+    # a row whose mask covers every item is zero (the subtraction above would leave only its rounding)
+    kept = torch.bincount(r, minlength=len(x)) < y.shape[0]
+    return proj * (kept / norm)[:, None] + bias
 
 
 class Discriminator(nn.Module):
