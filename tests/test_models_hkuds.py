@@ -495,3 +495,11 @@ def test_results_table_keeps_the_protocols_apart(tmp_path):
     assert results.earlier_record(str(tmp_path / 'r.json'), args) == record
     with pytest.raises(SystemExit):
         config.parse_args(['--model_name', 'DiffMM', '--select_on', 'best'])
+
+
+def test_the_validation_protocol_read_off_a_test_selected_history():
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import both_protocols
+    history = [{'epoch': e, 'val': {'20': {'recall': r}}} for e, r in enumerate([0.1, 0.3, 0.2, 0.25, 0.4], 1)]
+    assert both_protocols.validation_protocol(history, '20', 2) == (history[1], True)      # stops after epoch 4
+    assert both_protocols.validation_protocol(history, '20', 3) == (history[4], False)     # would go on
