@@ -143,8 +143,10 @@ def test_diffmm_schedule_denoiser_and_diffusion_loss_by_hand():
     out = d.out_layer(torch.tanh(d.in_layer(torch.cat([x0, emb], 1))))
     assert torch.allclose(d(x0, t), out, atol=1e-6)
     items, ids = model.modality_items('v').detach(), model.embedding_item.detach()
+    x0 = x0.repeat(3, 1)                                                  # 6 rows: both steps drawn
     torch.manual_seed(3)
-    t, noise = torch.randint(0, 2, (U,)), torch.randn(U, I)
+    t, noise = torch.randint(0, 2, (6,)), torch.randn(6, I)
+    assert set(t.tolist()) == {0, 1}
     sab = torch.tensor(np.sqrt(ab), dtype=torch.float32)[t, None]
     x_t = sab * x0 + torch.sqrt(1 - sab ** 2) * noise
     out = d(x_t, t)
@@ -153,7 +155,7 @@ def test_diffmm_schedule_denoiser_and_diffusion_loss_by_hand():
     torch.manual_seed(3)
     assert model.diffusion_loss('v', x0, ids).item() == pytest.approx(hand.item(), rel=1e-5)
     # the rebuild's denoising: x ← coef_out f(x, t) + coef_x x for t = 1, 0, from x0 itself
-    x = x0
+    x0 = x = dense_r(TRAIN, U, I)
     for step in (1, 0):
         tt = torch.full((U,), step)
         x = float(s['coef_out'][step]) * d(x, tt, drop=False) + float(s['coef_x'][step]) * x
