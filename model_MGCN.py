@@ -12,8 +12,9 @@ Encoder (``E_u, E_i`` xavier-uniform; ``T_m = Linear(dim F_m → d)``, the table
     ẽ_m   = E_i ⊙ σ(G_m T_m F_m)                          behaviour-guided purifier (G_m: Linear(d → d))
     x_m   = [R̂ Ŝ_m^{L_mm} ẽ_m ; Ŝ_m^{L_mm} ẽ_m]            item-item view, users from their items (L_mm = 1)
     c     = mean_{k=0..L} Â^k [E_u ; E_i]                  user-item view (L = --num_layer, 2)
-    a_m   = q₂ᵀ tanh(Q₁ x_m + b),  w = softmax(a) over the U+I nodes per modality (the authors' code;
-            --mgcn_softmax modalities: over the modalities per node, the paper and MMRec's port)
+    a_m   = q₂ᵀ tanh(Q₁ x_m + b),  w = softmax(a) over the modalities per node (the authors' code since
+            commit c3eac8f, the paper and MMRec's port; --mgcn_softmax nodes: over the U+I nodes per
+            modality, the authors' first commit 09095cb)
     x_c   = Σ_m w_m x_m,   s = (x_c + Σ_m σ(P_m c + p_m) ⊙ (x_m - x_c)) / (M + 1)
     z     = c + s,   s(u, i) = z_u · z_i
 
@@ -117,14 +118,14 @@ class MGCN(Recommender):
         reg_weight: ``λ`` (``--weight_decay``, 1e-4).
         cl_weight: ``β`` (``--cl_weight``, 0.01).
         num_item_layer: ``L_mm`` (1), item-item layers.
-        fuser_softmax: ``'nodes'`` (the authors' code) or ``'modalities'`` (the paper): what the fuser's
-            attention weights sum to 1 over.
+        fuser_softmax: ``'modalities'`` (the authors' current code) or ``'nodes'`` (their first commit): what
+            the fuser's attention weights sum to 1 over.
     """
 
     needs_negatives = True
 
     def __init__(self, num_user, num_item, features, adj, item_adj, dim_latent=64, num_layer=2, reg_weight=1e-4,
-                 cl_weight=0.01, num_item_layer=1, fuser_softmax='nodes'):
+                 cl_weight=0.01, num_item_layer=1, fuser_softmax='modalities'):
         super().__init__()
         if not features:
             raise ValueError('MGCN needs at least one modality')
@@ -159,7 +160,8 @@ class MGCN(Recommender):
 
     def fuse(self, views, content):
         """``s``: the behaviour-aware fuser of the modality views ``[x_m]`` given the user-item view ``c``."""
-        # 'nodes': per modality over the U+I nodes, the authors' nn.Softmax(dim=0); 'modalities': per node, the paper
+        # 'modalities': per node, the authors' nn.Softmax(dim=-1) since c3eac8f; 'nodes': per modality over the
+        # U+I nodes, their nn.Softmax(dim=0) of 09095cb
         weights = torch.softmax(torch.cat([self.query(x) for x in views], dim=1),
                                 dim=0 if self.fuser_softmax == 'nodes' else 1)              # [(U+I), M]
         common = sum(weights[:, n:n + 1] * x for n, x in enumerate(views))
@@ -211,8 +213,11 @@ MODEL = ModelEntry(
     # batch 2048, n_ui_layers 2, n_layers 1, knn_k 10, cl_loss 0.01
     defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=2, num_epoch=1000, cl_weight=0.01),
     flags=(
-        Flag('mgcn_softmax', 'nodes', "what the fuser's attention weights are normalised over: 'nodes' (the authors' "
-             "code, nn.Softmax(dim=0)) or 'modalities' (the paper, MMRec's port)", choices=('nodes', 'modalities')),
+        Flag('mgcn_softmax', 'modalities', "what the fuser's attention weights are normalised over: 'modalities' "
+             "(the authors' code since commit c3eac8f, nn.Softmax(dim=-1); the paper; MMRec's port) or 'nodes' "
+             "(their first commit 09095cb, nn.Softmax(dim=0))", choices=('modalities', 'nodes')),
     ),
     reads=('knn_k', 'cl_weight'),
+    rows={'MGCN': ('MGCN', []),
+          'MGCN-nodes': ("MGCN, fuser softmax over the nodes (the authors' first commit)", ['--mgcn_softmax', 'nodes'])},
 )

@@ -385,9 +385,13 @@ def build_parser():
         group.add_argument('--text_file', default=None, help='"item id<TAB>text" per line: modality t, '
                                                              'all-MiniLM-L6-v2 sentence embeddings')
         group.add_argument('--image_dir', default=None, help='one image per item named by its id (12.jpg): '
-                                                             'modality v, embeddings of --image_model')
-        group.add_argument('--image_weights', default=None, help='state dict of --image_model (nothing is downloaded)')
-        group.add_argument('--image_model', default='resnet50', help='torchvision model name (default resnet50)')
+                                                             'modality v, embeddings of --image_weights')
+        group.add_argument('--image_weights', default=None,
+                           help='a folder saved by transformers\' save_pretrained (a ViT, CLIP vision, DINOv2, ... '
+                                'model; CPU-only, no torchvision), or a torchvision state dict of --image_model '
+                                '(nothing is downloaded)')
+        group.add_argument('--image_model', default='resnet50',
+                           help='torchvision model name for a state-dict --image_weights (default resnet50)')
         group.add_argument('--image_batch', type=int, default=32, help='images per batch (bounds memory)')
         group.add_argument('--image_size', type=int, default=224, help='side of the centre crop fed to the model')
     info = sub.add_parser('info', help='print the dataset card of a prepared dataset')

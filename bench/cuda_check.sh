@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks, as one prepared run on a GPU machine (results under $OUT, default bench/out):
-# the tests that need CUDA (with the graph, model and metric tests), one default training run with
+# the tests that need CUDA (with the graph, model and metric tests, and every registered model moved to the
+# GPU by tests/test_devices.py), one default training run with
 # its evaluation on CUDA, and the benchmark.  Needs Data/ml100k prepared (python prepare_data.py ml100k).
 #
 # For a machine lent for a few minutes, the environment trims it:
@@ -31,6 +32,8 @@ fi
 # Warnings are errors in pytest.ini for this project's pinned versions; another torch may warn differently.
 $PY -m pytest -q -o filterwarnings=default tests/test_cuda.py tests/test_graph.py tests/test_models.py \
     tests/test_metrics.py 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+# every registered model moved to the GPU whole (parameters and buffers), scoring as on the CPU, one Adam step
+DEVICE=cuda $PY -m pytest -q -o filterwarnings=default tests/test_devices.py 2>&1 | tail -5 | tee "$OUT/cuda_devices.txt"
 if [ "${TRAIN:-1}" != 0 ]; then
     $PY main.py --data_path ml100k --no-progress --save_file "$OUT/cuda_train.jsonl" \
         --checkpoint "$OUT/runs/last.pt" --PATH_weight_save "$OUT/runs/best.pt" 2>&1 | tail -8 | tee "$OUT/cuda_train.txt"

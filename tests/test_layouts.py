@@ -232,6 +232,36 @@ def test_torchvision_backbone_from_a_weights_file(tmp_path, capsys):
     assert load_dataset(str(tmp_path / 'out')).features['v'].shape == (5, 576)
 
 
+def test_image_features_from_a_transformers_model_folder(tmp_path, capsys):
+    """The CPU-only route (no torchvision): a tiny random-weight ViT saved with save_pretrained in the test."""
+    from transformers import ViTConfig, ViTModel
+    from features import _image_tensor
+    folder = _images(tmp_path)
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).eval()
+    vit.save_pretrained(tmp_path / 'vit')
+    half = [0.5, 0.5, 0.5]                          # its normalisation, as an image processor's file says it
+    (tmp_path / 'vit' / 'preprocessor_config.json').write_text(json.dumps({'image_mean': half, 'image_std': half}))
+    src = _hkuds(tmp_path / 'src')
+    os.unlink(src / 'image_feat.npy')
+    assert prepare_data.main(['hkuds', '--folder', str(src), '--name', str(tmp_path / 'out'), '--image_dir',
+                              str(folder), '--image_weights', str(tmp_path / 'vit'), '--image_batch', '2']) == 0
+    feat = load_dataset(str(tmp_path / 'out')).features['v']
+    assert feat.shape == (5, 16) and not feat[[3, 4]].any()
+    with torch.no_grad():                          # the ViT's pooled output of the 32x32 crop (its config's side)
+        expected = vit(pixel_values=torch.stack([_image_tensor(folder / n, 32, half, half) for n in ('0.png', '1.jpg')]))
+    assert np.allclose(feat[[0, 1]], expected.pooler_output.numpy(), atol=1e-5)
+    assert np.allclose(feat[0], feat[2], atol=1e-6)
+    # a folder without safetensors weights is the one line, and nothing is written
+    os.unlink(tmp_path / 'vit' / 'model.safetensors')
+    capsys.readouterr()
+    assert prepare_data.main(['hkuds', '--folder', str(src), '--name', str(tmp_path / 'out2'), '--image_dir',
+                              str(folder), '--image_weights', str(tmp_path / 'vit')]) == 2
+    one_line_error(capsys, 'vit', 'no .safetensors weights')
+    assert not os.path.exists(tmp_path / 'out2')
+
+
 def test_text_file_follows_the_csv_item_ids(tmp_path):
     rows = ['user,item,time'] + [f'u{u},i{(u + k) % 12},{k}' for u in range(4) for k in range(10)]
     (tmp_path / 'r.csv').write_text('\n'.join(rows) + '\n')

@@ -207,7 +207,7 @@ MGCN_FEAT = {'v': np.array([[1., 0.], [1., 1.], [0., 2.]], dtype=np.float32),
              't': np.array([[0., 1., 1.], [1., 0., 0.], [1., 1., 0.]], dtype=np.float32)}
 
 
-def mgcn_by_hand(model, softmax_dim=0):
+def mgcn_by_hand(model, softmax_dim=1):
     """``(c, s)`` of the module docstring with dense matrices and the model's own layers."""
     a = hand_adjacency()
     r = a[:U, U:]
@@ -218,7 +218,7 @@ def mgcn_by_hand(model, softmax_dim=0):
         e = model.embedding_item * torch.sigmoid(model.purifiers[m](model.transforms[m](model.feature_tables[m])))
         item = graphs[m].to_dense() @ e
         views.append(torch.cat([r @ item, item]))
-    w = torch.softmax(torch.cat([model.query(x) for x in views], 1), softmax_dim)   # 0: over the nodes, as official
+    w = torch.softmax(torch.cat([model.query(x) for x in views], 1), softmax_dim)   # 1: over the modalities
     common = w[:, :1] * views[0] + w[:, 1:] * views[1]
     s = (common + sum(torch.sigmoid(model.preferences[m](c)) * (x - common) for m, x in zip('vt', views))) / 3
     return c, s
@@ -248,18 +248,19 @@ def test_mgcn_encoder_and_loss_by_hand():
     assert_loss_and_gradients(model, loss, hand)
 
 
-def test_mgcn_fuser_softmax_over_the_modalities():
+def test_mgcn_fuser_softmax_over_the_nodes():
+    """``--mgcn_softmax nodes``: the authors' first commit (09095cb), each modality's column over the nodes."""
     torch.manual_seed(0)
     model = MGCN(U, I, MGCN_FEAT, normalized_adjacency(TRAIN, U, I), item_graphs(MGCN_FEAT, I, 2), dim_latent=4,
-                 num_layer=2, fuser_softmax='modalities')
-    c, s = mgcn_by_hand(model, softmax_dim=1)
+                 num_layer=2, fuser_softmax='nodes')
+    c, s = mgcn_by_hand(model, softmax_dim=0)
     assert torch.allclose(torch.cat(model()), c + s, atol=1e-6)
 
 
 def test_mgcn_defaults_and_flags():
     args = config.parse_args(['--model_name', 'MGCN'])
     assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer, args.num_epoch, args.knn_k,
-            args.cl_weight, args.mgcn_softmax) == (1e-3, 1e-4, 2048, 2, 1000, 10, 0.01, 'nodes')
+            args.cl_weight, args.mgcn_softmax) == (1e-3, 1e-4, 2048, 2, 1000, 10, 0.01, 'modalities')
     assert registry.adam_weight_decay(args) == 0.0
     assert 'MGCN' in config.build_parser().format_help().split('--knn_k')[1].split('\n  --')[0]
 
