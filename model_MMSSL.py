@@ -327,7 +327,8 @@ class MMSSL(Recommender):
         """BPR with its λ term, the feature term, the ID views' contrast and the adversarial term."""
         z_user, z_item, modal, ids = self.encode()
         mask, pairs = self.batch_rows(users)
-        self.update_graphs(modal, users, mask)
+        if self.training:                      # a training step's structure update; a loss in eval mode changes nothing
+            self.update_graphs(modal, users, mask)
         u, p, n = take_rows(z_user, users), take_rows(z_item, pos), take_rows(z_item, neg)
         bpr = bpr_loss(u, p, n)
         reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / self.batch_size
