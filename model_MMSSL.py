@@ -120,7 +120,9 @@ class Discriminator(nn.Module):
         super().__init__()
         wide, narrow = num_item // 4, num_item // 8
         self.first, self.second, self.last = nn.Linear(num_item, wide), nn.Linear(wide, narrow), nn.Linear(narrow, 1)
-        self.norm1, self.norm2 = nn.BatchNorm1d(wide), nn.BatchNorm1d(narrow)
+        # batch statistics always (the authors' D never leaves training mode): no running statistics to keep
+        self.norm1 = nn.BatchNorm1d(wide, track_running_stats=False)
+        self.norm2 = nn.BatchNorm1d(narrow, track_running_stats=False)
         self.drop1, self.drop2 = drop1, drop2
         for layer in (self.first, self.second, self.last):
             nn.init.kaiming_normal_(layer.weight)

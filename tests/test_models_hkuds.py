@@ -421,7 +421,7 @@ def test_defaults_flags_and_exact_mode():
 
 def test_mmssl_trains_resumes_and_exports(tiny_plain, tmp_path):
     cli_roundtrip(tmp_path, tiny_plain, 'MMSSL', '--batch_size', '128', '--l_r', '0.01', '--mmssl_topk_rate', '0.02',
-                  '--mmssl_graph_every', '3')
+                  '--mmssl_graph_every', '5')
     ckpt = torch.load(tmp_path / 'full.last.pt', weights_only=True)
     assert set(ckpt['extra_optimizers']) == {'discriminator'} and ckpt['model']['pending_v'].shape[1] > 0
 
@@ -438,24 +438,45 @@ def test_diffmm_trains_resumes_and_exports(tiny_plain, tmp_path, capsys):
     assert code == 2 and 'its other optimisers: none' in capsys.readouterr().err
 
 
+RANK_EPOCH = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import config, distributed, registry
+from checkpoint import seed_everything
+from DataLoad import TrainSampler, load_dataset
+from Train import train_epoch
+distributed.setup(False, 120, 'data')
+for name, flags in (('MMSSL', ['--mmssl_topk_rate', '0.02', '--mmssl_graph_every', '5']), ('DiffMM', ['--diffmm_dims', '32'])):
+    args = config.parse_args(['--data_path', {data!r}, '--model_name', name, '--batch_size', '128',
+                              '--dim_latent', '16', *flags])
+    rng = seed_everything(1)
+    data = load_dataset(args.data_path)
+    model = registry.build_model(args, data)
+    optimizer, extra = registry.optimizers(args, model)
+    ranks, rank = distributed.sampler_share()
+    sampler = TrainSampler(data.train, data.num_item, args.batch_size, rng, ranks=ranks, rank=rank)
+    train_epoch(distributed.wrap(model, torch.device('cpu'), extra), sampler, optimizer, 'cpu', 1, False, extra)
+    torch.save(model.state_dict(), {out!r} + f'.{{name}}.rank{{distributed.rank()}}')
+distributed.cleanup()
+"""
+
+
 @pytest.mark.slow
-def test_mmssl_under_torchrun_resumes_as_one_process(tiny_plain, tmp_path):
-    """Two ranks (data mode: the discriminator's gradients averaged, the learned edges gathered) write a
-    checkpoint that one process resumes."""
-    flags = ['--model_name', 'MMSSL', '--batch_size', '128', '--dim_latent', '16', '--topK', '10', '--no-progress',
-             '--mmssl_topk_rate', '0.02', '--mmssl_graph_every', '3', '--patience', '50',
-             '--save_file', str(tmp_path / 'r.jsonl'), '--checkpoint', str(tmp_path / 'r.last.pt'),
-             '--PATH_weight_save', str(tmp_path / 'r.best.pt'), '--data_path', tiny_plain]
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                          os.path.join(ROOT, 'main.py'), *flags, '--num_epoch', '1'],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *flags, '--num_epoch', '2', '--resume'],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    records = [json.loads(x) for x in (tmp_path / 'r.jsonl').read_text().splitlines()]
-    assert [(r['processes'], r['epochs_run']) for r in records] == [(2, 1), (1, 2)]
+def test_ranks_agree_after_an_epoch_of_extra_steps(tiny_plain, tmp_path):
+    """torchrun data mode, 2 ranks, one epoch: each rank's MMSSL (its discriminator's gradients averaged over the
+    ranks' batches, the learned edges gathered from both) and DiffMM (its diffusion steps and rebuild taken alike
+    on every rank) end with the same parameters and graphs, and the extra optimisers did train."""
+    script = tmp_path / 'rank_epoch.py'
+    script.write_text(RANK_EPOCH.format(root=ROOT, data=tiny_plain, out=str(tmp_path / 'state')))
+    job = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          str(script)], env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
+                         timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    for name, other in (('MMSSL', 'discriminator.'), ('DiffMM', 'denoisers.')):
+        first, second = (torch.load(tmp_path / f'state.{name}.rank{r}', weights_only=True) for r in (0, 1))
+        assert first.keys() == second.keys() and [k for k in first if not torch.equal(first[k], second[k])] == [], name
+        assert any(k.startswith(other) for k in first)
+    assert torch.load(tmp_path / 'state.MMSSL.rank0', weights_only=True)['pending_v'].shape[1] > 0
 
 
 # ---------------------------------------------------------------------- --select_on test
@@ -483,6 +504,28 @@ def test_select_on_test_is_labelled_and_trains_as_the_validation_run(tiny_plain,
     # a checkpoint of one protocol does not resume under the other
     code, _ = _run(tmp_path, tiny_plain, *flags, '--select_on', 'val', '--resume', tag='test')
     assert code == 2 and "--select_on 'test' -> 'val'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('select_on, best, stop', [('val', 2, 4), ('test', 3, 5)])
+def test_fit_selects_and_stops_on_the_chosen_split(monkeypatch, select_on, best, stop):
+    """Scripted metrics: validation peaks at epoch 2, test at epoch 3; patience 2."""
+    import types
+    import Train
+    from checkpoint import new_state
+    monkeypatch.setattr(Train, 'train_epoch', lambda *a, **k: (0.5, {}))
+    val, test = [0.1, 0.3, 0.2, 0.2, 0.2, 0.2], [0.2, 0.1, 0.4, 0.3, 0.3, 0.3]
+
+    def metrics(r):
+        return {10: {'precision': r / 10, 'recall': r, 'ndcg': r}}
+    saved = []
+    saver = types.SimpleNamespace(best=lambda model: saved.append(len(saved)), last=lambda *a: None, best_path='-')
+    args = types.SimpleNamespace(topK=[10], num_epoch=6, patience=2, select_on=select_on, progress=False)
+    state = new_state()
+    status = Train.fit(None, None, None, None, 'cpu', state,
+                       lambda e: {'val': metrics(val[e - 1]), 'test': metrics(test[e - 1])}, saver, args)
+    assert status == 'done' and state['best_epoch'] == best and state['epoch'] == stop
+    assert state['best_test'][10]['recall'] == test[best - 1] and state['best_val'][10]['recall'] == val[best - 1]
+    assert all(('test' in h) == (select_on == 'test') for h in state['history'])
 
 
 def test_results_table_keeps_the_protocols_apart(tmp_path):
