@@ -40,6 +40,8 @@ CONFIGS = {
     'BM3': ['--model_name', 'BM3'],
     'MGCN': ['--model_name', 'MGCN', '--knn_k', '5'],
     'LGMRec': ['--model_name', 'LGMRec'],
+    'MMSSL': ['--model_name', 'MMSSL'],
+    'DiffMM': ['--model_name', 'DiffMM', '--diffmm_dims', '64'],
 }
 TIMING = ('wall_time_s',)
 
