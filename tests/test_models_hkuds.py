@@ -421,19 +421,20 @@ def test_defaults_flags_and_exact_mode():
 
 def test_mmssl_trains_resumes_and_exports(tiny_plain, tmp_path):
     cli_roundtrip(tmp_path, tiny_plain, 'MMSSL', '--batch_size', '128', '--l_r', '0.01', '--mmssl_topk_rate', '0.02',
-                  '--mmssl_graph_every', '5')
+                  '--mmssl_graph_every', '5', num_epoch=3, kill_after=1)
     ckpt = torch.load(tmp_path / 'full.last.pt', weights_only=True)
     assert set(ckpt['extra_optimizers']) == {'discriminator'} and ckpt['model']['pending_v'].shape[1] > 0
 
 
 def test_diffmm_trains_resumes_and_exports(tiny_plain, tmp_path, capsys):
-    cli_roundtrip(tmp_path, tiny_plain, 'DiffMM', '--batch_size', '128', '--l_r', '0.01', '--diffmm_dims', '32')
+    cli_roundtrip(tmp_path, tiny_plain, 'DiffMM', '--batch_size', '128', '--l_r', '0.01', '--diffmm_dims', '32',
+                  num_epoch=3, kill_after=1)
     ckpt = torch.load(tmp_path / 'full.last.pt', weights_only=True)
     assert set(ckpt['extra_optimizers']) == {'denoisers'}
     del ckpt['extra_optimizers']
     torch.save(ckpt, tmp_path / 'broken.last.pt')
     code, _ = _run(tmp_path, tiny_plain, '--model_name', 'DiffMM', '--batch_size', '128', '--dim_latent', '16',
-                   '--topK', '10', '--l_r', '0.01', '--diffmm_dims', '32', '--num_epoch', '5', '--patience', '50',
+                   '--topK', '10', '--l_r', '0.01', '--diffmm_dims', '32', '--num_epoch', '4', '--patience', '50',
                    '--resume', tag='broken')
     assert code == 2 and 'its other optimisers: none' in capsys.readouterr().err
 
