@@ -19,7 +19,6 @@ restricted unpickler.
     from DataLoad import load_dataset
     data = load_dataset('Data/tiktok_small')
 """
-import json
 import os
 import re
 import sys
@@ -28,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from errors import DataError, InputError, describe
-from safe_read import load_matrix, load_npy, load_pt_tensor, read_regular
+from errors import DataError, InputError
+from safe_read import load_json, load_matrix, load_npy, load_pt_tensor
 
 # Published sizes of the three legacy datasets (SPEC 1.1).
 LEGACY_SIZES = {'movielens': (55485, 5986), 'tiktok': (36656, 76085), 'kwai': (7010, 86483)}
@@ -57,6 +56,17 @@ WORD_DIM = 128
 
 MAX_WORD_ID = 2 ** 20 - 1       # a word table of 2**20 rows is 512 MiB at 128 dims (the official Tiktok one: 11,574)
 MAX_ID = 2 ** 31 - 1            # user and item ids, and the sizes, stay below this: no int64 overflow in user*I+item
+
+
+def check_backed(path, what, declared, used):
+    """Refuse a declared number of users or items that the data do not back: at most as many ids without any
+    interaction (or feature row) as ids with one.  A size is only checked against the ids otherwise, so a few bytes
+    (a JSON user id 2147483646, a sparse matrix of shape (120, 50000000), a meta.json count) would make every
+    per-user or per-item structure that long."""
+    if declared > 2 * used:
+        raise DataError(path, f'{declared} {what} declared, but only {used} of them have an interaction'
+                              f'{" or a feature row" if what == "items" else ""}: a size not backed by the data '
+                              f'(at most half of the {what} may be without data) is refused')
 
 
 def _as_int_array(values, path, what):
@@ -113,6 +123,11 @@ class Dataset:
     val: dict                              # user -> np.ndarray of items
     test: dict
     features: dict = field(default_factory=dict)   # modality -> np.ndarray [I, f] or WordFeature
+    available: list = None      # the modalities the dataset has (``features`` may hold a selection of them)
+
+    def __post_init__(self):
+        if self.available is None:
+            self.available = list(self.features)
 
     @property
     def modalities(self):
@@ -180,10 +195,7 @@ def _read_meta(folder):
     path = os.path.join(folder, 'meta.json')
     if not os.path.lexists(path):
         return None
-    try:
-        meta = json.loads(read_regular(path, 1 << 20))
-    except (ValueError, RecursionError) as e:
-        raise DataError(path, f'not valid JSON ({describe(e)})') from None
+    meta = load_json(path, 1 << 20)
     if not isinstance(meta, dict):
         raise DataError(path, 'expected a JSON object')
     for key in ('num_user', 'num_item'):
@@ -326,6 +338,11 @@ def load_dataset(folder, modalities=None, require_val=True):
         else:
             raise DataError(os.path.join(folder, 'meta.json'), f'modality {m!r} has unknown kind {kind!r}')
     num_user, num_item, size_src = _dataset_sizes(folder, meta, train_raw, dense)
+    if size_src.endswith(('meta.json', 'train.npy')):      # sizes a file declares (a legacy name's are published)
+        check_backed(size_src, 'users', num_user, len(np.unique(train_raw[:, 0])))
+        if not any(f.shape[0] == num_item for f in dense.values()):     # rows for every item back the item count
+            raw_items = np.concatenate([train_raw[:, 1], *val_raw.values(), *test_raw.values()])
+            check_backed(size_src, 'items', num_item, len(np.unique(raw_items)))
 
     users = train_raw[:, 0]
     if users.max() >= num_user:

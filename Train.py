@@ -177,6 +177,7 @@ def fit(model, trainer, sampler, optimizer, device, state, evaluate, saver, args
                   f'evaluations')
     except Divergence as e:
         kept = f'the best model so far is kept in {saver.best_path}' if state['best_epoch'] else 'no best model was saved'
-        print(f'training diverged: {e}; {kept}', file=sys.stderr)
+        if distributed.is_main():               # every rank diverges at the same step: one line
+            print(f'training diverged: {e}; {kept}', file=sys.stderr)
         return 'diverged'
     return 'done'

@@ -89,18 +89,18 @@ def _take_lock(lock_path):
 
 
 @contextlib.contextmanager
-def checkpoint_lock(path):
+def checkpoint_lock(path, what='checkpoint', flag='--checkpoint'):
     """Hold ``<path>.lock`` (rank 0; every rank learns of a refusal) while the block runs; ``InputError``
     naming the holder's pid when another live run holds it.  The file is removed when the run ends (a
-    killed run leaves it, unlocked)."""
+    killed run leaves it, unlocked).  ``what``/``flag``: the output ``path`` is, for the refusal's line."""
     held, refusal = None, None
     lock_path = path + '.lock'
     if distributed.is_main():
         os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
         held = _take_lock(lock_path)
         if isinstance(held, str):
-            refusal = (f'{path}: another run (pid {held}) is using this checkpoint; wait for it to end, '
-                       f'or give this run another --checkpoint')
+            refusal = (f'{path}: another run (pid {held}) is using this {what}; wait for it to end, '
+                       f'or give this run another {flag}')
             held = None
         else:
             held.seek(0)
@@ -115,6 +115,17 @@ def checkpoint_lock(path):
         if held is not None:
             os.unlink(lock_path)                # while locked: a run that opened it first retries (_take_lock)
             held.close()                        # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def output_locks(outputs):
+    """``checkpoint_lock`` on each file a run replaces (``[(path, what, flag)]``): two live runs never write one
+    checkpoint, best model or export (the results file is shared: each line is appended under a lock of its own,
+    ``safe_write.append_results_line``)."""
+    with contextlib.ExitStack() as stack:
+        for path, what, flag in outputs:
+            stack.enter_context(checkpoint_lock(path, what, flag))
+        yield
 
 
 def new_state():

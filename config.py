@@ -203,8 +203,37 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     validate_args(args)
+    given = set(explicit_values(parser, argv)) | set(parser._defaults if config is not None else ())
+    check_read(args.model_name, given)
     args.topK = list(dict.fromkeys(args.topK))
     return args
+
+
+def explicit_values(parser, argv):
+    """``{dest: value}`` of the flags ``argv`` itself gives (not their defaults)."""
+    explicit = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != 'help':
+            explicit._add_action(_copy_action(action))
+    return vars(explicit.parse_known_args(argv)[0])
+
+
+def _copy_action(action):
+    import copy
+    action = copy.copy(action)
+    action.default = argparse.SUPPRESS
+    action.required = False
+    return action
+
+
+def check_read(model_name, given):
+    """Refuse a flag (given on the command line or in --config) that the chosen model does not read: it would be
+    accepted, do nothing, and change the run name (``registry.flag_readers``)."""
+    readers = registry.flag_readers()
+    for key in sorted(k for k in given if k in readers and model_name not in readers[k]):
+        names = readers[key]
+        raise InputError(f'--{key}: read by {", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]} '
+                         f'only, not {model_name}; leave it out (it would change nothing but the run name)')
 
 
 MAX_DIM, MAX_LAYER, MAX_TOPK, MAX_SEED = 4096, 32, 10000, 2 ** 32 - 1
@@ -272,3 +301,21 @@ NOT_HYPER = {'resume', 'resume_override', 'checkpoint', 'PATH_weight_save', 'PAT
 def hyper_params(args):
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_HYPER}
 
+
+
+def print_run_name(argv):
+    """``python config.py <main.py flags>``: the run name main.py gives those flags, or main.py's one line
+    for flags it refuses, exit 2 (scripts/slurm_torchrun.sbatch names a job's files by it)."""
+    import sys
+    from errors import EXIT_BAD_INPUT, one_line
+    try:
+        print(run_name(parse_args(argv)))
+    except InputError as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(print_run_name(sys.argv[1:]))

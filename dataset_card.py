@@ -9,7 +9,6 @@ validation/test items never seen in training, the users without training
 items, and the source recorded in meta.json.  ``prepare_data.py`` prints it
 when it finishes.
 """
-import json
 import os
 
 import numpy as np
@@ -50,14 +49,14 @@ def stats(folder):
 
 
 def _source(folder):
-    from safe_read import read_regular
+    from safe_read import load_json
     path = os.path.join(folder, 'meta.json')
     if not os.path.exists(path):
         return {'kind': 'legacy folder (no meta.json)'}
-    try:
-        source = json.loads(read_regular(path, 1 << 20)).get('source')
-    except (ValueError, AttributeError):
-        raise DataError(path, 'not a JSON object') from None
+    meta = load_json(path, 1 << 20)
+    if not isinstance(meta, dict):
+        raise DataError(path, 'not a JSON object')
+    source = meta.get('source')
     return source if isinstance(source, dict) else {'kind': 'unknown (meta.json has no source)'}
 
 

@@ -20,6 +20,8 @@ EXIT_DIVERGED = 3           # training diverged (a NaN/Inf loss, parameter or sc
 EXIT_INTERRUPTED = 130      # Ctrl-C; the last end-of-epoch checkpoint is intact
 EXIT_TERMINATED = 143       # SIGTERM (a scheduler's preemption): stopped at a safe point, the checkpoint is intact
 TERMINATED_LINE = 'terminated: resume with --resume'
+TERMINATED_EARLY_LINE = ('terminated before the first epoch ended: no checkpoint was written; run the same '
+                         'command again (without --resume)')
 
 
 class DataError(Exception):

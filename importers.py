@@ -12,13 +12,17 @@ of a dataset folder (``prepare_data.write_dataset``'s arguments); it writes noth
 Item ids are 0-based here; the offset by U of SPEC 1.1 is written by ``write_dataset``.
 """
 import os
+import re
 import sys
 
 import numpy as np
 
-from DataLoad import MAX_ID, MODALITY_NAME
-from errors import DataError, describe
+from DataLoad import MAX_ID, MODALITY_NAME, check_backed
+from errors import DataError
 from features import sentence_embeddings
+
+
+ASCII_ID = re.compile(r'0|[1-9][0-9]*')         # an integer id in a source file: '7', not '007', '+7' or '²'
 
 
 def parts(num_user, num_item, train, val, test, features, meta, user_ids=None, item_ids=None):
@@ -27,14 +31,63 @@ def parts(num_user, num_item, train, val, test, features, meta, user_ids=None, i
                 meta=meta, user_ids=user_ids, item_ids=item_ids)
 
 
-def add_content(content, features, meta, item_ids):
+def add_content(content, features, meta, item_ids, source_ids=None):
     """Append the features ``content`` encodes from raw text or images (``features.Content``) for the items
-    ``item_ids`` (source ids, in row order); a modality the source already has is refused."""
+    ``item_ids`` (source ids, in row order); a modality the source already has is refused.
+
+    Every text line and image file must name an item of the source (``check_content_ids``): ``source_ids``, the
+    source's items before any filter (a CSV import; those the filter dropped are left out), or ``item_ids``
+    themselves in the layouts that number items by their feature row (HKUDS, LATTICE, MMRec)."""
     if not content:
         return
+    warning = check_content_ids(content, item_ids if source_ids is None else source_ids, numbered=source_ids is None)
     for m, fname, value, kind in content.encode(item_ids, {f[0] for f in features}):
         features.append((m, fname, value, kind))
+    if warning:
+        print(warning, file=sys.stderr)
     meta['source']['content'] = content.notes
+
+
+def content_ids(content):
+    """``[(where, id)]``: the item each line of ``--text_file`` and each image of ``--image_dir`` names."""
+    from safe_read import read_regular
+    from features import IMAGE_SUFFIXES, MAX_TEXT_BYTES
+    named = []
+    if content.text_file:
+        try:
+            lines = read_regular(content.text_file, MAX_TEXT_BYTES).decode('utf-8-sig').splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(content.text_file, f'not UTF-8 text (byte {e.start}: {e.reason})') from None
+        named += [(f'{content.text_file}: line {n}', line.partition('\t')[0].strip())
+                  for n, line in enumerate(lines, start=1) if line.strip() and '\t' in line]
+    if content.image_dir and os.path.isdir(content.image_dir):
+        named += [(os.path.join(content.image_dir, entry), os.path.splitext(entry)[0])
+                  for entry in sorted(os.listdir(content.image_dir))
+                  if os.path.splitext(entry)[1].lower() in IMAGE_SUFFIXES]
+    return named
+
+
+def check_content_ids(content, known, numbered):
+    """Refuse raw content that names an id which is not an item of the source (it would be dropped silently); in
+    a layout whose items are numbered 0..I-1 (``numbered``), a file that counts from 1 is named as such, and one
+    that names no item 0 gets a warning (counted from 1, every text would be one item off): returned, for the
+    caller to print once the import has succeeded."""
+    named = content_ids(content)
+    known = set(known)
+    unknown = [(where, i) for where, i in named if i not in known]
+    if unknown:
+        where, item = unknown[0]
+        hint = ''
+        if numbered and item == str(len(known)) and all(i.isascii() and i.isdigit() for _, i in named):
+            hint = f'; items are numbered 0..{len(known) - 1} here (row r of the feature matrices is item r), ' \
+                   f'not from 1'
+        raise DataError(where, f'item {item[:40]!r} is not an item of the source ({len(unknown)} of '
+                               f'{len(named)} named so){hint}')
+    if numbered and named and '0' not in {i for _, i in named}:
+        return (f'warning: {content.text_file or content.image_dir}: no line or image names item 0; items are '
+                f'numbered from 0 here (row r of the feature matrices is item r): ids counted from 1 would put '
+                f'every text or image one item off')
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +445,7 @@ def read_csv(inter_path, feature_paths, min_inter=0, item_list=None, seed=0, con
     meta = {'source': {'kind': 'csv', 'file': os.path.abspath(inter_path), 'min_inter': min_inter,
                        'split': 'chronological 8:1:1 per user' if time_col is not None
                        else f'random 8:1:1 per user (seed {seed})'}}
-    add_content(content, features, meta, item_order)
+    add_content(content, features, meta, item_order, row_ids)
     return parts(len(user_order), len(item_order), train, val, test, features, meta, user_order, item_order)
 
 
@@ -412,8 +465,16 @@ def read_mmrec(source, content=None):
             raise DataError(path, f'missing column {col!r} (header: {header})')
     cu, ci, cx = header.index('userID'), header.index('itemID'), header.index('x_label')
     try:
-        table = np.array([[int(r[cu]), int(r[ci]), int(r[cx])] for r in body], dtype=np.int64).reshape(-1, 3)
-    except (ValueError, IndexError):
+        fields = [(r[cu].strip(), r[ci].strip(), r[cx].strip()) for r in body]
+    except IndexError:
+        raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
+    bad = next((n for n, f in enumerate(fields) if not all(ASCII_ID.fullmatch(x) for x in f)), None)
+    if bad is not None:                 # '007' and '7' (or '٧', which int() reads as 7) would be one id
+        raise DataError(path, f'line {bad + 2}: userID, itemID and x_label must be integers written in the digits '
+                              f'0-9 without leading zeros, found {"/".join(fields[bad])[:60]!r}')
+    try:
+        table = np.array([[int(x) for x in f] for f in fields], dtype=np.int64).reshape(-1, 3)
+    except ValueError:
         raise DataError(path, 'userID, itemID and x_label must be integers on every line') from None
     except OverflowError:
         raise DataError(path, 'an id is too large (ids must be below 2**31)') from None
@@ -432,6 +493,7 @@ def read_mmrec(source, content=None):
     num_item = features[0][2].shape[0] if features else int(table[:, 1].max()) + 1
     if table[:, 1].max() >= num_item:
         raise DataError(path, f'item id {int(table[:, 1].max())} has no feature row ({num_item} rows)')
+    _check_sizes(path, num_user, num_item, [table[:, :2]], features)
     train = np.unique(table[table[:, 2] == 0][:, :2], axis=0)
     splits = []
     for label in (1, 2):
@@ -484,6 +546,8 @@ def read_hkuds(source, val_fraction=0.1, seed=0, content=None):
             raise DataError(path, f'shape {shape} differs from trnMat.pkl\'s {(num_user, num_item)} '
                                   f'(all splits are users x items of one dataset)')
     features = _hkuds_features(source, num_item)
+    _check_sizes(f'{trn_path} (shape {(num_user, num_item)})', num_user, num_item,
+                 [np.stack(m[1:3], axis=1) for m in matrices.values()], features)
     _, rows, cols, _ = matrices['trnMat.pkl']
     train = np.unique(np.stack([rows, cols], axis=1), axis=0)
     if len(train) == 0:
@@ -493,6 +557,12 @@ def read_hkuds(source, val_fraction=0.1, seed=0, content=None):
         val = _split_dict(*matrices['valMat.pkl'][1:3])
     else:
         train, val = _hold_out(train, val_fraction, seed)
+        if not val:
+            largest = int(np.unique(train[:, 0], return_counts=True)[1].max())
+            raise DataError('--val_fraction', f'{val_fraction:g} of each user\'s training items holds out none '
+                                              f'(floor({val_fraction:g} n) is 0 for every user; the most any user has '
+                                              f'is n = {largest}): raise --val_fraction, or add valMat.pkl to '
+                                              f'{source}')
         split = f'the authors\' trnMat/tstMat; validation {val_fraction:g} of each user\'s training items (seed {seed})'
     test = _split_dict(*matrices['tstMat.pkl'][1:3])
     meta = {'source': {'kind': 'hkuds', 'folder': os.path.abspath(source), 'split': split}}
@@ -512,6 +582,7 @@ def read_json(source, content=None):
     features = _hkuds_features(source, None)
     num_user = int(pairs[:, 0].max()) + 1 if len(pairs) else 0
     num_item = features[0][2].shape[0] if features else int(pairs[:, 1].max()) + 1
+    _check_sizes(f'{source} (the largest ids + 1)', num_user, num_item, [pairs], features)
     for f in names:
         if len(splits[f]) and splits[f][:, 1].max() >= num_item:
             raise DataError(os.path.join(source, f), f'item {int(splits[f][:, 1].max())} has no feature row '
@@ -527,21 +598,17 @@ def read_json(source, content=None):
 
 
 def _read_json_split(path):
-    """[(user, item)] of a JSON split {"user": [items]}; ids non-negative integers below 2**31."""
-    import json
-    from safe_read import read_regular
-    try:
-        split = json.loads(read_regular(path, MAX_JSON_BYTES))
-    except DataError:
-        raise
-    except (ValueError, RecursionError) as e:
-        raise DataError(path, f'not valid JSON ({describe(e)})') from None
+    """[(user, item)] of a JSON split {"user": [items]}; ids non-negative integers below 2**31, each user once
+    (a key given twice, or spelled twice as '7' and '007', would merge two lists silently)."""
+    from safe_read import load_json
+    split = load_json(path, MAX_JSON_BYTES)
     if not isinstance(split, dict):
         raise DataError(path, 'expected a JSON object {"user id": [item ids]}')
     pairs = []
     for user, items in split.items():
-        if not (isinstance(user, str) and user.isdigit() and int(user) <= MAX_ID):
-            raise DataError(path, f'user id {user[:40]!r} is not a non-negative integer below 2**31')
+        if not (len(user) <= 10 and ASCII_ID.fullmatch(user) and int(user) <= MAX_ID):
+            raise DataError(path, f'user id {user[:40]!r} is not a non-negative integer below 2**31 written in '
+                                  f'digits 0-9 without leading zeros')
         if not isinstance(items, list) or not all(type(i) is int and 0 <= i <= MAX_ID for i in items):
             raise DataError(path, f'user {user}: expected a list of item ids (non-negative integers below 2**31)')
         pairs.extend((int(user), i) for i in items)
@@ -584,11 +651,21 @@ def _hold_out(train, fraction, seed):
     return train[keep], val
 
 
+def _check_sizes(path, num_user, num_item, pairs, features):
+    """The sizes of a layout whose counts come from a shape or the largest ids, against the (user, item) pairs
+    of all its splits (``DataLoad.check_backed``); feature matrices (one row per item, checked) back the item
+    count.  Called before anything per user or per item is built."""
+    pairs = np.concatenate(pairs)
+    check_backed(path, 'users', num_user, len(np.unique(pairs[:, 0])))
+    if not features:
+        check_backed(path, 'items', num_item, len(np.unique(pairs[:, 1])))
+
+
 def _checked_parts(num_user, num_item, train, val, test, features, meta, content, paths):
     """The treatment of both layouts (docs/data.md): every user and item of the source is kept (the
-    authors' item count, all items ranked); validation/test rows of users without a training item are
-    dropped (nothing is learnt for them), as are validation/test pairs that are training pairs (masked
-    out in ranking); both counted in meta.json."""
+    authors' item count, all items ranked); validation/test rows of users without a training item are dropped
+    (nothing is learnt for them), as are validation/test pairs that are training pairs (masked out in
+    ranking); both counted in meta.json."""
     trained = np.zeros(num_user, dtype=bool)
     trained[train[:, 0]] = True
     keys = np.unique(train[:, 0] * num_item + train[:, 1])

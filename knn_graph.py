@@ -106,13 +106,18 @@ def normalized_knn(indices, num_item):
 
 
 def feature_digest(feature, k):
-    """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from."""
+    """sha256 of a modality's raw content and ``k``: what a cached kNN graph must have been built from.  An
+    integer array (DRAGON's training pairs, for its user-user graph) is hashed exactly, as int64."""
     from DataLoad import WordFeature
     h = hashlib.sha256(f'format {CACHE_FORMAT} k {k} '.encode())
     if isinstance(feature, WordFeature):
         h.update(f'words {feature.vocab_size} '.encode())
         for t in (feature.item_index, feature.word_id):
             h.update(np.ascontiguousarray(t.numpy(), dtype=np.int64).tobytes())
+    elif np.issubdtype(np.asarray(feature).dtype, np.integer):
+        arr = np.ascontiguousarray(feature, dtype=np.int64)
+        h.update(f'int {arr.shape} '.encode())
+        h.update(arr.tobytes())
     else:
         arr = np.ascontiguousarray(feature, dtype=np.float32)
         h.update(f'dense {arr.shape} '.encode())
@@ -121,7 +126,8 @@ def feature_digest(feature, k):
 
 
 def cached_graph(prefix, name, feature, num_item, k, cache_dir, build, valid):
-    """``build()`` (a dict of tensors) of one modality's kNN graph, from ``<cache_dir>/<prefix>_<name>_k<k>.pt``
+    """``build()`` (a dict of tensors) of one modality's kNN graph (or another graph built from ``feature``:
+    DRAGON's user-user graph from the training pairs), from ``<cache_dir>/<prefix>_<name>_k<k>.pt``
     when that file was built from the same content (the digest) and ``valid(saved)`` holds, else built; a
     build slower than ``CACHE_AFTER_S`` is written there atomically (skipped, with a note, where it cannot be)."""
     path = None if cache_dir is None else os.path.join(cache_dir, f'{prefix}_{name}_k{k}.pt')

@@ -8,7 +8,7 @@ Each evaluation prints one Val and one Test line; the run ends with the best
 epoch by validation Recall@K (first K) and its test metrics, and appends one
 JSON line to ``--save_file`` (``--select_on test``: the best epoch by test
 Recall, the papers' protocol; the summary and the line say it is optimistic).  Exit status: 0 done, 1 unexpected error,
-2 bad input or arguments (also: another live run holds ``--checkpoint``),
+2 bad input or arguments (also: another live run holds ``--checkpoint``, ``--PATH_weight_save`` or ``--export_topk``),
 3 training diverged (a NaN/Inf loss, parameter or score), 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, a scheduler's preemption: the run stops at
 the next safe point and ``--resume`` continues it; docs/torchrun.md).
@@ -38,10 +38,11 @@ try:
 
     import distributed
     import registry
-    from checkpoint import (Saver, checkpoint_lock, load_weights, new_state, read_checkpoint, resume_from,
+    from checkpoint import (Saver, load_weights, output_locks, new_state, read_checkpoint, resume_from,
                             seed_everything)
     from config import parse_args, run_name
-    from errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED, TERMINATED_LINE, DataError,
+    from errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED, TERMINATED_EARLY_LINE,
+                        TERMINATED_LINE, DataError,
                         InputError, describe, one_line)
     from safe_write import append_results_line, check_not_inputs, check_outputs, check_writable
 except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
@@ -159,12 +160,15 @@ def training_data(args, data, folder, sampler_rng):
 
 def run(args):
     from Board import open_board
-    from Train import fit
+    from Train import Terminated, fit
     started = time.time()
     name = run_name(args)
     best_path, last_path, outputs = output_paths(args, name)
     device = start_process(args)
-    with checkpoint_lock(last_path):           # one run per checkpoint, before any work
+    locked = [(last_path, 'checkpoint', '--checkpoint'), (best_path, 'best-model file', '--PATH_weight_save')]
+    if args.export_topk:
+        locked.append((args.export_topk, 'top-K export', '--export_topk'))
+    with output_locks(locked):                  # one run per checkpoint (and best model, export), before any work
         sampler_rng = seed_everything(args.seed)
         folder, data = load_data(args, outputs)
         model, optimizer, extra, ckpt = build(args, data, last_path, sampler_rng, device)
@@ -177,8 +181,12 @@ def run(args):
         if args.select_on == 'test':
             print(OPTIMISTIC_LINE)
         board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
-        status = fit(model, trainer, sampler, optimizer, device, state, lambda epoch: evaluate(model, epoch),
-                     Saver(best_path, last_path, args, sampler_rng), args, board, extra)
+        try:
+            status = fit(model, trainer, sampler, optimizer, device, state, lambda epoch: evaluate(model, epoch),
+                         Saver(best_path, last_path, args, sampler_rng), args, board, extra)
+        except Terminated as e:
+            e.checkpoint = last_path if state['epoch'] > 0 else None     # resumed from one, or wrote one
+            raise
         if board:
             board.close(args, state)
         finish(args, name, status, state, model, data, folder, best_path, device, started)
@@ -249,11 +257,12 @@ def main(argv=None):
             print(f'error: {one_line(e)}', file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
+        if distributed.is_main():               # a terminal's Ctrl-C reaches every rank
+            print('interrupted: the last end-of-epoch checkpoint is intact (continue with --resume)', file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:                          # every rank stops at the same safe point (Train.stop_point)
+    except Terminated as e:                     # every rank stops at the same safe point (Train.stop_point)
         if distributed.is_main():
-            print(TERMINATED_LINE, file=sys.stderr)
+            print(TERMINATED_LINE if getattr(e, 'checkpoint', None) else TERMINATED_EARLY_LINE, file=sys.stderr)
         return EXIT_TERMINATED
     except RuntimeError as e:                   # torch.distributed's errors are RuntimeErrors
         message = distributed.lost_peer(e)
@@ -270,8 +279,20 @@ def main(argv=None):
             torch.set_num_threads(threads)
 
 
+def report_status(code):
+    """Under launch.py: rank 0's exit status, for the launcher to exit with (its one line is rank 0's)."""
+    path = os.environ.get('SLMREC_LAUNCH_STATUS')
+    if path and distributed.is_main():
+        try:
+            with open(path, 'w') as f:
+                f.write(f'{code}\n')
+        except OSError:
+            pass
+
+
 if __name__ == '__main__':
     code = main()
+    report_status(code)
     if code == EXIT_TERMINATED:
         # Stopping already: torchrun ends the other ranks with SIGTERM once one has exited, and Python's own
         # shutdown puts SIGTERM's default back (death by signal, -15), but leaves an ignored signal ignored.

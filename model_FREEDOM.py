@@ -80,6 +80,24 @@ def pruned_adjacency(users, items, weights, dropout, num_user, num_item):
     return normalized_adjacency(torch.stack([users[keep], items[keep]], dim=1), num_user, num_item, weights.dtype)
 
 
+def register_edges(model, train, num_user, num_item):
+    """The buffers a pruned graph is drawn from (every training edge and its ``prune_weights``), and
+    ``train_adj``, the epoch's graph (None until ``on_epoch_start``): FREEDOM's and PGL's."""
+    users, items = pair_tensors(train)
+    model.register_buffer('edge_users', users, persistent=False)
+    model.register_buffer('edge_items', items, persistent=False)
+    model.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)
+    model.register_buffer('train_adj', None, persistent=False)
+
+
+def cached_item_graph(args, data):
+    """``S`` for ``--knn_k`` and ``--mm_image_weight`` (FREEDOM's, PGL's and DRAGON's), each modality's kNN ids
+    cached beside the dataset; a one-line error when ``--knn_k`` exceeds the items."""
+    if args.knn_k > data.num_item:
+        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
+    return item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
+
+
 # ---------------------------------------------------------------------- the model
 
 class FREEDOM(Recommender):
@@ -111,11 +129,7 @@ class FREEDOM(Recommender):
         self.register_buffer('adj', adj, persistent=False)
         self.register_buffer('item_adj', item_adj, persistent=False)
         self.register_buffer('item_adj_t', transpose_csr(item_adj), persistent=False)
-        users, items = pair_tensors(train)
-        self.register_buffer('edge_users', users, persistent=False)
-        self.register_buffer('edge_items', items, persistent=False)
-        self.register_buffer('edge_weights', prune_weights(users, items, num_user, num_item), persistent=False)
-        self.register_buffer('train_adj', None, persistent=False)      # Â_p of the current epoch (on_epoch_start)
+        register_edges(self, train, num_user, num_item)
 
         self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
         self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))
@@ -176,9 +190,7 @@ class FREEDOM(Recommender):
 def build(args, data):
     needs_modality('FREEDOM', data)
     adj = normalized_adjacency(data.train, data.num_user, data.num_item)
-    if args.knn_k > data.num_item:
-        raise InputError(f'--knn_k {args.knn_k} exceeds the number of items ({data.num_item})')
-    graph = item_graph(data.features, data.num_item, args.knn_k, args.mm_image_weight, cache_dir=data.path)
+    graph = cached_item_graph(args, data)
     return FREEDOM(data.num_user, data.num_item, data.features, data.train, adj, graph, args.dim_latent,
                    args.num_layer, args.dropout_rate, reg_weight=args.weight_decay)
 

@@ -97,6 +97,39 @@ def user_item_block(adj, num_user):
                                        (num_user, num_item), check_invariants=True).coalesce().to_sparse_csr()
 
 
+def register_view_graphs(model, adj, num_user, item_adj):
+    """``model``'s buffers for ``through_item_graph``: ``adj`` (``Â``), ``user_item`` (``R̂``) with its transpose,
+    and each item-item graph ``item_adj_<v>`` with its transpose ``item_adj_t_<v>`` (MGCN's and SMORE's)."""
+    model.register_buffer('adj', adj, persistent=False)
+    user_item = user_item_block(adj, num_user)
+    model.register_buffer('user_item', user_item, persistent=False)
+    model.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
+    for v, graph in item_adj.items():
+        model.register_buffer(f'item_adj_{v}', graph, persistent=False)
+        model.register_buffer(f'item_adj_t_{v}', transpose_csr(graph), persistent=False)
+
+
+def through_item_graph(item, graph, graph_t, user_item, user_item_t, layers):
+    """``[R̂ Ŝ^layers item ; Ŝ^layers item]``: item rows through an item-item graph (``graph_t`` its transpose),
+    each user the ``R̂``-weighted sum of its items (MGCN's and SMORE's views)."""
+    for _ in range(layers):
+        item = _RowMeanProduct.apply(item, graph, graph_t)
+    return torch.cat([_RowMeanProduct.apply(item, user_item, user_item_t), item])
+
+
+def view_loss(content, side, users, pos, neg, num_user, reg_weight, cl_weight, temperature=TEMPERATURE):
+    """MGCN's loss from its two views ``c`` and ``s`` (SMORE's too): BPR with its λ term on ``z = c + s``, plus β
+    times the two view contrasts; the loss and its parts."""
+    z = content + side
+    z_user, z_pos, z_neg = take_rows(z, torch.cat([users, pos + num_user, neg + num_user])).split(len(users))
+    bpr = bpr_loss(z_user, z_pos, z_neg)
+    reg = 0.5 * (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
+    pos_nodes = pos + num_user
+    cl = info_nce(take_rows(side, pos_nodes), take_rows(content, pos_nodes), temperature) + \
+        info_nce(take_rows(side, users), take_rows(content, users), temperature)
+    return bpr + reg_weight * reg + cl_weight * cl, {'bpr': bpr.item(), 'reg': reg.item(), 'cl': cl.item()}
+
+
 def info_nce(a, b, temperature=TEMPERATURE):
     """``-mean_r log softmax_r'(â_r · b̂_r' / τ)[r]``: row r of ``a`` against every row of ``b``."""
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
@@ -132,13 +165,7 @@ class MGCN(Recommender):
         self.num_user, self.num_item, self.num_layer, self.num_item_layer = num_user, num_item, num_layer, num_item_layer
         self.reg_weight, self.cl_weight, self.fuser_softmax = reg_weight, cl_weight, fuser_softmax
         self.modalities = list(features)
-        self.register_buffer('adj', adj, persistent=False)
-        user_item = user_item_block(adj, num_user)
-        self.register_buffer('user_item', user_item, persistent=False)
-        self.register_buffer('user_item_t', transpose_csr(user_item), persistent=False)
-        for m in self.modalities:
-            self.register_buffer(f'item_adj_{m}', item_adj[m], persistent=False)
-            self.register_buffer(f'item_adj_t_{m}', transpose_csr(item_adj[m]), persistent=False)
+        register_view_graphs(self, adj, num_user, item_adj)
 
         self.embedding_user = nn.Parameter(torch.empty(num_user, dim_latent))
         self.embedding_item = nn.Parameter(torch.empty(num_item, dim_latent))
@@ -153,10 +180,8 @@ class MGCN(Recommender):
     def modality_view(self, m):
         """``x_m`` [(U+I), d]: the purified item embedding through ``Ŝ_m``, users as ``R̂`` of their items."""
         item = self.embedding_item * torch.sigmoid(self.purifiers[m](self.transforms[m](self.item_input(m))))
-        graph, graph_t = getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}')
-        for _ in range(self.num_item_layer):
-            item = _RowMeanProduct.apply(item, graph, graph_t)
-        return torch.cat([_RowMeanProduct.apply(item, self.user_item, self.user_item_t), item])
+        return through_item_graph(item, getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}'),
+                                  self.user_item, self.user_item_t, self.num_item_layer)
 
     def fuse(self, views, content):
         """``s``: the behaviour-aware fuser of the modality views ``[x_m]`` given the user-item view ``c``."""
@@ -181,17 +206,7 @@ class MGCN(Recommender):
 
     def loss(self, users, pos, neg):
         """BPR with its λ term on the final embeddings, plus β times the two view contrasts."""
-        content, side = self.views()
-        z = content + side
-        items = torch.cat([pos, neg]) + self.num_user
-        z_user, z_pos, z_neg = take_rows(z, torch.cat([users, items])).split(len(users))
-        bpr = bpr_loss(z_user, z_pos, z_neg)
-        reg = 0.5 * (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
-        pos_nodes = pos + self.num_user
-        cl = info_nce(take_rows(side, pos_nodes), take_rows(content, pos_nodes)) + \
-            info_nce(take_rows(side, users), take_rows(content, users))
-        return bpr + self.reg_weight * reg + self.cl_weight * cl, {'bpr': bpr.item(), 'reg': reg.item(),
-                                                                    'cl': cl.item()}
+        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight)
 
 
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)

@@ -74,37 +74,117 @@ def dataset_folder(name, root=DATA_ROOT):
     return os.path.join(root, name)
 
 
+def our_meta(folder):
+    """The meta.json of ``folder`` when this script wrote it, else None."""
+    from safe_read import load_json
+    try:
+        meta = load_json(os.path.join(folder, 'meta.json'), 1 << 20)
+    except DataError:
+        return None
+    source = meta.get('source') if isinstance(meta, dict) else None
+    return meta if isinstance(source, dict) and source.get('kind') in SOURCE_KINDS else None
+
+
 def is_ours(folder):
     """True when ``folder`` holds a meta.json that this script wrote."""
-    from safe_read import read_regular
-    try:
-        meta = json.loads(read_regular(os.path.join(folder, 'meta.json'), 1 << 20))
-    except (DataError, ValueError):
-        return False
-    source = meta.get('source') if isinstance(meta, dict) else None
-    return isinstance(source, dict) and source.get('kind') in SOURCE_KINDS
+    return our_meta(folder) is not None
 
 
-def claim_folder(name, force, root=DATA_ROOT):
-    """(folder, ready) for dataset ``name``; ``ready``: ours already and no --force.
+def claim_folder(name, force, root=DATA_ROOT, request=None):
+    """(folder, ready) for dataset ``name``; ``ready``: ours already, prepared by the same command (``request``,
+    see ``same_request``), and no --force.
 
     Nothing this script did not write is ever replaced: an existing folder is
-    replaced only when it holds our meta.json (and --force) or is empty.
+    replaced only when it holds our meta.json (and --force) or is empty; one of
+    ours prepared from another source or with other options is refused without
+    --force (its old card and "dataset ready" would pass for the new source's).
+    The folder's parent must take a new folder (checked now, before the source is read).
     Temporary folders left by an interrupted run for the same folder go first.
     """
     folder = dataset_folder(name, root)
-    remove_partials(folder)
-    if os.path.islink(folder):
-        raise DataError(folder, 'is a symbolic link; refusing to replace it')
-    if os.path.lexists(folder):
-        if not os.path.isdir(folder):
-            raise DataError(folder, 'exists and is not a folder; refusing to replace it')
-        if is_ours(folder):
-            return folder, not force
-        if os.listdir(folder):
-            raise DataError(folder, 'exists and was not written by prepare_data.py (no meta.json of ours); '
-                                    'refusing to replace it')
+    try:
+        remove_partials(folder)
+        if os.path.islink(folder):
+            raise DataError(folder, 'is a symbolic link; refusing to replace it')
+        if os.path.lexists(folder):
+            if not os.path.isdir(folder):
+                raise DataError(folder, 'exists and is not a folder; refusing to replace it')
+            meta = our_meta(folder)
+            if meta is not None:
+                if not force:
+                    same_request(folder, meta['source'], request)
+                    return folder, True
+            elif os.listdir(folder):
+                raise DataError(folder, 'exists and was not written by prepare_data.py (no meta.json of ours); '
+                                        'refusing to replace it')
+        check_parent(folder)
+    except (OSError, ValueError) as e:             # ValueError: a null byte in the path
+        raise DataError(folder, f'cannot write the dataset there ({getattr(e, "strerror", None) or e})') from None
     return folder, False
+
+
+def check_parent(folder):
+    """Raise OSError unless ``write_dataset`` can make its temporary sibling of ``folder`` (and the folders above
+    it that are missing): a file, /proc or a name too long for the temporary fail now, before the source is read,
+    and nothing is created here."""
+    import errno
+    parent, base = os.path.split(folder)
+    if len(os.fsencode(f'.{base}-')) + 8 > 255:
+        raise OSError(errno.ENAMETOOLONG, 'File name too long')
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OSError(errno.ENOTDIR, f'{existing} is not a folder')
+    made = []                                   # the missing folders above, made for the probe and removed after it
+    try:
+        for part in os.path.relpath(parent, existing).split(os.sep) if existing != parent else []:
+            made.append(os.path.join(made[-1] if made else existing, part))
+            os.mkdir(made[-1])
+        os.rmdir(tempfile.mkdtemp(prefix=f'.{base}-', dir=parent))          # as write_dataset's
+    finally:
+        for path in reversed(made):
+            if os.path.isdir(path):
+                os.rmdir(path)
+
+
+def same_request(folder, source, request):
+    """Refuse (``DataError``) when dataset ``folder``, whose meta.json records ``source``, was prepared by another
+    command than ``request`` (the source kind, its paths and the options that change the data), or when a path
+    of ``request`` is missing (the same command naming a source that is gone is no "dataset ready").  A meta.json from before the request was recorded is compared on what it records."""
+    if request is None:
+        return
+    paths = request_paths(request)
+    request = json.loads(json.dumps(request))
+    recorded = source.get('request')
+    if recorded is None:                        # written before requests were recorded: the fields it has
+        recorded = {k: source[k] for k in request if k in source}
+        request = {k: request[k] for k in recorded}
+    if recorded != request:
+        key = next(k for k in sorted(set(recorded) | set(request)) if recorded.get(k) != request.get(k))
+        raise DataError(folder, f'holds a dataset prepared from another source or with other options ({key} '
+                                f'{repr(recorded.get(key))[:80]} there, {repr(request.get(key))[:80]} now); pass '
+                                f'--force to replace it, or give another --name')
+    for path in paths:                          # the same command: its source must still be there
+        if not os.path.exists(path):
+            raise DataError(path, 'not found')
+
+
+def request_paths(request):
+    """The paths an import request names (its source files and folders, the raw content)."""
+    paths = [request.get(k) for k in ('file', 'folder', 'item_list')]
+    paths += list((request.get('features') or {}).values())
+    paths += [v for k, v in (request.get('content') or {}).items() if k in ('text_file', 'image_dir', 'image_weights')]
+    return [p for p in paths if p]
+
+
+def content_request(content):
+    """The raw-content options of an import (``features.Content``) as they enter a request."""
+    if not content:
+        return None
+    paths = {k: os.path.abspath(getattr(content, k)) if getattr(content, k) else None
+             for k in ('text_file', 'image_dir', 'image_weights')}
+    return {**paths, 'image_model': content.image_model, 'image_size': content.image_size}
 
 
 def remove_partials(folder):
@@ -153,8 +233,11 @@ def write_dataset(folder, num_user, num_item, train, val, test, features, meta, 
     (kind 'dense') or a LongTensor [2, W] of (item, word) pairs (kind 'words').
     """
     parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}-', dir=parent)
+    except (OSError, ValueError) as e:
+        raise DataError(folder, f'cannot write the dataset there ({getattr(e, "strerror", None) or e})') from None
     old = None
     try:
         with open(os.path.join(tmp, PARTIAL_MARKER), 'w') as f:
@@ -236,36 +319,53 @@ def _remove_partial(path):
 # --------------------------------------------------------------------------
 # Imports: claim the folder, read the source (importers.py), write
 
-def _prepare(name, force, root, read, *args, **kwargs):
-    """The folder of ``name`` written from ``read(*args, **kwargs)``'s parts (nothing read when ready)."""
-    folder, ready = claim_folder(name, force, root)
-    return folder if ready else write_dataset(folder, **read(*args, **kwargs))
+def _prepare(name, force, root, request, read, *args, **kwargs):
+    """The folder of ``name`` written from ``read(*args, **kwargs)``'s parts (nothing read when ready); ``request``
+    identifies the command (``same_request``) and is recorded in meta.json."""
+    folder, ready = claim_folder(name, force, root, request)
+    if ready:
+        return folder
+    parts = read(*args, **kwargs)
+    parts['meta']['source']['request'] = request
+    return write_dataset(folder, **parts)
 
 
 def movielens(name, min_inter=10, force=False, root=DATA_ROOT, source_folder=None, embed=None):
     """MovieLens-100K or -1M from the installed packages (SPEC 1.3); see ``importers.read_movielens``."""
-    return _prepare(name, force, root, read_movielens, name, min_inter, source_folder, embed)
+    request = {'kind': 'movielens', 'name': name, 'min_inter': min_inter,
+               'folder': os.path.abspath(source_folder) if source_folder else None}
+    return _prepare(name, force, root, request, read_movielens, name, min_inter, source_folder, embed)
 
 
 def import_csv(name, inter_path, feature_paths, min_inter=0, item_list=None, seed=0, force=False, root=DATA_ROOT,
                content=None):
     """An interaction file plus one .npy matrix per modality; see ``importers.read_csv``."""
-    return _prepare(name, force, root, read_csv, inter_path, feature_paths, min_inter, item_list, seed, content)
+    request = {'kind': 'csv', 'file': os.path.abspath(inter_path),
+               'features': {m: os.path.abspath(p) for m, p in feature_paths.items()},
+               'item_list': os.path.abspath(item_list) if item_list else None, 'min_inter': min_inter, 'seed': seed,
+               'content': content_request(content)}
+    return _prepare(name, force, root, request, read_csv, inter_path, feature_paths, min_inter, item_list, seed,
+                    content)
+
+
+def _folder_request(kind, source, content, **options):
+    return {'kind': kind, 'folder': os.path.abspath(source), **options, 'content': content_request(content)}
 
 
 def import_mmrec(name, source, force=False, root=DATA_ROOT, content=None):
     """The MMRec layout; see ``importers.read_mmrec``."""
-    return _prepare(name, force, root, read_mmrec, source, content)
+    return _prepare(name, force, root, _folder_request('mmrec', source, content), read_mmrec, source, content)
 
 
 def import_hkuds(name, source, val_fraction=0.1, seed=0, force=False, root=DATA_ROOT, content=None):
     """The HKUDS layout (trnMat/valMat/tstMat.pkl); see ``importers.read_hkuds``."""
-    return _prepare(name, force, root, read_hkuds, source, val_fraction, seed, content)
+    request = _folder_request('hkuds', source, content, val_fraction=val_fraction, seed=seed)
+    return _prepare(name, force, root, request, read_hkuds, source, val_fraction, seed, content)
 
 
 def import_json(name, source, force=False, root=DATA_ROOT, content=None):
     """The LATTICE layout (train/val/test.json); see ``importers.read_json``."""
-    return _prepare(name, force, root, read_json, source, content)
+    return _prepare(name, force, root, _folder_request('json', source, content), read_json, source, content)
 
 
 # --------------------------------------------------------------------------
@@ -274,7 +374,10 @@ def import_json(name, source, force=False, root=DATA_ROOT, content=None):
 def synthetic(name, like='none', scale=1.0, seed=0, num_user=None, num_item=None, inter_per_user=None,
               latent_dim=16, noise=0.5, vocab=2000, force=False, root=DATA_ROOT):
     """A dataset whose item features are noisy projections of the latent tastes that drive interactions."""
-    folder, ready = claim_folder(name, force, root)
+    request = {'kind': 'synthetic', 'like': like, 'scale': scale, 'seed': seed, 'num_user': num_user,
+               'num_item': num_item, 'inter_per_user': inter_per_user, 'latent_dim': latent_dim, 'noise': noise,
+               'vocab': vocab}
+    folder, ready = claim_folder(name, force, root, request)
     if ready:
         return folder
     spec = LIKE[like.lower()]
@@ -320,7 +423,7 @@ def synthetic(name, like='none', scale=1.0, seed=0, num_user=None, num_item=None
         feat = item_latent @ proj + noise * rng.standard_normal((num_item, dim)).astype(np.float32)
         features.append((m, fname, feat.astype(np.float32), 'dense'))
     meta = {'source': {'kind': 'synthetic', 'like': like, 'scale': scale, 'seed': seed,
-                       'latent_dim': latent_dim, 'noise': noise}}
+                       'latent_dim': latent_dim, 'noise': noise, 'request': request}}
     return write_dataset(folder, num_user, num_item, train, val, test, features, meta)
 
 

@@ -31,7 +31,8 @@ from errors import InputError
 # Every model of the package, in the order --help and the results table show them.
 MODEL_FILES = (
     'model_SSL', 'model_MMGCN', 'model_BPR', 'model_LightGCN', 'model_VBPR', 'model_GRCN', 'model_LATTICE',
-    'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec', 'model_MMSSL', 'model_DiffMM',
+    'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec', 'model_PGL', 'model_SMORE', 'model_DRAGON',
+    'model_MMSSL', 'model_DiffMM',
 )
 
 
@@ -242,9 +243,26 @@ def model_flags():
     return [(flag, readers[name]) for name, flag in flags.items()]
 
 
+def flag_readers():
+    """``{flag: [models that read it]}`` for every flag that not every model reads: each model's own flags (with the
+    models that list them in ``reads``), and the shared per-model flags that only some models have a default for
+    (``--dropout_rate``).  A flag given to a model that does not read it is refused (``config.parse_args``): it
+    would change nothing but the run name."""
+    models = entries()
+    readers = {flag.name: names for flag, names in model_flags()}
+    for key in dict.fromkeys(k for e in models.values() for k in e.defaults):
+        having = [m for m, e in models.items() if key in e.defaults]
+        if key not in readers and len(having) < len(models):
+            readers[key] = having
+    return readers
+
+
 def needs_modality(name, data):
-    """The one-line error for a model that needs item features on a dataset (or selection) without any."""
+    """The one-line error for a model that needs item features on a dataset (or selection) without any: the
+    dataset's own lack is not a --modalities problem."""
     if not data.features:
+        if not getattr(data, 'available', None):
+            raise InputError(f'{data.path}: {name} needs item features, and this dataset has none (no modality)')
         raise InputError(f'{name} needs at least one modality (see --modalities)')
 
 
@@ -271,6 +289,8 @@ def build_model(args, data):
     try:
         return entry(args.model_name).build(args, data)
     except ValueError as e:
+        if not getattr(data, 'available', True) and 'modalit' in str(e):     # not a --modalities problem
+            raise InputError(f'{data.path}: this dataset has no item features (no modality), and {e}') from None
         raise InputError(str(e)) from None
 
 

@@ -50,11 +50,107 @@ def read_regular(path, limit):
     return data
 
 
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(k for n, k in enumerate(keys) if k in keys[:n])
+        raise ValueError(f'the key {twice[:40]!r} appears twice in one object')
+    return dict(pairs)
+
+
+def load_json(path, limit):
+    """The JSON document in the regular file ``path`` (at most ``limit`` bytes); a key given twice in one object
+    is refused (``json`` keeps the last silently).  Every failure is a ``DataError`` naming the file."""
+    import json
+    data = read_regular(path, limit)
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:          # UnicodeDecodeError is a ValueError
+        raise DataError(path, f'not valid JSON ({describe(e)})') from None
+
+
 MAX_PICKLE_BYTES = 1 << 30      # a pickled split or dict file larger than 1 GiB is refused (SPEC 1.4)
 
 
 class _ArrayClass:
     """Stands for ``numpy.ndarray`` inside a pickle: usable only as ``_reconstruct``'s first argument."""
+
+
+PLAIN_KINDS = 'biufcO'          # bool, integers, floats, complex; object only for a list-pickled array
+
+
+def _plain_dtype(spec, align=False, copy=False):
+    """``numpy.dtype`` as pickles call it: a fresh plain dtype (no fields, no sub-array), held by a
+    ``_DtypeSpec`` whose ``BUILD`` may set the byte order and nothing else.
+
+    The real ``dtype.__setstate__`` takes names, fields, sizes and flags from the
+    stream: a dtype that holds object fields while its flags deny it makes an
+    array of attacker-chosen pointers (a segmentation fault, or worse).
+    """
+    try:
+        dtype = np.dtype(spec if isinstance(spec, str) else bytes(spec).decode('ascii'))
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise pickle.UnpicklingError('refused a dtype that is not a plain type name') from None
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in PLAIN_KINDS:
+        raise pickle.UnpicklingError(f'refused the dtype {dtype} (plain numbers or objects only)')
+    return _DtypeSpec(dtype)
+
+
+class _DtypeSpec:
+    """A dtype read from a pickle; ``_real_dtype`` gives the dtype itself to the array builders."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        """numpy's dtype state ``(3, byte order, None, None, None, size, alignment, flags)``: only the byte order
+        is taken; sizes and flags must be the plain type's own (or -1, 'the default')."""
+        d = self.dtype
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] in (3, 4) and state[1] in '<>|='
+                and state[2:5] == (None, None, None) and state[5] in (-1, d.itemsize)
+                and state[6] in (-1, d.alignment) and isinstance(state[7], int)):
+            raise pickle.UnpicklingError('refused a dtype state that is not a plain type\'s')
+        if state[1] in '<>' and d.byteorder != '|':
+            self.dtype = d.newbyteorder(state[1])
+
+
+def _real_dtype(value):
+    """The dtype an array builder was given: a ``_DtypeSpec``, or a type code as bytes (``_reconstruct``)."""
+    if isinstance(value, _DtypeSpec):
+        return value.dtype
+    if isinstance(value, (bytes, str)):
+        return _plain_dtype(value).dtype
+    raise pickle.UnpicklingError(f'refused an array type given as {type(value).__name__}')
+
+
+class _CheckedArray(np.ndarray):
+    """The arrays a pickle makes: an ``ndarray`` whose ``BUILD`` (``__setstate__``) is checked first.
+
+    numpy's own ``__setstate__`` allocates the shape the stream names before
+    it compares an object array's list with it, and then reads past the list
+    (a few bytes of pickle crash the process); here the data must fill the
+    shape exactly (a list of one object per element, or the bytes of a plain
+    dtype) before numpy sees it.
+    """
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError('refused an array state that is not numpy\'s')
+        version, (shape, dtype, fortran, raw) = (state[0], state[1:]) if len(state) == 5 else (1, state)
+        dtype = _real_dtype(dtype)
+        if not (isinstance(shape, tuple) and len(shape) <= 32
+                and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape)):
+            raise pickle.UnpicklingError('refused an array whose shape is not a tuple of sizes')
+        count = 1
+        for n in shape:
+            count *= int(n)
+        if dtype.hasobject:
+            fits = isinstance(raw, list) and len(raw) == count
+        else:
+            fits = isinstance(raw, (bytes, bytearray)) and len(raw) == count * dtype.itemsize
+        if not fits:
+            raise pickle.UnpicklingError(f'refused an array whose data do not fill its shape {shape[:4]}')
+        super().__setstate__((version, tuple(int(n) for n in shape), dtype, bool(fortran), raw))
 
 
 def _bounded_reconstruct(subtype, shape, dtype):
@@ -64,31 +160,42 @@ def _bounded_reconstruct(subtype, shape, dtype):
     """
     if subtype is not _ArrayClass or tuple(shape) != (0,):
         raise pickle.UnpicklingError('refused an array reconstructed with a non-empty shape')
-    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+    return _CheckedArray((0,), _real_dtype(dtype))
+
+
+def _plain_scalar(dtype, data=None):
+    """numpy's ``scalar`` (a pickled numpy number) as the plain Python number it holds."""
+    dtype = _real_dtype(dtype)
+    if dtype.hasobject or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError('refused a numpy scalar that is not the bytes of a plain number')
+    return np.frombuffer(data, dtype)[0].item()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only what the legacy split/dict files hold (SPEC 1.4).
 
     Nothing it admits builds more than the stream spells out: arrays start
-    empty and get their data from the stream (numpy checks its size), and the
-    containers hold what the stream appends.  A shared sub-list (a "billion
-    laughs" bomb) stays small here and is refused by the flat-row checks of
-    ``_as_int_array`` before anything walks it.
+    empty and get their data from the stream (checked against their shape
+    before numpy sees it), dtypes are plain types, numpy scalars become Python
+    numbers, and the containers hold what the stream appends.  A shared
+    sub-list (a "billion laughs" bomb) stays small here and is refused by the
+    flat-row checks of ``_as_int_array`` before anything walks it.
     """
 
     ALLOWED = {
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('numpy', 'dtype'),
         ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'list'),
         ('builtins', 'dict'), ('builtins', 'int'), ('builtins', 'tuple'),
         ('collections', 'defaultdict'), ('collections', 'OrderedDict'),
     }
+    NUMPY = {'_reconstruct': _bounded_reconstruct, 'scalar': _plain_scalar}
 
     def find_class(self, module, name):
-        if (module, name) in (('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')):
-            return _bounded_reconstruct
+        if module in ('numpy.core.multiarray', 'numpy._core.multiarray') and name in self.NUMPY:
+            return self.NUMPY[name]
         if (module, name) == ('numpy', 'ndarray'):
             return _ArrayClass
+        if (module, name) == ('numpy', 'dtype'):
+            return _plain_dtype
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f'refused to load {module}.{name}')
         import importlib
@@ -104,30 +211,46 @@ def _latin1_bytes(text, encoding='utf-8'):
 
 def _array_from_buffer(buffer, dtype, shape, order='C'):
     """numpy's ``_frombuffer`` (protocol 5): an array over bytes the stream holds; numpy checks the size."""
-    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
-            or dtype.hasobject or order not in ('C', 'F'):
+    dtype = _real_dtype(dtype)
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or dtype.hasobject or order not in ('C', 'F'):
         raise pickle.UnpicklingError('refused a buffer array that is not plain numeric bytes')
-    return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy()
+    return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy().view(_CheckedArray)
+
+
+SPARSE_NAMES = {f'{kind}_{suffix}': kind for kind in ('coo', 'csr') for suffix in ('matrix', 'array')}
+
+
+class _SparseStandIn:
+    """Stands for a SciPy COO/CSR class inside a pickle: made empty (``NEWOBJ``) and given its state dict
+    (``BUILD``); called with arguments (``REDUCE``: ``csr_matrix((2**31 - 1, 200))`` allocates gigabytes) it
+    refuses.  ``load_sparse_pickle`` reads the state's arrays and checks them; no SciPy code runs."""
+    kind = None
+
+    def __new__(cls, *args, **kwargs):
+        if args or kwargs:
+            raise pickle.UnpicklingError('refused a sparse matrix constructed from arguments (only its state '
+                                         'is read)')
+        return super().__new__(cls)
 
 
 def _sparse_classes():
-    import scipy.sparse as sp
+    """``{(module, class name): stand-in}`` for the four sparse classes, at their current and pre-1.8 paths."""
     classes = {}
-    for kind in ('coo', 'csr'):
-        for suffix in ('matrix', 'array'):
-            cls = getattr(sp, f'{kind}_{suffix}')
-            for module in (f'scipy.sparse._{kind}', f'scipy.sparse.{kind}'):   # current and pre-1.8 paths
-                classes[(module, cls.__name__)] = cls
+    for name, kind in SPARSE_NAMES.items():
+        stand_in = type(name, (_SparseStandIn,), {'kind': kind})
+        for module in (f'scipy.sparse._{kind}', f'scipy.sparse.{kind}'):
+            classes[(module, name)] = stand_in
     return classes
 
 
 class _SparseUnpickler(_RestrictedUnpickler):
-    """Admits what a pickled SciPy COO/CSR matrix holds (the HKUDS layout's trnMat.pkl): the four sparse
-    classes, numpy's array reconstruction (bounded as above) and dtypes, and nothing else.
+    """Admits what a pickled SciPy COO/CSR matrix holds (the HKUDS layout's trnMat.pkl): stand-ins for the
+    four sparse classes, numpy's array reconstruction (checked as above) and dtypes, and nothing else.
 
-    The classes are only instantiated empty and given a state dict (``BUILD``);
-    ``load_sparse_pickle`` then reads that dict's arrays and builds a fresh
-    matrix from them, so nothing of the loaded object is trusted or called.
+    The stand-ins are only instantiated empty and given a state dict
+    (``BUILD``); ``load_sparse_pickle`` then reads that dict's arrays and
+    builds a fresh matrix from them, so nothing of the loaded object is
+    trusted or called.
     """
 
     def find_class(self, module, name):
@@ -150,7 +273,7 @@ def _index_array(state, key, path):
     arr = state.get(key)
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise DataError(path, f'the sparse matrix\'s {key} is not a 1-D integer array')
-    return arr.astype(np.int64)
+    return np.asarray(arr, dtype=np.int64)
 
 
 def load_sparse_pickle(path, limit=MAX_PICKLE_BYTES):
@@ -169,7 +292,7 @@ def load_sparse_pickle(path, limit=MAX_PICKLE_BYTES):
         raise DataError(path, 'unsafe or corrupt pickle (nested too deeply)') from None
     except Exception as e:
         raise DataError(path, f'not a readable pickle ({describe(e)})') from None
-    if type(obj) not in set(_sparse_classes().values()):
+    if not isinstance(obj, _SparseStandIn):
         raise DataError(path, f'expected a pickled SciPy sparse matrix, found {type(obj).__name__}')
     state = vars(obj)
     shape = state.get('_shape')
@@ -181,7 +304,8 @@ def load_sparse_pickle(path, limit=MAX_PICKLE_BYTES):
     if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.hasobject \
             or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
         raise DataError(path, 'the sparse matrix\'s data is not a 1-D numeric array')
-    if type(obj).__name__.startswith('coo'):
+    values = np.asarray(values)
+    if obj.kind == 'coo':
         coords = state.get('coords', (state.get('row'), state.get('col')))
         if not isinstance(coords, tuple) or len(coords) != 2:
             raise DataError(path, 'the COO matrix does not hold two coordinate arrays (2-D)')
@@ -239,7 +363,7 @@ def load_npy(path, allow_object=False):
         raise DataError(path, f'not a readable .npy file ({describe(e)})') from None
     if not isinstance(obj, np.ndarray):
         raise DataError(path, f'expected a numpy array, found {type(obj).__name__}')
-    return obj
+    return obj.view(np.ndarray)
 
 
 def load_pt_tensor(path):
@@ -283,14 +407,33 @@ def load_matrix(path):
     return arr
 
 
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a mapping that gives a key twice (it keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != 'tag:yaml.org,2002:merge':
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f'the key {str(key)[:40]!r} appears twice',
+                                                                key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+    return UniqueKeyLoader
+
+
 def read_yaml(path, what):
-    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError."""
+    """The YAML document in ``path`` (``what``: 'config file', 'space file'); any failure is one InputError,
+    a key given twice in a mapping included."""
     import yaml
     try:
         if os.path.exists(path) and not os.path.isfile(path):
             raise OSError('not a regular file')      # a FIFO would hang
         with open(path) as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_unique_key_loader())
     except (OSError, ValueError) as e:               # ValueError: a path with a null byte, a file not UTF-8
         raise InputError(f'{path}: cannot read the {what} ({getattr(e, "strerror", None) or e})') from None
     except yaml.YAMLError as e:

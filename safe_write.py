@@ -14,6 +14,7 @@ overwrite the dataset, the config file or the loaded weights.
 """
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -64,8 +65,9 @@ def check_outputs(outputs, folders=()):
 
 def check_not_inputs(outputs, folder, args):
     """No output may overwrite an input: none inside the dataset folder (a results line appended to train.npy
-    destroys the dataset), none the --config file, and only the best model or the checkpoint the
-    --PATH_weight_load file (continuing from it)."""
+    destroys the dataset), none the --config file, and none the --PATH_weight_load file when it is written (the
+    best model and the checkpoint of a run that trains: its first evaluation would replace the weights it
+    continues from; with --num_epoch 0 nothing replaces them)."""
     data = os.path.realpath(folder)
     weights = os.path.realpath(args.PATH_weight_load) if args.PATH_weight_load else None
     config = os.path.realpath(args.config) if args.config else None
@@ -74,7 +76,10 @@ def check_not_inputs(outputs, folder, args):
         if real.startswith(data + os.sep):
             raise InputError(f'{path}: the {what} would be written into the dataset folder {folder}; '
                              f'give it a path outside')
-        if real == config or (real == weights and what in ('results file', 'top-K export')):
+        # the best model and the checkpoint are written only by training (not by --num_epoch 0, which evaluates
+        # the loaded weights); the first evaluation would replace the weights being continued from
+        written = what in ('results file', 'top-K export') or args.num_epoch > 0
+        if real == config or (real == weights and written):
             raise InputError(f'{path}: the {what} would overwrite the '
                              f'{"--config" if real == config else "--PATH_weight_load"} file; give it its own path')
 
@@ -176,6 +181,7 @@ def append_results_line(path, record):
     except OSError as e:
         raise InputError(f'{path}: cannot write the results file ({e.strerror or e})') from None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)          # runs sharing the file append one at a time (and undo only their own)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b'\n':
             line = b'\n' + line

@@ -31,22 +31,49 @@ and the best trial's validation and test metrics.
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 import warnings
 
+
+class TrialTerminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, exit 143) reached the sweep or stopped a trial's main.py: like Ctrl-C,
+    the running trial is retried from its checkpoint at the next start, and this worker stops with 143."""
+
+
+RUNNING = set()                     # the trials' main.py processes now running (Popen)
+_TERM = {'requested': False}
+
+
+def _terminate(signum, frame):
+    """SIGTERM: pass it on to the running trials (each stops at its next safe point and exits 143, which stops
+    the sweep); with none running, stop now."""
+    _TERM['requested'] = True
+    alive = [p for p in list(RUNNING) if p.poll() is None]
+    for proc in alive:
+        proc.send_signal(signal.SIGTERM)
+    if not alive:
+        raise TrialTerminated()
+
+
+if __name__ == '__main__':
+    signal.signal(signal.SIGTERM, _terminate)      # before torch loads: the one line, not a silent death
+
 try:
     import config
     from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, InputError
     from safe_read import read_yaml
     from safe_write import atomic_file, check_writable
-except KeyboardInterrupt:          # Ctrl-C while torch loads: the one line, not a traceback
+except KeyboardInterrupt as stop:  # Ctrl-C (or SIGTERM) while torch loads: the one line, not a traceback
     if __name__ != '__main__':
         raise
-    print('interrupted before anything was run', file=sys.stderr)
-    sys.exit(130)
+    terminated = isinstance(stop, TrialTerminated)
+    print(f'{"terminated" if terminated else "interrupted"} before anything was run', file=sys.stderr)
+    sys.exit(143 if terminated else 130)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(ROOT, 'main.py')
@@ -61,11 +88,6 @@ CHILD = ('import ctypes, os, runpy, signal, sys\n'
 
 class TrialFailed(Exception):
     """main.py exited non-zero: the trial is recorded as failed."""
-
-
-class TrialTerminated(KeyboardInterrupt):
-    """main.py stopped on a SIGTERM (a scheduler's preemption, exit 143): like Ctrl-C, the trial is retried
-    from its checkpoint at the next start, and this worker stops with 143."""
 
 
 # --------------------------------------------------------------------------
@@ -130,6 +152,8 @@ def flag_argv(parser, params):
 def run_trial(trial, space, base, folder, parser, lock):
     """One main.py run in its own process; the best validation Recall@K, or TrialFailed."""
     import optuna
+    if _TERM['requested']:                       # no new trial after a SIGTERM
+        raise TrialTerminated()
     params = suggest(trial, space)
     if is_grid(space) and taken_by_earlier(trial):
         trial.set_user_attr('note', 'duplicate grid point, not run')
@@ -149,14 +173,13 @@ def run_trial(trial, space, base, folder, parser, lock):
     with open(os.path.join(out, 'log.txt'), 'a') as log:
         log.write(f'# trial {trial.number}: main.py {" ".join(argv)}\n')
         log.flush()
-        proc = subprocess.run([sys.executable, '-c', CHILD, MAIN, *argv], stdout=log, stderr=subprocess.PIPE,
-                              text=True, env=dict(os.environ, SWEEP_PID=str(os.getpid())), cwd=ROOT)
-        log.write(proc.stderr)
-    if proc.returncode == EXIT_INTERRUPTED:      # Ctrl-C reached the run first: retried, not failed
+        code, stderr = run_main(argv, log)
+        log.write(stderr)
+    if code == EXIT_INTERRUPTED:                 # Ctrl-C reached the run first: retried, not failed
         raise KeyboardInterrupt
-    if proc.returncode == EXIT_TERMINATED:       # so did a scheduler's SIGTERM
-        raise TrialTerminated
-    trial.set_user_attr('exit', proc.returncode)
+    if code == EXIT_TERMINATED or (_TERM['requested'] and code != 0):
+        raise TrialTerminated                   # so did a scheduler's SIGTERM (the run's own, or the sweep's)
+    trial.set_user_attr('exit', code)
     trial.set_user_attr('folder', out)
     trial.set_user_attr('wall_s', round(time.time() - started, 1))
     record = None
@@ -168,12 +191,12 @@ def run_trial(trial, space, base, folder, parser, lock):
         trial.set_user_attr('val', record['val'])
         trial.set_user_attr('test', record['test'])          # recorded, never used to choose
         trial.set_user_attr('best_epoch', record['best_epoch'])
-    if proc.returncode != 0:
-        reason = {2: 'bad input', 3: 'diverged'}.get(proc.returncode, f'exit {proc.returncode}')
-        last = (proc.stderr.strip().splitlines() or [''])[-1]
+    if code != 0:
+        reason = {2: 'bad input', 3: 'diverged'}.get(code, f'exit {code}')
+        last = (stderr.strip().splitlines() or [''])[-1]
         trial.set_user_attr('note', f'{reason}: {last}'[:200])
-        with lock:
-            print(f'trial {trial.number:3d}  failed ({reason})  {params}', flush=True)
+        with lock:                               # one line (optuna's own report of the failure is silenced)
+            print(f'trial {trial.number:3d}  failed ({reason}: {last[:200]})  {params}', flush=True)
         raise TrialFailed(reason)
     key = str(record['args']['topK'][0])
     value = record['val'][key]['recall']
@@ -181,6 +204,19 @@ def run_trial(trial, space, base, folder, parser, lock):
         print(f'trial {trial.number:3d}  val R@{key} {value:.4f}  test R@{key} {record["test"][key]["recall"]:.4f}'
               f'  {params}', flush=True)
     return value
+
+
+def run_main(argv, log):
+    """``main.py argv`` in a process of its own (``CHILD``), stdout to the file ``log``: ``(exit status, its
+    stderr)``.  While it runs it is in ``RUNNING``, where a SIGTERM to the sweep finds it (``_terminate``)."""
+    with subprocess.Popen([sys.executable, '-c', CHILD, MAIN, *argv], stdout=log, stderr=subprocess.PIPE,
+                          text=True, env=dict(os.environ, SWEEP_PID=str(os.getpid())), cwd=ROOT) as proc:
+        RUNNING.add(proc)
+        try:
+            stderr = proc.communicate()[1]
+        finally:
+            RUNNING.discard(proc)
+    return proc.returncode, stderr
 
 
 def taken_by_earlier(trial):
@@ -267,23 +303,11 @@ def table(study):
 
 def chosen_config(parser, base, params):
     """The flags given after -- plus the best trial's, as a --config mapping (dest: value)."""
-    explicit = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:
-        if action.option_strings and action.dest != 'help':
-            explicit._add_action(_copy_action(action))
-    given = vars(explicit.parse_args(base))
+    given = config.explicit_values(parser, base)
     chosen = config.config_defaults(parser, given['config']) if given.get('config') else {}
     chosen.update({k: v for k, v in given.items() if k not in OWN_OUTPUTS})
     chosen.update(params)
     return chosen
-
-
-def _copy_action(action):
-    import copy
-    action = copy.copy(action)
-    action.default = argparse.SUPPRESS
-    action.required = False
-    return action
 
 
 def write_config(path, config, study_name, trial):
@@ -324,23 +348,38 @@ def parse(argv):
     return build_parser().parse_args(own), base
 
 
+MAX_CHECKED_POINTS = 1000       # a grid up to this size is checked point by point; a larger one value by value
+
+
 def check_sweep(args, base, parser, space):
     """Everything that can be refused before a trial runs: the space against the main.py flags after --,
-    those flags themselves (parsed once, with the space's first point), and the output file."""
+    those flags themselves with every value of the space (each grid point, or each value and each range's ends
+    with the other flags at their first: main.py would refuse a trial of them, one failed trial each), and
+    the output file."""
     for key in space:
         if any(a == o or a.startswith(o + '=') for a in base for o in
                next(x for x in parser._actions if x.dest == key).option_strings):
             raise InputError(f'{key}: both in {args.space} and in the main.py flags')
     if args.trials is not None and args.trials < 1 or args.n_jobs < 1 or args.heartbeat < 1:
         raise InputError('--trials, --n_jobs and --heartbeat must be positive')
-    first = {k: (v[0] if isinstance(v, list) else v[0]) for k, v in space.items()}
+    first = {k: v[0] for k, v in space.items()}
     try:
-        parsed = config.parse_args(base + flag_argv(parser, first))   # the main.py flags are checked now, once
+        config.parse_args(base + flag_argv(parser, first))            # the main.py flags are checked now, once
     except SystemExit:
         raise InputError('the main.py flags after -- do not parse (see above)') from None
-    if parsed.select_on != 'val' or 'select_on' in space:
-        raise InputError('--select_on: the sweep selects on validation only (a grid chosen on the test split '
-                         'would be optimistic twice); run main.py --select_on test on the chosen point instead')
+    except InputError as e:
+        if not any(str(e).startswith(f'--{k}:') for k in space):
+            raise
+    for point in points_to_check(space):
+        try:
+            parsed = config.parse_args(base + flag_argv(parser, {**first, **point}))
+        except InputError as e:
+            shown = ', '.join(f'{k} {v!r}' for k, v in point.items() if str(e).startswith(f'--{k}:')) or \
+                ', '.join(f'{k} {v!r}' for k, v in point.items())
+            raise InputError(f'{args.space}: {shown}: main.py refuses it ({e}); every trial of it would fail') from None
+        if parsed.select_on != 'val' or 'select_on' in space:
+            raise InputError('--select_on: the sweep selects on validation only (a grid chosen on the test split '
+                             'would be optimistic twice); run main.py --select_on test on the chosen point instead')
     for path, what in ((args.write_config, 'config file'),):
         if path and os.path.realpath(path) == os.path.realpath(args.space):
             raise InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')
@@ -348,12 +387,31 @@ def check_sweep(args, base, parser, space):
             check_writable(path, what)
 
 
+def points_to_check(space):
+    """The points ``check_sweep`` parses: every grid point of a small space, else each value (a list's, a range's
+    two ends) on its own."""
+    import itertools
+    values = {k: v if isinstance(v, list) else [v[0], v[1]] for k, v in space.items()}
+    size = 1
+    for v in values.values():
+        size *= len(v)
+    if size <= MAX_CHECKED_POINTS:
+        return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    return [{k: x} for k, v in values.items() for x in v]
+
+
+STUDY_NAME = re.compile(r'[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,99}')     # runs/sweep-<study>/ and runs/sweep-<study>.db
+
+
 def sweep(args, base):
     import optuna
+    if not STUDY_NAME.fullmatch(args.study):
+        raise InputError(f'--study: {args.study[:80]!r} is not a plain name (letters, digits, _, +, - and ., not '
+                         f'starting with .; at most 100): it names runs/sweep-<study>/ and its trials\' files')
     parser = config.build_parser()
     space = load_space(args.space, parser)
     check_sweep(args, base, parser, space)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)     # a failed trial is our one line, not a traceback
     study, url = open_study(args, space)
     folder = os.path.abspath(os.path.join('runs', f'sweep-{args.study}'))
     trials = args.trials or (len(optuna.samplers.GridSampler(space)._all_grids) if is_grid(space) else 20)
@@ -390,7 +448,9 @@ def sweep(args, base):
             idle_since = time.time()
         elif (any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
               and time.time() - idle_since < 3 * args.heartbeat + 5):
-            time.sleep(min(args.heartbeat, 2))  # long enough to see another process's trial go stale and retry it
+            time.sleep(min(args.heartbeat, 2))
+            if _TERM['requested']:
+                raise TrialTerminated()  # long enough to see another process's trial go stale and retry it
         else:
             break                               # trials other processes still run show as RUNNING in the table
     return report(study, args, parser, base)
@@ -401,8 +461,14 @@ def report(study, args, parser, base):
     import optuna
     from Full_vt import format_metrics
     print(table(study))
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
+        refused = [t for t in trials if t.user_attrs.get('exit') == EXIT_BAD_INPUT]
+        if refused and all(t.user_attrs.get('exit') in (EXIT_BAD_INPUT, None) for t in trials):
+            print(f'error: no trial completed: main.py refused every trial (trial {refused[0].number}: '
+                  f'{refused[0].user_attrs.get("note", "")})', file=sys.stderr)
+            return EXIT_BAD_INPUT
         print('no trial completed', file=sys.stderr)
         return 1
     best = study.best_trial

@@ -40,6 +40,9 @@ CONFIGS = {
     'BM3': ['--model_name', 'BM3'],
     'MGCN': ['--model_name', 'MGCN', '--knn_k', '5'],
     'LGMRec': ['--model_name', 'LGMRec'],
+    'PGL': ['--model_name', 'PGL', '--knn_k', '5'],
+    'SMORE': ['--model_name', 'SMORE', '--image_knn_k', '5', '--text_knn_k', '5'],
+    'DRAGON': ['--model_name', 'DRAGON', '--knn_k', '5', '--user_graph_k', '5'],
     'MMSSL': ['--model_name', 'MMSSL'],
     'DiffMM': ['--model_name', 'DiffMM', '--diffmm_dims', '64'],
 }

@@ -74,7 +74,6 @@ def batch_of(data, size, needs_negatives, seed=0):
 
 
 def bench_steps(args):
-    cpu = torch.device('cpu')
     folder = prepare_data.synthetic(f'tiktok_b{args.scale:g}', like='tiktok', scale=args.scale, seed=0)
     data = load_dataset(folder)
     print(f'{data.summary()}; {args.threads} thread(s)', flush=True)
@@ -82,30 +81,37 @@ def bench_steps(args):
     for name in args.models.split(','):
         torch.manual_seed(0)
         model, margs = build(name, data, folder)
-        model.train()
-        model.on_epoch_start()
-        optimizer = registry.optimizer(margs, model)
-        batch = batch_of(data, margs.batch_size, model.needs_negatives)
         module = {'BM3': model_BM3, 'MGCN': model_MGCN, 'LGMRec': model_LGMRec}[name]
-
-        def step(loss_fn):
-            def run():
-                loss, _ = loss_fn(*batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return run
-        ours = timed(step(model.loss), cpu, args.repeat, args.warmup)
-        fast_propagation = module.propagate_layers
-        module.propagate_layers = BaseModel.propagate_layers_plain
-        try:
-            plain = timed(step(model.loss_plain if name == 'BM3' else model.loss), cpu, args.repeat, args.warmup)
-        finally:
-            module.propagate_layers = fast_propagation
-        print(f'{name + " step (batch " + str(margs.batch_size) + ")":<34} {ours[0]:9.3f} {plain[0]:9.3f} '
-              f'{plain[0] / ours[0]:6.2f}x {ours[1]:9.0f} {plain[1]:9.0f}', flush=True)
-        del model, optimizer
+        time_step(name, model, margs, data, module, model.loss_plain if name == 'BM3' else model.loss, args)
+        del model
         _release_free_memory()
+
+
+def time_step(name, model, margs, data, module, plain_loss, args):
+    """Print one row: an Adam step of ``model.loss`` (after ``on_epoch_start``) and of ``plain_loss`` with
+    ``module.propagate_layers`` replaced by ``propagate_layers_plain``, each timed by ``timed``."""
+    cpu = torch.device('cpu')
+    model.train()
+    model.on_epoch_start()
+    optimizer = registry.optimizer(margs, model)
+    batch = batch_of(data, margs.batch_size, model.needs_negatives)
+
+    def step(loss_fn):
+        def run():
+            loss, _ = loss_fn(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return run
+    ours = timed(step(model.loss), cpu, args.repeat, args.warmup)
+    fast_propagation = module.propagate_layers
+    module.propagate_layers = BaseModel.propagate_layers_plain
+    try:
+        plain = timed(step(plain_loss), cpu, args.repeat, args.warmup)
+    finally:
+        module.propagate_layers = fast_propagation
+    print(f'{name + " step (batch " + str(margs.batch_size) + ")":<34} {ours[0]:9.3f} {plain[0]:9.3f} '
+          f'{plain[0] / ours[0]:6.2f}x {ours[1]:9.0f} {plain[1]:9.0f}', flush=True)
 
 
 def bench_knn(args):
@@ -129,13 +135,19 @@ def bench_knn(args):
         del feature, indices, values, graph
 
 
-def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def step_parser(doc, models):
+    """The step benchmarks' shared flags (size, models, repetitions, threads)."""
+    p = argparse.ArgumentParser(description=doc.split('\n\n')[0])
     p.add_argument('--scale', type=float, default=1.0, help='Tiktok size factor for the step (1 = published)')
-    p.add_argument('--models', default='BM3,MGCN,LGMRec')
+    p.add_argument('--models', default=models)
     p.add_argument('--repeat', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=1)
+    return p
+
+
+def main_(argv=None):
+    p = step_parser(__doc__, 'BM3,MGCN,LGMRec')
     p.add_argument('--knn_items', type=int, default=63001)
     p.add_argument('--knn_k', type=int, default=10)
     p.add_argument('--skip_knn', action='store_true')

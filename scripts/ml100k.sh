@@ -51,6 +51,6 @@ python main.py $COMMON --model_name MMGCN --l_r $MM_LR --weight_decay $MM_LAMBDA
 
 # The models they are compared with, each with its authors' published defaults (registry entries, `python
 # main.py --help`); give a model's own flags here to change them, e.g. --model_name FREEDOM --knn_k 5.
-for MODEL in BPR LightGCN VBPR GRCN LATTICE FREEDOM BM3 MGCN LGMRec; do
+for MODEL in BPR LightGCN VBPR GRCN LATTICE FREEDOM BM3 MGCN LGMRec PGL SMORE DRAGON; do
     python main.py $COMMON --model_name $MODEL "$@"
 done

@@ -439,16 +439,25 @@ def test_full_disk_while_preparing_a_dataset_is_one_line(tmp_path, monkeypatch, 
     assert os.listdir(tmp_path) == []
 
 
-def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_built(hand_folder, tmp_path, capsys):
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_built(hand_folder, tmp_path, capsys,
+                                                                             monkeypatch):
     # found: meta.json's num_item is checked only against the ids, so an ID-only dataset claiming 2**31 items
     # went on to build a 16 GiB degree vector and a 512 GiB item table (a traceback under a memory limit; without
-    # one the OOM killer). Before the fix this test is safe only under `ulimit -v`.
+    # one the OOM killer). Before the fix this test is safe only under `ulimit -v`.  Since issue 30 a size the data
+    # do not back is refused while loading (DataLoad.check_backed); one that fits the data but not this machine's
+    # memory is refused before the graph or the model is built (registry.check_memory).
     import json
+    import registry
     (hand_folder / 'meta.json').write_text(json.dumps({'num_user': 2, 'num_item': 2 ** 31 - 3, 'modalities': []}))
-    assert main.main(['--data_path', str(hand_folder), '--model_name', 'LightGCN', '--num_epoch', '0',
-                      '--save_file', str(tmp_path / 'out' / 'r.jsonl'), '--checkpoint', str(tmp_path / 'out' / 'c.pt'),
-                      '--PATH_weight_save', str(tmp_path / 'out' / 'b.pt')]) == 2
-    _one_line_error(capsys, 'hand: 2 users and 2147483645 items need ', 'this machine has')
+    argv = ['--data_path', str(hand_folder), '--model_name', 'LightGCN', '--num_epoch', '0',
+            '--save_file', str(tmp_path / 'out' / 'r.jsonl'), '--checkpoint', str(tmp_path / 'out' / 'c.pt'),
+            '--PATH_weight_save', str(tmp_path / 'out' / 'b.pt')]
+    assert main.main(argv) == 2
+    _one_line_error(capsys, 'meta.json: 2147483645 items declared, but only 3 of them')
+    (hand_folder / 'meta.json').write_text(json.dumps({'num_user': 2, 'num_item': 3, 'modalities': []}))
+    monkeypatch.setattr(registry.os, 'sysconf', lambda name: {'SC_PAGE_SIZE': 4096, 'SC_PHYS_PAGES': 4}[name])
+    assert main.main(argv + ['--dim_latent', '4096']) == 2
+    _one_line_error(capsys, 'hand: 2 users and 3 items need ', 'this machine has 0 GiB')
     assert not os.listdir(tmp_path / 'out')
 
 

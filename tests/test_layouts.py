@@ -159,7 +159,7 @@ def _fake_embed(texts):
 def test_text_features_from_raw_text(tmp_path):
     src = _hkuds(tmp_path / 'src')
     os.unlink(src / 'text_feat.npy')
-    (tmp_path / 'items.tsv').write_text('0\tred shoe\n2\tblue\n9\tan item the dataset does not have\n')
+    (tmp_path / 'items.tsv').write_text('0\tred shoe\n2\tblue\n')
     content = Content(text_file=str(tmp_path / 'items.tsv'), embed=_fake_embed)
     folder = prepare_data.import_hkuds('hk', str(src), root=str(tmp_path / 'Data'), content=content)
     feat = load_dataset(folder).features['t']

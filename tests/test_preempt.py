@@ -1,7 +1,8 @@
 """A scheduler's SIGTERM and one run per checkpoint, in one process (torchrun's side: tests/test_distributed.py).
 
 SIGTERM stops main.py at its next safe point (between two steps, or after an
-epoch's checkpoint) with ``terminated: resume with --resume`` and exit 143;
+epoch's checkpoint) with ``terminated: resume with --resume`` (or, before the first epoch's checkpoint,
+a line saying there is nothing to resume) and exit 143;
 ``--resume`` then gives the uninterrupted run's metrics.  A second run on a
 checkpoint that a live run holds is refused with one line (exit 2); the lock
 of a killed run never blocks.
@@ -62,7 +63,9 @@ def test_sigterm_stops_at_a_safe_point_and_resume_gives_the_same_metrics(data, u
         _, stderr = job.communicate(timeout=60)
     finally:
         job.kill()
-    assert job.returncode == 143 and stderr.strip().splitlines() == ['terminated: resume with --resume']
+    line = ('terminated before the first epoch ended: no checkpoint was written; run the same command again '
+            '(without --resume)') if epochs == (0,) else 'terminated: resume with --resume'
+    assert job.returncode == 143 and stderr.strip().splitlines() == [line]
     assert not (tmp_path / 'r.jsonl').exists()
     if epochs == (0,):
         assert not (tmp_path / 'last.pt').exists()

@@ -65,8 +65,11 @@ def test_prepare_path_of_our_own_folder_is_replaced_only_with_force(tmp_path):
     folder = prepare_data.synthetic(path, num_user=20, num_item=30, seed=1, root=str(tmp_path / 'Data'))
     assert folder == path and load_dataset(path).num_user == 20
     mtime = os.path.getmtime(os.path.join(path, 'meta.json'))
-    prepare_data.synthetic(path, num_user=25, num_item=30, root=str(tmp_path / 'Data'))
-    assert os.path.getmtime(os.path.join(path, 'meta.json')) == mtime           # no-op without --force
+    prepare_data.synthetic(path, num_user=20, num_item=30, seed=1, root=str(tmp_path / 'Data'))
+    assert os.path.getmtime(os.path.join(path, 'meta.json')) == mtime           # the same command: a no-op
+    with pytest.raises(DataError, match="holds a dataset prepared .* other options \\(num_user 20 there, 25 now\\)"):
+        prepare_data.synthetic(path, num_user=25, num_item=30, root=str(tmp_path / 'Data'))   # another: --force
+    assert os.path.getmtime(os.path.join(path, 'meta.json')) == mtime
     prepare_data.synthetic(path, num_user=25, num_item=30, force=True, root=str(tmp_path / 'Data'))
     assert load_dataset(path).num_user == 25
     assert not os.path.exists(tmp_path / 'Data')

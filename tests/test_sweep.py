@@ -19,7 +19,8 @@ from conftest import ROOT
 optuna = pytest.importorskip('optuna')
 import sweep  # noqa: E402
 
-GRID = 'l_r: [0.01, 0.001]\ndim_latent: [8, 1]\n'      # --dim_latent 1: main.py exits 2 (two fast failures)
+GRID = 'l_r: [0.01, 0.001]\nmodalities: [v, zz]\n'    # 'zz' is no modality of the data: main.py exits 2 (two fast
+                                                       # failures; values refused by the flags' checks never run)
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def _runs(tmp_path, name):
 
 
 def _point(t):
-    return t.params['l_r'], t.params['dim_latent']
+    return t.params['l_r'], t.params['modalities']
 
 
 def _cmd(tmp_path, name, base, *flags, space=GRID, heartbeat=10):
@@ -66,23 +67,23 @@ def test_grid_of_four_finishes_with_four_distinct_trials_and_writes_the_config(t
     out = capsys.readouterr().out
     study = _load(tmp_path, 'g')
     trials = study.get_trials()
-    assert len(trials) == 4 and {_point(t) for t in trials} == {(a, b) for a in (0.01, 0.001) for b in (8, 1)}
+    assert len(trials) == 4 and {_point(t) for t in trials} == {(a, b) for a in (0.01, 0.001) for b in ('v', 'zz')}
     for t in trials:
-        if t.params['dim_latent'] == 1:   # a failed run is a failed trial, and the sweep went on
+        if t.params['modalities'] == 'zz':   # a failed run is a failed trial, and the sweep went on
             assert t.state.name == 'FAIL' and t.user_attrs['exit'] == 2
-            assert '--dim_latent: must be in [2, 4096]' in t.user_attrs['note']
+            assert "--modalities: unknown modality 'zz'" in t.user_attrs['note']
             continue
         assert t.state.name == 'COMPLETE'  # the objective: the run's best validation Recall@10; test kept aside
         record = json.loads(_read(os.path.join(t.user_attrs['folder'], 'results.jsonl')).splitlines()[-1])
         assert t.value == record['val']['10']['recall'] and t.user_attrs['test'] == record['test']
-        assert (record['args']['l_r'], record['args']['dim_latent']) == _point(t)
+        assert (record['args']['l_r'], record['args']['modalities']) == _point(t)
     best = max((t for t in trials if t.state.name == 'COMPLETE'), key=lambda t: t.value)
     assert study.best_trial.number == best.number
     assert f'best trial {best.number}: ' in out and out.count('COMPLETE') == 2 and out.count('FAIL ') == 2
-    assert out.count('failed (bad input)') == 2
+    assert out.count('failed (bad input: error: --modalities: unknown modality') == 2
     chosen = main_config.parse_args(['--config', str(config)])
-    assert (chosen.l_r, chosen.dim_latent, chosen.ssl_task, chosen.num_epoch, chosen.num_layer) == \
-        (best.params['l_r'], 8, 'FD', 1, 1)
+    assert (chosen.l_r, chosen.modalities, chosen.ssl_task, chosen.num_epoch, chosen.num_layer) == \
+        (best.params['l_r'], 'v', 'FD', 1, 1)
     # started again, a finished study runs nothing more
     assert sweep.cli(['--space', _space(tmp_path), '--study', 'g', '--', *base]) == 0
     assert len(_load(tmp_path, 'g').get_trials()) == 4 and sorted(_runs(tmp_path, 'g').values()) == [1, 1, 1, 1]
@@ -92,14 +93,14 @@ def test_a_trial_ended_by_sigterm_is_retried_from_its_checkpoint(tmp_path, base,
     """main.py exits 143 (a scheduler's SIGTERM): the worker stops with 143 and one line, the trial is not
     failed, and the next start retries it (with --resume when its checkpoint exists) and finishes the grid."""
     monkeypatch.chdir(tmp_path)
-    real_run, calls = subprocess.run, []
+    real_run, calls = sweep.run_main, []
 
-    def preempted_first(command, **kw):
-        calls.append(command)
+    def preempted_first(argv, log):
+        calls.append(argv)
         if len(calls) == 1:
-            return subprocess.CompletedProcess(command, 143, stderr='terminated: resume with --resume\n')
-        return real_run(command, **kw)
-    monkeypatch.setattr(sweep.subprocess, 'run', preempted_first)
+            return 143, 'terminated: resume with --resume\n'
+        return real_run(argv, log)
+    monkeypatch.setattr(sweep, 'run_main', preempted_first)
     space = _space(tmp_path, 'l_r: [0.01, 0.001]\n')
     assert sweep.cli(['--space', space, '--study', 't', '--', *base]) == 143
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith('terminated: run the same command again')
@@ -128,6 +129,21 @@ def test_bad_space_is_one_line(tmp_path, capsys, text, message):
 def test_flag_both_in_space_and_command_line(tmp_path, capsys):
     assert sweep.cli(['--space', _space(tmp_path), '--study', 'b', '--', '--l_r=0.1']) == 2
     assert capsys.readouterr().err.startswith('error: l_r: both in ')
+
+
+@pytest.mark.parametrize('text, flags', [
+    ('l_r: [0.01, 0.001]\n', ['--select_on', 'test']),
+    ('select_on: [val, test]\n', []),
+    ('l_r: [0.01, 0.001]\n', ['--config', 'CONFIG']),
+])
+def test_the_sweep_selects_on_validation_only(tmp_path, capsys, base, text, flags):
+    """--select_on test, given after --, in the space or in a --config file, is one line before any trial."""
+    (tmp_path / 'c.yaml').write_text('select_on: test\n')
+    flags = [str(tmp_path / 'c.yaml') if f == 'CONFIG' else f for f in flags]
+    assert sweep.cli(['--space', _space(tmp_path, text), '--study', 'v', '--', *base, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --select_on: the sweep selects on validation only') and len(err.splitlines()) == 1
+    assert not os.path.exists('runs/sweep-v.db')
 
 
 def _two_workers(tmp_path, name, base, *flags):
