@@ -320,7 +320,8 @@ def read_checkpoint(path, args, sampler_rng):
     """The ``--resume`` checkpoint at ``path``, its structure validated and its hyper-parameters compared."""
     ckpt = load_checkpoint_file(path, 'checkpoint')
     saved = ckpt.get('args') if isinstance(ckpt, dict) else None
-    if isinstance(saved, dict) and isinstance(saved.get('topK'), list) and saved['topK'] != args.topK:
+    if isinstance(saved, dict) and isinstance(saved.get('topK'), list) and all(type(k) is int for k in saved['topK']) \
+            and saved['topK'] != args.topK:
         # the best metrics so far are per cut-off: they cannot be compared with other ones (not even with override)
         raise InputError(f'{path}: checkpoint of a run with --topK {" ".join(map(str, saved["topK"]))}; '
                          f'--resume needs the same cut-offs')
