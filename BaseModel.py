@@ -259,6 +259,57 @@ def propagate_layers_plain(adj, x0, num_layer, dropout=0.0, training=False, drop
     return out[inverse] if unique is not None else out[rows]
 
 
+BACKWARD_BLOCK_FLOATS = 2 ** 22    # rows of P weighted at a time in _SimilarityLogSumExp's backward (16 MB)
+
+
+class _SimilarityLogSumExp(torch.autograd.Function):
+    """``similarity_logsumexp`` with its gradient in closed form: with ``P_rc = w_c exp(a_r·b_c/τ) / Σ_c'
+    w_c' exp(a_r·b_c'/τ)`` (a softmax over the columns) and ``g`` the gradient of the output,
+    ``∂a_r = g_r Σ_c P_rc b_c / τ`` and ``∂b_c = Σ_r g_r P_rc a_r / τ``.  The one [n, m] matrix held is ``P``,
+    built in place from the products (one exponential per entry), and the backward weights it
+    ``BACKWARD_BLOCK_FLOATS`` at a time; autograd's ``logsumexp`` of ``a bᵀ / τ`` holds the products, their
+    quotient by τ and its exponential, and its backward two more such matrices."""
+
+    @staticmethod
+    def forward(ctx, a, b, weights, tau):
+        scaled = a / tau                                   # 1/τ on the [n, d] rows, not on the [n, m] products
+        probs = scaled @ b.t()
+        top = probs.amax(1, keepdim=True)
+        probs.sub_(top).exp_()
+        if weights is not None:
+            probs.mul_(weights)
+        total = probs.sum(1, keepdim=True)
+        ctx.save_for_backward(scaled, b, probs.div_(total))
+        ctx.tau = tau
+        return (top + total.log()).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        scaled, b, probs = ctx.saved_tensors
+        grad_a, grad_b = torch.empty_like(scaled), torch.zeros_like(b)
+        step = max(1, BACKWARD_BLOCK_FLOATS // max(probs.shape[1], 1))
+        for start in range(0, len(probs), step):      # P is left as it is: a retained graph may run backward again
+            weighted = probs[start:start + step] * grad[start:start + step].unsqueeze(1)
+            torch.mm(weighted, b, out=grad_a[start:start + step])
+            grad_b.addmm_(weighted.t(), scaled[start:start + step])
+        return grad_a.div_(ctx.tau), grad_b, None, None
+
+
+def similarity_logsumexp(a, b, tau, weights=None):
+    """``log Σ_c w_c exp(a_r · b_c / τ)`` [len(a)]: the denominators of an InfoNCE of every row of ``a``
+    against every row of ``b``, each column ``c`` standing for ``w_c`` equal columns (``weights``; None: 1).
+    ``_SimilarityLogSumExp``'s closed-form gradient, beside ``similarity_logsumexp_plain``, the formula."""
+    return _SimilarityLogSumExp.apply(a, b, weights, tau)
+
+
+def similarity_logsumexp_plain(a, b, tau, weights=None):
+    """``similarity_logsumexp`` as the formula, with autograd."""
+    logits = a @ b.t() / tau
+    if weights is not None:
+        logits = logits + weights.log()
+    return torch.logsumexp(logits, dim=1)
+
+
 def take_rows(x, index):
     """``x[index]`` for a 1-D ``index``, with a backward that gives the same bits at every run.
 

@@ -308,8 +308,12 @@ def changed_hyper_params(ckpt, args):
             saved = {**{k: defaults[k] for k in added}, **saved}
         same_data = isinstance(saved.get('data_path'), str) and \
             same_folder(saved['data_path'], now['data_path'])    # './x' and 'x', 'x/', a link
+        # a flag this model does not read (None now) changed nothing, whatever an older package recorded for it
+        # (BPR's and VBPR's num_layer was 1 until they stopped declaring one)
+        readers = registry.flag_readers()
+        unread = {k for k in now if now[k] is None and args.model_name not in readers.get(k, [args.model_name])}
         return [f'--{k} {saved.get(k)!r} -> {now[k]!r}' for k in now
-                if saved.get(k) != now[k] and not (k == 'data_path' and same_data)]
+                if saved.get(k) != now[k] and not (k == 'data_path' and same_data) and k not in unread]
     group = ckpt['optimizer']['param_groups'][0]     # a checkpoint from before 'args' was saved
     adam_decay = registry.adam_weight_decay(args)
     return [f'--{k} {group.get(key)!r} -> {value!r}' for k, key, value in

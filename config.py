@@ -58,7 +58,7 @@ def build_parser():
            '(OMP_WAIT_POLICY=PASSIVE unless set) so that a busy neighbour costs only its share')
     a('--dim_latent', type=int, default=64, help='embedding size d')
     a('--num_layer', type=int, default=None,
-      help='graph layers L (per model; FREEDOM: its user-item layers; unused by VBPR and BPR)')
+      help='graph layers L (per model; FREEDOM: its user-item layers; BPR and VBPR have none)')
     dropping = [m for m, e in models.items() if 'dropout_rate' in e.defaults]
     a('--dropout_rate', type=float, default=None,
       help=f'the dropout of {", ".join(dropping)} (SLMRec: FD\'s; FREEDOM: the share ρ of training edges pruned '
@@ -253,7 +253,7 @@ def validate_args(args):
         (args.num_epoch >= 0, '--num_epoch', 'must be >= 0'),
         (args.num_workers >= 0, '--num_workers', 'must be >= 0'),
         (2 <= args.dim_latent <= MAX_DIM, '--dim_latent', f'must be in [2, {MAX_DIM}]'),
-        (1 <= args.num_layer <= MAX_LAYER, '--num_layer', f'must be in [1, {MAX_LAYER}]'),
+        (args.num_layer is None or 1 <= args.num_layer <= MAX_LAYER, '--num_layer', f'must be in [1, {MAX_LAYER}]'),
         (all(1 <= k <= MAX_TOPK for k in args.topK), '--topK', f'values must be in [1, {MAX_TOPK}]'),
         (0 <= args.seed <= MAX_SEED, '--seed', 'must be in [0, 2**32 - 1]'),
         (args.patience > 0, '--patience', 'must be positive'),

@@ -151,4 +151,6 @@ MODEL = ModelEntry(
     # the table's row takes the learning-rate grid as every row does; BM3-tuned also searches the authors' grid
     rows={'BM3': ('BM3', []), 'BM3-tuned': ("BM3, tuned (the authors' grid)", [])},
     tuning_grid={'BM3-tuned': {'num_layer': [1, 2], 'dropout_rate': [0.3, 0.5], 'weight_decay': [0.1, 0.01]}},
+    # the authors' grid: reg_weight {0.1, 0.01} x dropout {0.3, 0.5} (n_layers left at 1), two learning rates
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[0.1, 0.01], dropout_rate=[0.3, 0.5]),
 )

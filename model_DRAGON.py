@@ -254,4 +254,6 @@ MODEL = ModelEntry(
     ),
     reads=('knn_k', 'mm_image_weight'),
     lr_grid=(0.001, 0.0001),            # around its published 1e-4 (GRCN's grid, the other 1e-4 model)
+    # MMRec's DRAGON.yaml: reg_weight over {0.1, ..., 1e-5}, learning_rate over {0.1, ..., 1e-5}
+    search_grid=dict(l_r=[0.001, 0.0001], weight_decay=[0.1, 0.01, 1e-3, 1e-4]),
 )

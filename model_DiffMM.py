@@ -298,6 +298,8 @@ MODEL = ModelEntry(
     # Adam without decay (reg is the loss's λ), no early stopping (run it with --patience 50 --topK 20)
     defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=1024, num_layer=1, num_epoch=50, dropout_rate=0.5,
                   cl_weight=1e-2, cl_temp=0.5),
+    # its README's ssl_reg (the contrast weight) is 1e-2 on TikTok and Sports, 1e-1 on Baby; lr 1e-3 in Params.py
+    search_grid=dict(l_r=[0.01, 0.001], cl_weight=[1e-3, 1e-2, 1e-1]),
     flags=(
         Flag('diffmm_trans', 'linear', "the modality transform: 'linear' (nn.Linear, the authors' trans 1, TikTok) "
              "or 'leaky' (leaky_relu(F W), trans 0, Baby)", choices=('linear', 'leaky')),

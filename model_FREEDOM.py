@@ -206,4 +206,6 @@ MODEL = ModelEntry(
              problem='must be in [0, 1]'),
     ),
     reads=('dropout_rate',),
+    # MMRec's FREEDOM.yaml: reg_weight over {0, 1e-5, 1e-4, 1e-3} (its dropout grid left at 0.8)
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[0.0, 1e-5, 1e-4, 1e-3]),
 )

@@ -298,4 +298,6 @@ MODEL = ModelEntry(
              'their README commands use False)', type=str2bool),
     ),
     lr_grid=(0.001, 0.0001),
+    # MMRec's GRCN.yaml: reg_weight over {0.1, ..., 1e-5}, learning_rate over {1, 0.1, ..., 1e-4}
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[1e-4, 1e-3, 1e-2, 0.1]),
 )

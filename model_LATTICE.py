@@ -249,4 +249,6 @@ MODEL = ModelEntry(
              check=lambda a: 1 <= a.lattice_item_layers <= 32, problem='must be in [1, 32]'),
     ),
     reads=('knn_k',),
+    # MMRec's LATTICE.yaml: reg_weight over {0, 1e-5, 1e-4, 1e-3}, learning_rate over {1e-4, 5e-4, 1e-3, 5e-3}
+    search_grid=dict(l_r=[0.005, 0.001], weight_decay=[0.0, 1e-5, 1e-4, 1e-3]),
 )

@@ -73,5 +73,8 @@ MODEL = ModelEntry(
     name='LightGCN', build=build, summary='ID-only graph baseline, BPR (SPEC 6)',
     # its authors' code: weight_decay is the loss coefficient λ
     defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=3, num_epoch=1000),
+    item_features=False,
     rows={'LightGCN': ('LightGCN (BPR)', [])},
+    # MMRec's LightGCN.yaml: reg_weight over {1e-2, ..., 1e-6} (its n_layers grid left at the authors' 3)
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[1e-5, 1e-4, 1e-3, 1e-2]),
 )

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from BaseModel import _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, take_rows, transpose_csr
+from BaseModel import (
+    _RowMeanProduct, _quiet_csr, normalized_adjacency, propagate_layers, row_submatrix, similarity_logsumexp, take_rows,
+    transpose_csr)
 import knn_graph
 from errors import InputError
 from knn_graph import SIMILARITY_FLOATS, knn_neighbours, unit_matrix
@@ -117,21 +119,40 @@ def through_item_graph(item, graph, graph_t, user_item, user_item_t, layers):
     return torch.cat([_RowMeanProduct.apply(item, user_item, user_item_t), item])
 
 
-def view_loss(content, side, users, pos, neg, num_user, reg_weight, cl_weight, temperature=TEMPERATURE):
+def view_loss(content, side, users, pos, neg, num_user, reg_weight, cl_weight, temperature=TEMPERATURE,
+              plain=False):
     """MGCN's loss from its two views ``c`` and ``s`` (SMORE's too): BPR with its λ term on ``z = c + s``, plus β
-    times the two view contrasts; the loss and its parts."""
+    times the two view contrasts; the loss and its parts.  The views' rows are node ids (items after
+    ``num_user`` users); the contrasts by ``view_contrast`` (``plain``: by the formula, ``info_nce``)."""
     z = content + side
     z_user, z_pos, z_neg = take_rows(z, torch.cat([users, pos + num_user, neg + num_user])).split(len(users))
     bpr = bpr_loss(z_user, z_pos, z_neg)
     reg = 0.5 * (z_user.pow(2).sum() + z_pos.pow(2).sum() + z_neg.pow(2).sum()) / len(users)
-    pos_nodes = pos + num_user
-    cl = info_nce(take_rows(side, pos_nodes), take_rows(content, pos_nodes), temperature) + \
-        info_nce(take_rows(side, users), take_rows(content, users), temperature)
+    cl = view_contrast(side, content, pos + num_user, temperature, plain) + \
+        view_contrast(side, content, users, temperature, plain)
     return bpr + reg_weight * reg + cl_weight * cl, {'bpr': bpr.item(), 'reg': reg.item(), 'cl': cl.item()}
 
 
+def view_contrast(side, content, nodes, temperature=TEMPERATURE, plain=False):
+    """``info_nce(side[nodes], content[nodes])``.  A batch repeats nodes (Tiktok: 2,048 pairs hold about 700
+    users and 1,350 positive items), and a repeated node is a repeated row and column of the logits: the fast
+    path computes each distinct node once, weighted by its count ``w``:
+
+        Σ_r w_r (log Σ_c w_c exp(ŝ_r · ĉ_c / τ) - ŝ_r · ĉ_r / τ) / Σ_r w_r      (r, c over the distinct nodes)
+
+    with the denominators by ``similarity_logsumexp``; the same value and gradients up to float rounding."""
+    if plain:
+        return info_nce(take_rows(side, nodes), take_rows(content, nodes), temperature)
+    unique, counts = torch.unique(nodes, return_counts=True)
+    weights = counts.to(side.dtype)
+    a, b = F.normalize(take_rows(side, unique), dim=1), F.normalize(take_rows(content, unique), dim=1)
+    per_node = similarity_logsumexp(a, b, temperature, weights) - (a * b).sum(1) / temperature
+    return (weights * per_node).sum() / len(nodes)
+
+
 def info_nce(a, b, temperature=TEMPERATURE):
-    """``-mean_r log softmax_r'(â_r · b̂_r' / τ)[r]``: row r of ``a`` against every row of ``b``."""
+    """``-mean_r log softmax_r'(â_r · b̂_r' / τ)[r]``: row r of ``a`` against every row of ``b``.  The plain
+    formula (``view_contrast`` computes it fast)."""
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
@@ -177,10 +198,13 @@ class MGCN(Recommender):
         self.preferences = nn.ModuleDict({m: nn.Linear(dim_latent, dim_latent) for m in self.modalities})
         self.query = nn.Sequential(nn.Linear(dim_latent, dim_latent), nn.Tanh(), nn.Linear(dim_latent, 1, bias=False))
 
+    def purified(self, m):
+        """``ẽ_m = E_i ⊙ σ(G_m T_m F_m)`` [I, d]."""
+        return self.embedding_item * torch.sigmoid(self.purifiers[m](self.transforms[m](self.item_input(m))))
+
     def modality_view(self, m):
         """``x_m`` [(U+I), d]: the purified item embedding through ``Ŝ_m``, users as ``R̂`` of their items."""
-        item = self.embedding_item * torch.sigmoid(self.purifiers[m](self.transforms[m](self.item_input(m))))
-        return through_item_graph(item, getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}'),
+        return through_item_graph(self.purified(m), getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}'),
                                   self.user_item, self.user_item_t, self.num_item_layer)
 
     def fuse(self, views, content):
@@ -204,9 +228,38 @@ class MGCN(Recommender):
         z = content + side
         return z[:self.num_user], z[self.num_user:]
 
+    def row_views(self, rows):
+        """``(c, s)`` at the node rows ``rows`` only (sorted and unique, so users first): the fast path of a
+        batch's loss.  With the fuser's softmax over the modalities every row of ``s`` depends on that row of
+        ``c`` and of each ``x_m`` alone, so the fuser runs on these rows, ``c`` comes from
+        ``propagate_layers(rows=)`` and the users' rows of ``x_m`` from their rows of ``R̂``."""
+        content = propagate_layers(self.adj, torch.cat([self.embedding_user, self.embedding_item]), self.num_layer,
+                                   rows=rows)
+        users = int(torch.searchsorted(rows, self.num_user))
+        block, block_t = row_submatrix(self.user_item, rows[:users])
+        item_rows = rows[users:] - self.num_user
+        views = []
+        for m in self.modalities:
+            item = self.purified(m)
+            for _ in range(self.num_item_layer):
+                item = _RowMeanProduct.apply(item, getattr(self, f'item_adj_{m}'), getattr(self, f'item_adj_t_{m}'))
+            views.append(torch.cat([_RowMeanProduct.apply(item, block, block_t), take_rows(item, item_rows)]))
+        return content, self.fuse(views, content)
+
     def loss(self, users, pos, neg):
-        """BPR with its λ term on the final embeddings, plus β times the two view contrasts."""
-        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight)
+        """BPR with its λ term on the final embeddings, plus β times the two view contrasts (``loss_plain``'s
+        value and gradients up to float rounding).  The views at the batch's rows alone (``row_views``) where
+        they are under half of the nodes and the fuser's softmax is per node; each contrast over the distinct
+        nodes, weighted (``view_contrast``)."""
+        rows, inverse = torch.unique(torch.cat([users, pos + self.num_user, neg + self.num_user]), return_inverse=True)
+        if self.fuser_softmax != 'modalities' or 2 * len(rows) > self.num_user + self.num_item:
+            return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight)
+        at_users, at_pos, at_neg = inverse.split(len(users))       # each node's position among ``rows``
+        return view_loss(*self.row_views(rows), at_users, at_pos, at_neg, 0, self.reg_weight, self.cl_weight)
+
+    def loss_plain(self, users, pos, neg):
+        """The loss as the formula: every node's views, the plain contrast (what ``loss`` is tested against)."""
+        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, plain=True)
 
 
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
@@ -235,4 +288,6 @@ MODEL = ModelEntry(
     reads=('knn_k', 'cl_weight'),
     rows={'MGCN': ('MGCN', []),
           'MGCN-nodes': ("MGCN, fuser softmax over the nodes (the authors' first commit)", ['--mgcn_softmax', 'nodes'])},
+    # MMRec's MGCN.yaml: cl_loss over {0.001, 0.01, 0.1}
+    search_grid=dict(l_r=[0.01, 0.001], cl_weight=[0.001, 0.01, 0.1]),
 )

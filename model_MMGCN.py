@@ -217,4 +217,6 @@ MODEL = ModelEntry(
     ),
     rows={'MMGCN': ('MMGCN', ['--aggr_mode', 'mean', '--concat', 'False'])},
     lr_grid=(0.001, 0.0005),
+    # MMRec's MMGCN.yaml: reg_weight over {0, 1e-5, ..., 0.1}, learning_rate over {1e-4, 5e-4, ..., 1e-2}
+    search_grid=dict(l_r=[0.005, 0.0005], weight_decay=[1e-4, 1e-3, 1e-2, 0.1]),
 )

@@ -375,6 +375,9 @@ MODEL = ModelEntry(
     # early stopping after 8 evaluations without validation improvement (run it with --patience 8 --topK 20)
     defaults=dict(l_r=0.00055, weight_decay=1e-5, batch_size=1024, num_layer=2, num_epoch=1000, dropout_rate=0.2,
                   cl_weight=0.03, cl_temp=0.5),
+    # its README gives one command per dataset (parser.py's lr 0.00055, cl_rate 0.03): those values and their
+    # neighbours on a log scale
+    search_grid=dict(l_r=[0.001, 0.00055], cl_weight=[0.01, 0.03, 0.1]),
     flags=(
         Flag('cl_temp', None, 'temperature of the contrast (per model)', type=float,
              check=lambda a: a.cl_temp is None or (finite(a.cl_temp) and a.cl_temp > 0),

@@ -137,4 +137,6 @@ MODEL = ModelEntry(
                   cl_weight=0.05),
     adam_weight_decay=True,
     reads=('knn_k', 'mm_image_weight', 'dropout_rate', 'cl_weight'),
+    # PGL's contrast weight (the published Baby run: 0.05) around its value, two learning rates
+    search_grid=dict(l_r=[0.01, 0.001], cl_weight=[0.01, 0.05, 0.1, 0.5]),
 )

@@ -146,6 +146,12 @@ class SMORE(Recommender):
         """BPR with its λ term on the final embeddings, plus β times the two view contrasts (MGCN's loss)."""
         return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, TEMPERATURE)
 
+    def loss_plain(self, users, pos, neg):
+        """``loss`` with the view contrasts by the formula (``view_loss(plain=True)``: every batch row, autograd's
+        InfoNCE): what ``loss`` is tested against."""
+        return view_loss(*self.views(), users, pos, neg, self.num_user, self.reg_weight, self.cl_weight, TEMPERATURE,
+                         plain=True)
+
 
 # ---------------------------------------------------------------------- the registry entry (SPEC 5)
 
@@ -178,4 +184,6 @@ MODEL = ModelEntry(
              type=int, check=lambda a: 1 <= a.text_knn_k <= 10000, problem='must be in [1, 10000]'),
     ),
     reads=('dropout_rate', 'cl_weight'),
+    # MMRec's SMORE.yaml: reg_weight {1e-5, 1e-4} x dropout_rate {0, 0.1} (its k and layer grids left at the README's)
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[1e-5, 1e-4], dropout_rate=[0.0, 0.1]),
 )

@@ -456,4 +456,6 @@ MODEL = ModelEntry(
     lr_grid=(0.01, 0.001),
     # the published SLMRec grid (MMRec's lr x ssl_temp x ssl_alpha), run by sweep.py for the tuned row
     tuning_grid={'FAC-tuned': {'l_r': [0.01, 0.001], 'ssl_temp': [0.1, 0.2, 0.5], 'ssl_alpha': [0.01, 0.1, 0.5]}},
+    # MMRec's SLMRec.yaml: ssl_alpha over {0.01, 0.05, 0.1, 0.5, 1}, learning_rate over {1e-4, ..., 0.1}
+    search_grid=dict(l_r=[0.01, 0.001], ssl_alpha=[0.01, 0.1, 0.5, 1.0]),
 )

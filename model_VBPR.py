@@ -77,6 +77,7 @@ def build(args, data):
 
 MODEL = ModelEntry(
     name='VBPR', build=build, summary='matrix factorisation with a content projection, BPR (SPEC 6)',
-    # no graph: num_layer is unused
-    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_layer=1, num_epoch=1000),
+    defaults=dict(l_r=0.001, weight_decay=1e-4, batch_size=2048, num_epoch=1000),      # no graph: no num_layer
+    # MMRec's VBPR.yaml: reg_weight over {2, 1, 0.1, ..., 1e-5}
+    search_grid=dict(l_r=[0.01, 0.001], weight_decay=[1e-5, 1e-4, 1e-3, 1e-2]),
 )

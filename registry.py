@@ -95,6 +95,10 @@ class ModelEntry:
         ``Recommender.extra_optimizers``.
     exact_split: False for a model whose loss cannot be cut into the ranks' shares of a batch (a batch norm or
         an in-batch contrast over the whole batch): ``--dist_mode exact`` is refused for it (SPEC 7).
+    search_grid: the tuned configurations' grid (``bench/tune.py``, ``configs/<dataset>/<name>.yaml``): the
+        learning rate and the model's one key coefficient from its authors' search grid, at most 8 points.
+    item_features: False for an ID-only model (MF-BPR, LightGCN): ``--modalities`` and ``--has_*`` are refused
+        for it, as every flag a model does not read.
     """
     name: str
     build: object
@@ -107,9 +111,11 @@ class ModelEntry:
     rows: dict = None
     lr_grid: tuple = (0.01, 0.001)
     tuning_grid: dict = field(default_factory=dict)
+    search_grid: dict = None
     summary: str = ''
     optimizer: object = None
     exact_split: bool = True
+    item_features: bool = True
 
     def table_rows(self):
         return self.rows if self.rows is not None else {self.name: (self.name, [])}
@@ -245,8 +251,8 @@ def model_flags():
 
 def flag_readers():
     """``{flag: [models that read it]}`` for every flag that not every model reads: each model's own flags (with the
-    models that list them in ``reads``), and the shared per-model flags that only some models have a default for
-    (``--dropout_rate``).  A flag given to a model that does not read it is refused (``config.parse_args``): it
+    models that list them in ``reads``), the shared per-model flags that only some models have a default for
+    (``--dropout_rate``, ``--num_layer``), and the modality selection (not for an ID-only model).  A flag given to a model that does not read it is refused (``config.parse_args``): it
     would change nothing but the run name."""
     models = entries()
     readers = {flag.name: names for flag, names in model_flags()}
@@ -254,6 +260,10 @@ def flag_readers():
         having = [m for m, e in models.items() if key in e.defaults]
         if key not in readers and len(having) < len(models):
             readers[key] = having
+    featured = [m for m, e in models.items() if e.item_features]
+    if len(featured) < len(models):
+        for key in ('modalities', 'has_v', 'has_a', 'has_t'):
+            readers.setdefault(key, featured)
     return readers
 
 

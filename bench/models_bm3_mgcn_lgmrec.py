@@ -4,12 +4,15 @@ build at Amazon-Electronics' size.
     python bench/models_bm3_mgcn_lgmrec.py                      # both parts, full sizes
     python bench/models_bm3_mgcn_lgmrec.py --scale 0.25 --skip_knn
     python bench/models_bm3_mgcn_lgmrec.py --knn_only --knn_items 63001
+    python bench/models_bm3_mgcn_lgmrec.py --data tiktok --models MGCN,LGMRec --skip_knn   # the real Tiktok split
 
 Step: synthetic Tiktok (``prepare_data.synthetic --like tiktok --scale s``: 36,656 users and 76,085 items
-at s = 1), one Adam step on a batch of the model's default size (2048 pairs, a uniform negative each),
-median of ``--repeat`` after ``--warmup``, with the peak resident memory of the process during the timed
-steps; beside it the same step with the plain reference of its fast path (BM3: ``loss_plain``, the
-authors' order, and ``propagate_layers_plain``; MGCN and LGMRec: ``propagate_layers_plain``).  MGCN's
+at s = 1), or a prepared dataset (``--data tiktok``: the HKUDS Tiktok split, 9,308 users and 6,710 items),
+one Adam step on a batch of the model's default size (2048 pairs, a uniform negative each), median of
+``--repeat`` after ``--warmup``, with the peak resident memory of the process during the timed steps;
+beside it the same step by the plain formulas: each model's ``loss_plain`` with ``propagate_layers_plain``
+(BM3: the authors' order; MGCN: every node's views and autograd's InfoNCE; LGMRec: autograd's
+``logsumexp`` of the whole similarity matrices).  MGCN's
 step runs on item-item graphs of the real size (k neighbours per item, cosine-like weights) but random
 neighbours: the step's cost depends on the number of entries only, and the real build is the second part.
 
@@ -73,16 +76,25 @@ def batch_of(data, size, needs_negatives, seed=0):
     return pairs[:, 0], pairs[:, 1], torch.randint(0, data.num_item, (size,), generator=gen)
 
 
+def step_data(args):
+    """``(folder, dataset)`` of the step benchmarks: ``--data`` when given, else synthetic Tiktok at ``--scale``."""
+    if args.data:
+        from DataLoad import resolve_data
+        folder = resolve_data(args.data)
+    else:
+        folder = prepare_data.synthetic(f'tiktok_b{args.scale:g}', like='tiktok', scale=args.scale, seed=0)
+    return folder, load_dataset(folder)
+
+
 def bench_steps(args):
-    folder = prepare_data.synthetic(f'tiktok_b{args.scale:g}', like='tiktok', scale=args.scale, seed=0)
-    data = load_dataset(folder)
+    folder, data = step_data(args)
     print(f'{data.summary()}; {args.threads} thread(s)', flush=True)
     print(f'{"step":<34} {"ours s":>9} {"plain s":>9} {"ratio":>7} {"peak MiB":>9} {"plain MiB":>9}')
     for name in args.models.split(','):
         torch.manual_seed(0)
         model, margs = build(name, data, folder)
         module = {'BM3': model_BM3, 'MGCN': model_MGCN, 'LGMRec': model_LGMRec}[name]
-        time_step(name, model, margs, data, module, model.loss_plain if name == 'BM3' else model.loss, args)
+        time_step(name, model, margs, data, module, model.loss_plain, args)
         del model
         _release_free_memory()
 
@@ -143,6 +155,7 @@ def step_parser(doc, models):
     p.add_argument('--repeat', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--data', default=None, help='a prepared dataset (e.g. tiktok) instead of the synthetic one')
     return p
 
 

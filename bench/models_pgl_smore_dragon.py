@@ -9,9 +9,10 @@ Step: synthetic Tiktok (``prepare_data.synthetic --like tiktok --scale s``: 36,6
 at s = 1, modalities v, a and word-id t), one Adam step on a batch of the model's default size (2048 pairs, a
 uniform negative each; PGL's principal subgraph drawn first), median of ``--repeat`` after ``--warmup``, with
 the process's peak resident memory during the timed steps; beside it the same step with the plain reference
-of its fast path: ``propagate_layers_plain`` for the user-item propagation of all three, and for DRAGON
-``loss_plain`` too (every user's co-occurrence sum and every item's item-item product, then the batch's rows,
-the authors' order).  The item-item graphs have the real number of entries (PGL and DRAGON: FREEDOM's k = 10
+of its fast path: ``propagate_layers_plain`` for the user-item propagation of all three; for SMORE
+``loss_plain`` too (the view contrasts over every batch row, autograd's InfoNCE) and for DRAGON (every user's
+co-occurrence sum and every item's item-item product, then the batch's rows, the authors' order).
+``--data tiktok`` runs the step on a prepared dataset instead.  The item-item graphs have the real number of entries (PGL and DRAGON: FREEDOM's k = 10
 per modality; SMORE: MGCN's weighted graphs, k 40 for the first modality and 15 for the others, and their
 max fusion) but random neighbours: the step's cost depends on the entries alone, and the kNN builds are
 measured by bench/freedom_knn.py and bench/models_bm3_mgcn_lgmrec.py.  DRAGON's user-user graph is the real
@@ -40,7 +41,7 @@ import model_SMORE  # noqa: E402
 import prepare_data  # noqa: E402
 from bench import PeakMemory, _release_free_memory, _status_mib  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
-from models_bm3_mgcn_lgmrec import random_item_graphs, step_parser, time_step  # noqa: E402
+from models_bm3_mgcn_lgmrec import random_item_graphs, step_data, step_parser, time_step  # noqa: E402
 
 
 def random_freedom_graph(modalities, num_item, k, image_weight, seed=0):
@@ -74,15 +75,14 @@ def build(name, data, folder):
 
 
 def bench_steps(args):
-    folder = prepare_data.synthetic(f'tiktok_b{args.scale:g}', like='tiktok', scale=args.scale, seed=0)
-    data = load_dataset(folder)
+    folder, data = step_data(args)
     print(f'{data.summary()}; {args.threads} thread(s)', flush=True)
     print(f'{"step":<34} {"ours s":>9} {"plain s":>9} {"ratio":>7} {"peak MiB":>9} {"plain MiB":>9}')
     modules = {'PGL': model_PGL, 'SMORE': model_SMORE, 'DRAGON': model_DRAGON}
     for name in args.models.split(','):
         torch.manual_seed(0)
         model, margs = build(name, data, folder)
-        time_step(name, model, margs, data, modules[name], model.loss_plain if name == 'DRAGON' else model.loss, args)
+        time_step(name, model, margs, data, modules[name], model.loss_plain if name != 'PGL' else model.loss, args)
         del model
         _release_free_memory()
 

@@ -1,11 +1,15 @@
 """Shared fixtures: tiny datasets written by the tests themselves."""
 import os
+import signal
 import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Ctrl-C as in a terminal, for this process and the runs the tests start: a shell starts a background job with
+# SIGINT ignored, a disposition its children inherit, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, ROOT)
 
 import prepare_data  # noqa: E402

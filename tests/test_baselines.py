@@ -300,7 +300,7 @@ def test_freedom_trains_on_the_pruned_graph_and_evaluates_on_the_full_one():
 # ---------------------------------------------------------------------- the command line
 
 def test_per_model_defaults_and_flags():
-    for name, l_r, layers in (('LightGCN', 1e-3, 3), ('VBPR', 1e-3, 1), ('FREEDOM', 1e-3, 2)):
+    for name, l_r, layers in (('LightGCN', 1e-3, 3), ('VBPR', 1e-3, None), ('FREEDOM', 1e-3, 2)):  # VBPR: no graph
         args = config.parse_args(['--model_name', name])
         assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer) == (l_r, 1e-4, 2048, layers)
     assert config.parse_args(['--model_name', 'FREEDOM']).dropout_rate == 0.8

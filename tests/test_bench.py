@@ -149,3 +149,81 @@ def test_swept_row_takes_its_grid_from_sweep_py(tiny_plain, tmp_path, monkeypatc
     assert f'{mean:.4f} ± ' in row and f'--ssl_alpha {chosen}' in row
     results.main_(argv)                               # everything reused: the study is finished, seed 2 kept
     assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 2
+
+
+def test_results_table_of_tuned_configurations_in_three_renderings(tiny_plain, tmp_path, monkeypatch):
+    """Issue #33: a model with configs/<dataset>/<Model>.yaml runs with it (every seed, no grid, its epochs and
+    patience), the others take the grid; Markdown with the published numbers and a test-selected column
+    where such runs exist, LaTeX and a PNG chart."""
+    name = os.path.basename(tiny_plain)
+    configs = tmp_path / 'configs' / name
+    configs.mkdir(parents=True)
+    (configs / 'BPR.yaml').write_text('# tuned\nmodel_name: BPR\nl_r: 0.01\nweight_decay: 0.001\n'
+                                      'num_epoch: 2\npatience: 3\n')
+    monkeypatch.setitem(results.PUBLISHED, name, {'BPR': ({'recall': 0.1234, 'precision': None, 'ndcg': 0.0567},
+                                                          'DiffMM')})
+    out = tmp_path / 'out'
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '2', '--rows', 'BPR,LightGCN', '--configs',
+            str(tmp_path / 'configs'), '--out', str(out)]
+    results.main_(argv)
+    records = _records(out, tiny_plain)
+    bpr = [r for r in records if r['args']['model_name'] == 'BPR']
+    assert [(r['args']['seed'], r['args']['l_r'], r['args']['weight_decay'], r['args']['num_epoch'],
+             r['args']['patience']) for r in bpr] == [(1, 0.01, 0.001, 2, 3), (2, 0.01, 0.001, 2, 3)]
+    assert len([r for r in records if r['args']['model_name'] == 'LightGCN']) == 3    # grid, then seed 2
+    table = (out / f'results_{name}.md').read_text()
+    row = next(line for line in table.splitlines() if line.startswith('| MF-BPR'))
+    mean = np.mean([r['test']['20']['recall'] for r in bpr])
+    assert f'{mean:.4f} ± ' in row and 'tuned: l_r 0.01, weight_decay 0.001' in row
+    assert '0.1234 | 0.0567 (DiffMM)' in row and 'Published (DiffMM): Jiang et al.' in table
+    assert 'selected on test' not in table
+    tex = (out / f'results_{name}.tex').read_text()
+    assert tex.count('\\\\') == 3 and '\\begin{tabular}{lcccccc}' in tex and f'{mean:.4f} $\\pm$' in tex
+    assert (out / f'results_{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # runs of the same rows selected on test (records beside them): a column of their own, labelled
+    for path in (out / 'runs').glob('*-tuned-*-seed?.json'):
+        record = json.loads(path.read_text())
+        record['test']['20']['recall'] = 0.5
+        (path.parent / (path.stem + '-testsel.json')).write_text(json.dumps(record))
+    results.main_(argv)                                   # everything reused
+    table = (out / f'results_{name}.md').read_text()
+    assert 'R@20 selected on test (optimistic)' in table
+    assert '0.5000 ± 0.0000' in next(line for line in table.splitlines() if line.startswith('| MF-BPR'))
+
+
+def test_with_tuned_configurations_the_default_rows_are_one_per_model(tmp_path):
+    import registry
+    args = SimpleNamespace(dataset='tiktok', tuned=True, configs=str(tmp_path))
+    assert results.default_rows(args) == [k for k in results.ROWS if k not in results.SWEPT]
+    (tmp_path / 'tiktok').mkdir()
+    rows = results.default_rows(args)
+    assert len(rows) == len(registry.entries()) and rows[0] == 'FAC' and 'FD' not in rows
+
+
+def test_runs_selected_on_test_are_their_own_records_and_the_tables_labelled_column(tiny_plain, tmp_path):
+    """Issue #32: --select_on test runs each row at a point fixed without test (here a tuned file), names its
+    records <run>-testsel.json, lists them labelled optimistic, and the validation table shows their R@20 in its
+    own column; the two protocols never reuse each other's records."""
+    name = os.path.basename(tiny_plain)
+    configs = tmp_path / 'configs' / name
+    configs.mkdir(parents=True)
+    (configs / 'BPR.yaml').write_text('# tuned\nmodel_name: BPR\nl_r: 0.01\nnum_epoch: 2\npatience: 3\n')
+    out = tmp_path / 'out'
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '--rows', 'BPR', '--configs', str(tmp_path / 'configs'),
+            '--out', str(out)]
+    results.main_(argv + ['--select_on', 'test'])
+    testsel = list((out / 'runs').glob('*-testsel.json'))
+    assert len(testsel) == 1
+    record = json.loads(testsel[0].read_text())
+    assert record['args']['select_on'] == 'test' and record['optimistic']
+    listed = (out / f'results_{name}-testsel.md').read_text()
+    assert 'Selected on TEST' in listed and f'{record["test"]["20"]["recall"]:.4f}' in listed
+    results.main_(argv)                                   # the validation runs: trained, not the test record
+    runs = {path.name: json.loads(path.read_text())['args']['select_on'] for path in (out / 'runs').glob('*.json')}
+    assert sorted(runs.values()) == ['test', 'val'] and runs[testsel[0].name] == 'test'
+    table = (out / f'results_{name}.md').read_text()
+    assert 'R@20 selected on test (optimistic)' in table
+    row = next(line for line in table.splitlines() if line.startswith('| MF-BPR'))
+    assert row.split(' | ')[7] == f'{record["test"]["20"]["recall"]:.4f}'
+    with pytest.raises(SystemExit, match='sweep.py, on validation only'):
+        results.main_(['--dataset', tiny_plain, '--rows', 'FAC-tuned', '--select_on', 'test', '--out', str(out)])

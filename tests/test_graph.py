@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from BaseModel import (AGGR_MODES, BaseModel, _symmetric_columns, bipartite_edges, csr_adjacency, normalized_adjacency,
-                       propagate_layers, propagate_layers_plain, row_submatrix, rows_are_sparse)
+                       propagate_layers, propagate_layers_plain, row_submatrix, rows_are_sparse, similarity_logsumexp,
+                       similarity_logsumexp_plain)
 
 # 2 users, 3 items: user 0 - items 0, 1; user 1 - item 1.  Item 2 has no edge.
 TRAIN = np.array([[0, 0], [0, 1], [1, 1]])
@@ -294,6 +295,26 @@ def test_max_aggregation_matches_the_plain_formula(case, monkeypatch):
 def test_unknown_aggregation_rejected():
     with pytest.raises(ValueError, match="aggr_mode must be one of"):
         BaseModel(2, 2, 'median')
+
+
+@pytest.mark.parametrize('weighted', [False, True])
+def test_similarity_logsumexp_matches_the_formula_with_gradients(weighted):
+    """The closed-form gradient of ``log Σ_c w_c exp(a_r·b_c/τ)`` against autograd's, and the value by hand."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    weights = torch.tensor([1., 3., 2., 1., 1., 4., 2.], dtype=torch.float64) if weighted else None
+    g = torch.randn(5, generator=gen, dtype=torch.float64)
+    outs = []
+    for fn in (similarity_logsumexp, similarity_logsumexp_plain):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = fn(x, y, 0.3, weights)
+        (out * g).sum().backward()
+        outs.append((out.detach(), x.grad, y.grad))
+    w = weights if weighted else torch.ones(7, dtype=torch.float64)
+    by_hand = torch.stack([torch.log(sum(w[c] * torch.exp(a[r] @ b[c] / 0.3) for c in range(7))) for r in range(5)])
+    assert torch.allclose(outs[0][0], by_hand) and torch.allclose(outs[1][0], by_hand)
+    for fast, plain in zip(outs[0], outs[1]):
+        assert torch.allclose(fast, plain, atol=1e-12)
 
 
 def test_word_mean_matches_plain_gather_with_gradients():

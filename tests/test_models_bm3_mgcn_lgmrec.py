@@ -257,6 +257,42 @@ def test_mgcn_fuser_softmax_over_the_nodes():
     assert torch.allclose(torch.cat(model()), c + s, atol=1e-6)
 
 
+def random_pairs(num_user, num_item, count, seed):
+    rng = np.random.default_rng(seed)
+    return np.unique(np.stack([rng.integers(0, num_user, count), rng.integers(0, num_item, count)], 1), axis=0)
+
+
+def assert_fast_loss_is_plain(model, batch):
+    """``model.loss`` equals ``model.loss_plain`` in float64, its parts and the gradient of every parameter."""
+    model.double().train()
+    results = []
+    for loss_fn in (model.loss, model.loss_plain):
+        torch.manual_seed(3)                                  # the same dropout / Gumbel draws for both
+        loss, parts = loss_fn(*batch)
+        results.append((loss, parts, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)))
+    (fast, fast_parts, fast_grads), (plain, plain_parts, plain_grads) = results
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-12)
+    assert fast_parts == pytest.approx(plain_parts, rel=1e-12)
+    for (name, _), g, h in zip(model.named_parameters(), fast_grads, plain_grads):
+        assert (g is None) == (h is None), name
+        assert g is None or torch.allclose(g, h, atol=1e-12), name
+
+
+@pytest.mark.parametrize('softmax', ['modalities', 'nodes'])
+def test_mgcn_fast_loss_matches_the_plain_formula(softmax):
+    """The batch-rows views (few rows: 30 users, 40 items, 8 pairs) and the contrasts over distinct nodes
+    weighted by their counts (repeated users and items in the batch), against every node's views and
+    autograd's InfoNCE; 'nodes' normalises over every node, so it takes the full views."""
+    train = random_pairs(30, 40, 200, seed=1)
+    feats = {'v': np.random.default_rng(2).random((40, 6), dtype=np.float32),
+             't': np.random.default_rng(3).random((40, 5), dtype=np.float32)}
+    torch.manual_seed(0)
+    model = MGCN(30, 40, feats, normalized_adjacency(train, 30, 40), item_graphs(feats, 40, 4), dim_latent=8,
+                 num_layer=2, reg_weight=0.1, cl_weight=0.5, fuser_softmax=softmax)
+    users, pos = torch.tensor([3, 3, 7, 12, 12, 12, 20, 29]), torch.tensor([1, 1, 5, 9, 30, 1, 9, 39])
+    assert_fast_loss_is_plain(model, (users, pos, torch.tensor([2, 8, 8, 0, 11, 25, 33, 4])))
+
+
 def test_mgcn_defaults_and_flags():
     args = config.parse_args(['--model_name', 'MGCN'])
     assert (args.l_r, args.weight_decay, args.batch_size, args.num_layer, args.num_epoch, args.knn_k,
@@ -352,6 +388,18 @@ def test_lgmrec_noise_in_training_only_and_from_the_seeded_rng():
     assert model.loss(*batch)[0].item() != first                                 # fresh noise, fresh loss
     model.eval()
     assert torch.equal(model()[0], model()[0])
+
+
+def test_lgmrec_fast_contrast_matches_the_plain_formula():
+    """The contrasts' denominators by ``similarity_logsumexp`` (one [B, N] matrix, closed-form gradient)
+    against autograd's ``logsumexp``, with two modalities and the training draws."""
+    train = random_pairs(20, 25, 120, seed=4)
+    feats = {m: np.random.default_rng(n).random((25, 6), dtype=np.float32) for n, m in enumerate('vat')}
+    torch.manual_seed(0)
+    model = LGMRec(20, 25, feats, train, normalized_adjacency(train, 20, 25), dim_latent=8, hyper_num=3,
+                   cl_weight=0.5)
+    assert_fast_loss_is_plain(model, (torch.tensor([0, 0, 5, 19]), torch.tensor([3, 3, 7, 24]),
+                                      torch.tensor([1, 2, 2, 0])))
 
 
 def test_lgmrec_defaults_and_flags():

@@ -535,10 +535,8 @@ def test_results_table_keeps_the_protocols_apart(tmp_path):
     assert results.run_tag('x', ['--model_name', 'DiffMM'], 1, 'test') == results.run_tag('x', ['--model_name', 'DiffMM'], 1) + '-testsel'
     record = {'args': {'num_epoch': 5, 'patience': 3, 'select_on': 'val'}, 'status': 'done'}
     (tmp_path / 'r.json').write_text(json.dumps(record))
-    args = type('A', (), {'max_epoch': 5, 'patience': 3, 'select_on': 'test'})
-    assert results.earlier_record(str(tmp_path / 'r.json'), args) is None        # never reused across protocols
-    args.select_on = 'val'
-    assert results.earlier_record(str(tmp_path / 'r.json'), args) == record
+    assert results.earlier_record(str(tmp_path / 'r.json'), (5, 3), 'test') is None   # never reused across protocols
+    assert results.earlier_record(str(tmp_path / 'r.json'), (5, 3), 'val') == record
     with pytest.raises(SystemExit):
         config.parse_args(['--model_name', 'DiffMM', '--select_on', 'best'])
 

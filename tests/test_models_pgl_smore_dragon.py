@@ -20,8 +20,8 @@ from model_MGCN import item_graphs as mgcn_graphs
 from model_PGL import PGL
 from model_SMORE import SMORE, item_graphs, max_fusion, modality_ks
 from test_models_bm3_mgcn_lgmrec import (
-    LG_TRAIN, LG_U, MGCN_FEAT, assert_loss_and_gradients, bpr_by_hand, cli_roundtrip, dense_adjacency, layer_mean,
-    nce_by_hand)
+    LG_TRAIN, LG_U, MGCN_FEAT, assert_fast_loss_is_plain, assert_loss_and_gradients, bpr_by_hand, cli_roundtrip,
+    dense_adjacency, layer_mean, nce_by_hand)
 
 I = 3
 A = dense_adjacency(LG_TRAIN, LG_U, I)            # 3 users, 3 items: u0 {0, 1}, u1 {1, 2}, u2 {2}
@@ -198,6 +198,12 @@ def test_smore_loss_by_hand():
     grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
     assert all(g.abs().sum() > 0 for g in grads)                         # every parameter learns
     assert_loss_and_gradients(model, loss, bpr + 0.1 * reg + 0.5 * cl)
+
+
+def test_smore_fast_contrast_matches_the_plain_formula():
+    """MGCN's view contrasts over the distinct nodes, weighted by their counts, with the gates' dropout drawn."""
+    assert_fast_loss_is_plain(smore_model(dropout=0.3), (torch.tensor([0, 0, 2, 1]), torch.tensor([1, 1, 2, 0]),
+                                                        torch.tensor([2, 2, 0, 1])))
 
 
 def test_smore_defaults_and_flags():

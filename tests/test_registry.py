@@ -144,3 +144,18 @@ def test_a_checkpoint_written_before_the_registry_resumes_after_it(tiny_plain, t
     assert resumed['test'] == whole['test'] and resumed['val'] == whole['val']
     assert [h['loss'] for h in resumed['history']] == [h['loss'] for h in whole['history']]
     assert json.loads(json.dumps(resumed['args']))['model_name'] == 'SLMRec'
+
+
+def test_every_model_has_a_tuning_grid_of_at_most_eight_valid_points():
+    """bench/tune.py's grids (issue #33): the learning rate and the model's key coefficient, each point a
+    valid command line for that model (flags it reads, values it accepts)."""
+    import itertools
+    for name, entry in registry.entries().items():
+        grid = entry.search_grid
+        assert grid and 'l_r' in grid, name
+        points = list(itertools.product(*grid.values()))
+        assert 2 <= len(points) <= 8, name
+        for point in points:
+            argv = ['--model_name', name] + [x for k, v in zip(grid, point) for x in (f'--{k}', str(v))]
+            args = config.parse_args(argv)
+            assert all(getattr(args, k) == v for k, v in zip(grid, point)), (name, point)
