@@ -60,15 +60,29 @@ def csr_adjacency(edge_index, num_nodes, values=None):
         return coo.coalesce().to_sparse_csr()
 
 
-def normalized_adjacency(train, num_user, num_item, dtype=torch.float32):
+def symmetric_norm(edges, num_nodes, dtype=torch.float32):
+    """The values of ``D^-1/2 A D^-1/2`` on the edges [2, E] of a symmetric ``A`` of ones (``D`` its row sums;
+    a node without edges gets 0)."""
+    deg = torch.bincount(edges[0], minlength=num_nodes).to(dtype)
+    inv_sqrt = torch.where(deg > 0, deg.clamp(min=1).pow(-0.5), torch.zeros_like(deg))
+    return inv_sqrt[edges[0]] * inv_sqrt[edges[1]]
+
+
+def with_self_loops(edges, num_nodes):
+    """``edges`` [2, E] and one self-loop per node (``A + I``)."""
+    loops = torch.arange(num_nodes, device=edges.device)
+    return torch.cat([edges, torch.stack([loops, loops])], dim=1)
+
+
+def normalized_adjacency(train, num_user, num_item, dtype=torch.float32, self_loops=False):
     """``Â = D^-1/2 A D^-1/2`` with ``A = [[0, R], [Rᵀ, 0]]`` as CSR (SPEC 3.1); degree 0 gives 0.  On the
-    device of ``train`` when it is a tensor."""
+    device of ``train`` when it is a tensor.  ``self_loops``: ``A + I`` instead, its degrees counting the loop
+    (DiffMM's graph)."""
     edges = bipartite_edges(train, num_user)
     n = num_user + num_item
-    deg = torch.bincount(edges[0], minlength=n).to(dtype)
-    inv_sqrt = torch.where(deg > 0, deg.clamp(min=1).pow(-0.5), torch.zeros_like(deg))
-    values = inv_sqrt[edges[0]] * inv_sqrt[edges[1]]
-    return csr_adjacency(edges, n, values)
+    if self_loops:
+        edges = with_self_loops(edges, n)
+    return csr_adjacency(edges, n, symmetric_norm(edges, n, dtype))
 
 
 def transpose_csr(adj):

@@ -1,7 +1,7 @@
 """Checkpoints, weights and random states: save, validate, resume (exactly), load.
 
-Every epoch ends with a checkpoint ``runs/<run>.last.pt`` (model, Adam, the
-random states, the training state, the hyper-parameters); ``--resume``
+Every epoch ends with a checkpoint ``runs/<run>.last.pt`` (model, Adam and a
+model's other optimisers, the random states, the training state, the hyper-parameters); ``--resume``
 validates it entry by entry before any of it is used (a malformed one is one
 line), refuses one written with other hyper-parameters unless
 ``--resume_override``, and continues exactly where it stopped: the same
@@ -58,11 +58,15 @@ class Saver:
         if distributed.is_main():
             atomic_save(model.state_dict(), self.best_path)
 
-    def last(self, model, optimizer, state):
+    def last(self, model, optimizer, state, extra=None):
+        """The end-of-epoch checkpoint; ``extra``: the model's other optimisers by name (their states kept as
+        ``extra_optimizers``)."""
         if distributed.is_main():
-            atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'rng': rng_state(self.sampler_rng), 'state': state, 'args': hyper_params(self.args)},
-                        self.last_path)
+            ckpt = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                    'rng': rng_state(self.sampler_rng), 'state': state, 'args': hyper_params(self.args)}
+            if extra:
+                ckpt['extra_optimizers'] = {name: opt.state_dict() for name, opt in extra.items()}
+            atomic_save(ckpt, self.last_path)
 
 
 def _take_lock(lock_path):
@@ -217,10 +221,14 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
               "'model' must be a state dict of dense real tensors")
         _need(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
               "'model' holds non-finite weights")
-        opt = ckpt['optimizer']
-        _need(isinstance(opt, dict) and isinstance(opt.get('state'), dict) and isinstance(opt.get('param_groups'), list)
-              and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups']),
-              "'optimizer' must be an optimiser state dict")
+        extra = ckpt.get('extra_optimizers', {})
+        _need(isinstance(extra, dict) and all(isinstance(k, str) for k in extra),
+              "'extra_optimizers' must map optimiser names to their states")
+        for where, opt in [("'optimizer'", ckpt['optimizer'])] + [(f"'extra_optimizers' {k!r}", v) for k, v in extra.items()]:
+            _need(isinstance(opt, dict) and isinstance(opt.get('state'), dict)
+                  and isinstance(opt.get('param_groups'), list)
+                  and all(isinstance(g, dict) and isinstance(g.get('params'), list) for g in opt['param_groups']),
+                  f"{where} must be an optimiser state dict")
         rng = ckpt['rng']
         _need(isinstance(rng, dict) and all(k in rng for k in ('python', 'numpy', 'torch')),
               "'rng' must hold the python, numpy and torch states")
@@ -263,13 +271,14 @@ def validate_checkpoint(ckpt, path, args, sampler_rng):
 
 
 def validate_optimizer_state(opt, path, optimizer):
-    """The checkpoint's optimiser state against this optimiser's parameters (Adam, the only one here)."""
+    """The checkpoint's optimiser state against this optimiser's parameters (Adam's or AdamW's, the only ones
+    here: the same per-parameter state)."""
     try:
         params = [p for g in optimizer.param_groups for p in g['params']]
         ids = [i for g in opt['param_groups'] for i in g['params']]
         _need(len(opt['param_groups']) == len(optimizer.param_groups) and all(_is_int(i) for i in ids)
               and sorted(ids) == list(range(len(params))), "'optimizer' does not cover this model's parameters")
-        for i, entry in opt['state'].items():       # Adam's state (SPEC: the only optimiser here)
+        for i, entry in opt['state'].items():       # Adam's (and AdamW's) state per parameter
             _need(_is_int(i) and i < len(params) and isinstance(entry, dict)
                   and set(entry) == {'step', 'exp_avg', 'exp_avg_sq'}, "'optimizer' state is not Adam's per parameter")
             step = entry['step']
@@ -330,16 +339,23 @@ def read_checkpoint(path, args, sampler_rng):
     return ckpt
 
 
-def resume_from(ckpt, path, optimizer, sampler_rng):
-    """Optimiser and RNG states from a checkpoint of ``read_checkpoint``; returns the training state."""
-    validate_optimizer_state(ckpt['optimizer'], path, optimizer)
-    own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(ckpt['optimizer'])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
-    for group, own in zip(optimizer.param_groups, own_groups):   # this command line's values apply, never the file's
-        group.update(own)
+def resume_from(ckpt, path, optimizer, sampler_rng, extra=None):
+    """Optimiser and RNG states from a checkpoint of ``read_checkpoint``; returns the training state.
+    ``extra``: the model's other optimisers by name, each restored from the checkpoint's ``extra_optimizers``."""
+    extra = extra or {}
+    saved = ckpt.get('extra_optimizers', {})
+    if set(saved) != set(extra):
+        raise InputError(f'{path}: not a checkpoint of this run (its other optimisers: '
+                         f'{", ".join(sorted(saved)) or "none"}; this model\'s: {", ".join(sorted(extra)) or "none"})')
+    for opt, state in [(optimizer, ckpt['optimizer'])] + [(extra[name], saved[name]) for name in sorted(extra)]:
+        validate_optimizer_state(state, path, opt)
+        own_groups = [{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f'{path}: not a checkpoint of this run ({describe(e)})') from None
+        for group, own in zip(opt.param_groups, own_groups):     # this command line's values apply, never the file's
+            group.update(own)
     set_rng_state(ckpt['rng'], sampler_rng)
     return ckpt['state']
 

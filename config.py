@@ -19,6 +19,9 @@ from errors import InputError, OneLineParser
 from safe_read import read_yaml
 
 
+SELECT_ON = ('val', 'test')
+
+
 def str2bool(value):
     if isinstance(value, bool):
         return value
@@ -34,7 +37,7 @@ def build_parser():
     models = registry.entries()
     per_model = '; '.join(f'{m}: ' + ', '.join(f'{k}={v}' for k, v in e.defaults.items()) for m, e in models.items())
     p = OneLineParser(description=f'Train and evaluate {", ".join(models)} on a dataset in the MMGCN layout '
-                                  f'(full-ranking Precision, Recall and NDCG; model selection on validation).',
+                                  f'(full-ranking Precision, Recall and NDCG; model selection on validation, or on test with --select_on test).',
                       epilog=f'Defaults of flags marked "per model": {per_model}.')
     a = p.add_argument
     a('--model_name', default='SLMRec', choices=registry.names_and_aliases(),
@@ -69,6 +72,11 @@ def build_parser():
     a('--seed', type=int, default=1, help='random seed; CPU runs with the same seed repeat exactly')
     a('--no-cuda', dest='no_cuda', action='store_true', help='stay on the CPU even when CUDA is present')
     a('--patience', type=int, default=20, help='evaluations without validation improvement before stopping')
+    a('--select_on', default='val', choices=SELECT_ON,
+      help='the split whose Recall at the first --topK picks the best epoch and stops early: val (default, '
+           'the honest protocol) or test, the protocol of papers whose code keeps the best test epoch (DiffMM, '
+           'the official SLMRec); test-selected numbers are optimistic, every output of such a run says so, and '
+           'its run name ends in -testsel')
     a('--eval_batch', type=int, default=1024, help='users per chunk in full-ranking evaluation')
     add_run_flags(a)
     add_model_flags(p)
@@ -256,6 +264,9 @@ def validate_args(args):
         (finite['dist_timeout'] and args.dist_timeout > 0, '--dist_timeout', 'must be a positive finite number'),
     ]
     checks += [(flag.check(args), f'--{flag.name}', flag.problem) for flag, _ in registry.model_flags() if flag.check]
+    checks.append((args.dist_mode != 'exact' or registry.entry(args.model_name).exact_split, '--dist_mode',
+                   f'{args.model_name}\'s loss cannot be split across ranks exactly (a whole-batch normalisation or '
+                   f'contrast); use --dist_mode data'))
     for ok, flag, problem in checks:
         if not ok:
             value = getattr(args, flag[2:])
@@ -264,17 +275,19 @@ def validate_args(args):
 
 
 def run_name(args):
-    """``<data>-<model>[-<ssl task>]-seed<seed>[-<hash>]``: the hash (8 hex digits) covers every other
+    """``<data>-<model>[-<ssl task>]-seed<seed>[-<hash>][-testsel]``: the hash (8 hex digits) covers every other
     hyper-parameter that differs from the model's defaults, so runs that train differently never share
-    their output files, and the default run keeps a readable name."""
+    their output files, and the default run keeps a readable name; ``-testsel`` marks a run selected on test
+    (``--select_on test``), whose files never mix with the validation-selected run's."""
     data = os.path.basename(os.path.normpath(args.data_path))
     tag = registry.entry(args.model_name).run_tag
     task = tag(args) if tag else ''
     defaults = hyper_params(parse_args(['--model_name', args.model_name]))
-    named = ('data_path', 'model_name', 'ssl_task', 'seed')
+    named = ('data_path', 'model_name', 'ssl_task', 'seed', 'select_on')
     differ = {k: v for k, v in hyper_params(args).items() if k not in named and v != defaults.get(k)}
     digest = hashlib.sha1(json.dumps(differ, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
+    return (f'{data}-{args.model_name}{task}-seed{args.seed}' + (f'-{digest}' if differ else '')
+            + ('-testsel' if getattr(args, 'select_on', 'val') == 'test' else ''))
 
 
 # Flags that change where a run writes, how fast it runs, or when it stops, not what it trains:

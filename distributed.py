@@ -230,15 +230,23 @@ class DataParallel:
     DDP's gradient averaging.  Data mode: ``loss`` is the model's loss of the rank's batch.  Exact mode: it
     takes the global batch and returns ``W ·`` this rank's share."""
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, extra=None):
         self.model, self.needs_negatives = model, model.needs_negatives
         if hasattr(model, 'on_epoch_start'):    # FREEDOM's pruned graph: every rank draws the same one
             self.on_epoch_start = model.on_epoch_start
+        for hook in ('epoch_steps', 'batch_steps'):     # a model's other optimisers' steps (Train.extra_steps)
+            if hasattr(model, hook):
+                setattr(self, hook, getattr(model, hook))
         for p in model.parameters():            # they agree already (same seed, same weight file)
             dist.broadcast(p.data, 0)
+        # The other optimisers' parameters are not the main loss's: DDP leaves them to Train.extra_steps.
+        taken = {id(p) for opt in (extra or {}).values() for group in opt.param_groups for p in group['params']}
+        loss = _Loss(model)
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            loss, [f'model.{name}' for name, p in model.named_parameters() if id(p) in taken])
         # The buffers (graph, features) are built from the data on every rank; DDP cannot broadcast sparse ones.
         self.ddp = nn.parallel.DistributedDataParallel(
-            _Loss(model), device_ids=[device.index] if device.type == 'cuda' else None,
+            loss, device_ids=[device.index] if device.type == 'cuda' else None,
             init_sync=False, forward_sync_buffers=False)
 
     def train(self, mode=True):
@@ -256,9 +264,40 @@ class DataParallel:
         return weight * loss, {k: weight * v for k, v in parts.items()}
 
 
-def wrap(model, device):
-    """``DataParallel(model)`` under torchrun, else the model itself."""
-    return DataParallel(model, device) if active() else model
+def wrap(model, device, extra=None):
+    """``DataParallel(model)`` under torchrun, else the model itself; ``extra``: the model's other optimisers
+    (their parameters are left out of DDP's gradient averaging, ``average_gradients`` does theirs)."""
+    return DataParallel(model, device, extra) if active() else model
+
+
+def average_gradients(optimizer):
+    """Data mode: each gradient of ``optimizer``'s parameters averaged over the ranks (what DDP does for the main
+    loss), for a step on the rank's own batch; one process: nothing."""
+    if not active():
+        return
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(dist.get_world_size())
+
+
+def gather_rows(rows):
+    """The rows [n, c] of every rank, in rank order (each rank may hold another n); one process: ``rows``.
+    What a model learns from its batch and keeps for all ranks (MMSSL's learned graph edges) stays the same
+    on every rank, and is the global batch's, as one process collects it."""
+    if not active():
+        return rows
+    w = dist.get_world_size()
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(w)]
+    dist.all_gather(counts, count)
+    most = int(max(c.item() for c in counts))
+    padded = rows.new_zeros((most, *rows.shape[1:]))
+    padded[:rows.shape[0]] = rows
+    parts = [torch.zeros_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(c.item())] for part, c in zip(parts, counts)])
 
 
 def global_values(loss, parts, stop=False):

@@ -6,7 +6,8 @@
 
 Each evaluation prints one Val and one Test line; the run ends with the best
 epoch by validation Recall@K (first K) and its test metrics, and appends one
-JSON line to ``--save_file``.  Exit status: 0 done, 1 unexpected error,
+JSON line to ``--save_file`` (``--select_on test``: the best epoch by test
+Recall, the papers' protocol; the summary and the line say it is optimistic).  Exit status: 0 done, 1 unexpected error,
 2 bad input or arguments (also: another live run holds ``--checkpoint``, ``--PATH_weight_save`` or ``--export_topk``),
 3 training diverged (a NaN/Inf loss, parameter or score), 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, a scheduler's preemption: the run stops at
@@ -111,7 +112,8 @@ def load_data(args, outputs):
 
 
 def build(args, data, last_path, sampler_rng, device):
-    """``(model, optimizer, checkpoint or None)``: the model with its loaded weights, on ``device``."""
+    """``(model, optimizer, {name: other optimiser}, checkpoint or None)``: the model with its loaded weights,
+    on ``device``; the main loss's optimiser and the model's others (``registry.optimizers``)."""
     model = registry.build_model(args, data)
     if args.PATH_weight_load:
         load_weights(model, args.PATH_weight_load, args.model_name)
@@ -123,7 +125,7 @@ def build(args, data, last_path, sampler_rng, device):
             raise InputError(f'{last_path}: not a checkpoint of this run ({describe(e)})') from None
     model.to(device)
     # Built after every load: loading may replace a parameter (a larger official word table, WordMean).
-    optimizer = registry.optimizer(args, model)
+    optimizer, extra = registry.optimizers(args, model)
     factor = distributed.scale_lr(optimizer, args.lr_scale_ranks)
     if distributed.active():
         ranks, mode = distributed.world_size(), args.dist_mode
@@ -131,7 +133,7 @@ def build(args, data, last_path, sampler_rng, device):
                 if mode == 'data' else f'{args.batch_size} pairs a step, each rank computing the whole batch')
         print(f'torchrun: {ranks} processes, --dist_mode {mode}: {step}; learning rate {args.l_r * factor:g}'
               + (f' (--l_r x {factor}, --lr_scale_ranks)' if factor != 1 else ''))
-    return model, optimizer, ckpt
+    return model, optimizer, extra, ckpt
 
 
 def training_data(args, data, folder, sampler_rng):
@@ -169,17 +171,19 @@ def run(args):
     with output_locks(locked):                  # one run per checkpoint (and best model, export), before any work
         sampler_rng = seed_everything(args.seed)
         folder, data = load_data(args, outputs)
-        model, optimizer, ckpt = build(args, data, last_path, sampler_rng, device)
+        model, optimizer, extra, ckpt = build(args, data, last_path, sampler_rng, device)
         sampler, evaluate = training_data(args, data, folder, sampler_rng)
-        trainer = distributed.wrap(model, device)   # the model itself in one process
+        trainer = distributed.wrap(model, device, extra)   # the model itself in one process
         state = new_state()
         if ckpt is not None:
-            state = resume_from(ckpt, last_path, optimizer, sampler_rng)
+            state = resume_from(ckpt, last_path, optimizer, sampler_rng, extra)
             print(f'resumed from {last_path} after epoch {state["epoch"]}')
+        if args.select_on == 'test':
+            print(OPTIMISTIC_LINE)
         board = open_board(args.tensorboard, name, state) if distributed.is_main() else None
         try:
             status = fit(model, trainer, sampler, optimizer, device, state, lambda epoch: evaluate(model, epoch),
-                         Saver(best_path, last_path, args, sampler_rng), args, board)
+                         Saver(best_path, last_path, args, sampler_rng), args, board, extra)
         except Terminated as e:
             e.checkpoint = last_path if state['epoch'] > 0 else None     # resumed from one, or wrote one
             raise
@@ -195,7 +199,7 @@ def finish(args, name, status, state, model, data, folder, best_path, device, st
     if args.export_topk and distributed.is_main():
         export_best_topk(args, model, data, folder, best_path, state, device)
     wall = time.time() - started
-    summary(state, args.topK[0], status)
+    summary(state, args.topK[0], status, args.select_on)
     if state['best_epoch'] and os.path.exists(best_path):
         print(f'best model: {best_path}')
     record = {'run': name, 'status': status, 'args': vars(args), 'best_epoch': state['best_epoch'],
@@ -203,18 +207,29 @@ def finish(args, name, status, state, model, data, folder, best_path, device, st
               'wall_time_s': round(wall, 2), 'device': str(device), 'processes': distributed.world_size(),
               'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
               'data': data.summary(), 'history': state['history']}
+    if args.select_on == 'test':
+        record['optimistic'] = OPTIMISTIC_LINE
     if distributed.is_main():
         append_results_line(args.save_file, record)
 
 
-def summary(state, key, status):
+# Printed at the start and the end of a --select_on test run, and kept in its results line (SPEC 4).
+OPTIMISTIC_LINE = ('selected on TEST (--select_on test): the best epoch and early stopping follow the test '
+                   'metric, so these numbers are optimistic, not a held-out estimate')
+
+
+def summary(state, key, status, select_on='val'):
     from Full_vt import format_metrics
     if state['best_epoch'] is None:
         print(f'finished ({status}) with no completed evaluation')
         return
-    print(f'best epoch {state["best_epoch"]} (validation Recall@{key} {state["best_val"][key]["recall"]:.4f})')
+    split = 'best_val' if select_on == 'val' else 'best_test'
+    print(f'best epoch {state["best_epoch"]} ({"validation" if select_on == "val" else "TEST"} '
+          f'Recall@{key} {state[split][key]["recall"]:.4f})')
     print(f'  Val   {format_metrics(state["best_val"])}')
     print(f'  Test  {format_metrics(state["best_test"])}')
+    if select_on == 'test':
+        print(f'  {OPTIMISTIC_LINE}')
 
 
 def flush_denormals():

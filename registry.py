@@ -32,13 +32,27 @@ from errors import InputError
 MODEL_FILES = (
     'model_SSL', 'model_MMGCN', 'model_BPR', 'model_LightGCN', 'model_VBPR', 'model_GRCN', 'model_LATTICE',
     'model_FREEDOM', 'model_BM3', 'model_MGCN', 'model_LGMRec', 'model_PGL', 'model_MENTOR', 'model_SMORE',
-    'model_DAMRS', 'model_DRAGON',
+    'model_DAMRS', 'model_DRAGON', 'model_MMSSL', 'model_DiffMM',
 )
 
 
 def finite(x):
     """A number that is neither NaN nor infinite (None is not): for the flags' checks."""
     return x is not None and math.isfinite(x)
+
+
+def at_least(name, low=0.0, strict=False):
+    """``Flag`` keywords of a float flag ``--<name>`` that must be a finite number >= low (> low when strict)."""
+    def check(args):
+        value = getattr(args, name)
+        return finite(value) and (value > low if strict else value >= low)
+    return dict(type=float, check=check, problem=f'must be a finite number {">" if strict else ">="} {low:g}')
+
+
+def rate(name):
+    """``Flag`` keywords of a float flag ``--<name>`` in [0, 1)."""
+    return dict(type=float, check=lambda args: finite(getattr(args, name)) and 0 <= getattr(args, name) < 1,
+                problem='must be in [0, 1)')
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,11 @@ class ModelEntry:
     rows: the results table's rows of this model: key -> (label, extra flags); default one row, its name.
     lr_grid: the learning rates the results table tries (validation picks one).
     tuning_grid: row key -> the wider grid ``sweep.py`` runs for that row.
+    optimizer: ``(args, params) -> torch optimiser`` for the main loss's parameters (MMSSL: AdamW); default
+        Adam at ``--l_r`` with ``adam_weight_decay``.  A model's other optimisers come from its
+        ``Recommender.extra_optimizers``.
+    exact_split: False for a model whose loss cannot be cut into the ranks' shares of a batch (a batch norm or
+        an in-batch contrast over the whole batch): ``--dist_mode exact`` is refused for it (SPEC 7).
     search_grid: the tuned configurations' grid (``bench/tune.py``, ``configs/<dataset>/<name>.yaml``): the
         learning rate and the model's one key coefficient from its authors' search grid, at most 8 points.
     item_features: False for an ID-only model (MF-BPR, LightGCN): ``--modalities`` and ``--has_*`` are refused
@@ -96,6 +115,8 @@ class ModelEntry:
     tuning_grid: dict = field(default_factory=dict)
     search_grid: dict = None
     summary: str = ''
+    optimizer: object = None
+    exact_split: bool = True
     item_features: bool = True
 
     def table_rows(self):
@@ -113,6 +134,19 @@ class Recommender(nn.Module):
       mode; ``s(u, i) = z_u · z_i`` is the full-ranking score the evaluator blocks over.
     - ``scores(users)``: those scores for a block of users, the plain formula.
     - ``on_epoch_start()``: called before each epoch's first batch (FREEDOM draws its pruned graph).
+
+    A model with more than one optimiser (MMSSL's discriminator, DiffMM's denoisers) also has:
+
+    - ``extra_optimizers(args) -> {name: optimiser}`` over the parameters its main loss does not train (the
+      main optimiser, ``registry.optimizers``, takes every other parameter);
+    - ``epoch_steps()`` and ``batch_steps(*batch)``: generators of ``(optimiser name, loss, {part: float})``,
+      the steps of those optimisers at an epoch's start (after ``on_epoch_start``) and before each batch's
+      main loss.  The trainer takes each step (zero_grad, backward, under torchrun the gradients averaged over
+      the ranks for a batch step, step) before it asks for the next, so a step sees what the previous one
+      left; the checkpoint keeps every optimiser's state, and every draw goes through torch's seeded RNG.
+      Epoch steps must be the same on every rank (they see no batch): under torchrun each rank takes them all.
+    - ``resizable_buffers``: names of persistent buffers whose size changes in training (a learned graph's
+      edges); loading a state dict gives them the saved size.
 
     Multimodal models keep their item features with ``register_item_features`` and read modality m's
     item input with ``item_input(m)``.
@@ -133,6 +167,24 @@ class Recommender(nn.Module):
 
     def on_epoch_start(self):
         pass
+
+    resizable_buffers = ()
+
+    def extra_optimizers(self, args):
+        return {}
+
+    def epoch_steps(self):
+        return iter(())
+
+    def batch_steps(self, *batch):
+        return iter(())
+
+    def _load_from_state_dict(self, state_dict, prefix, *rest):
+        for name in self.resizable_buffers:             # a learned graph saved with another number of edges
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.shape != getattr(self, name).shape:
+                setattr(self, name, getattr(self, name).new_empty(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *rest)
 
     def register_item_features(self, features, normalize=False, trainable=False):
         """Keep the item features: a word-id modality as a trainable word mean (``word_means[m]``), a dense
@@ -278,6 +330,18 @@ def adam_weight_decay(args):
     return args.weight_decay if entry(args.model_name).adam_weight_decay else 0.0
 
 
+def optimizers(args, model):
+    """``(main, {name: optimiser})``: the main loss's optimiser over every parameter that no other optimiser of
+    the model (``Recommender.extra_optimizers``) takes, by default Adam (SPEC 3.4, 6), and the others."""
+    extra = model.extra_optimizers(args) if isinstance(model, Recommender) else {}
+    taken = {id(p) for opt in extra.values() for group in opt.param_groups for p in group['params']}
+    params = [p for p in model.parameters() if id(p) not in taken]
+    build = entry(args.model_name).optimizer
+    if build is not None:
+        return build(args, params), extra
+    return torch.optim.Adam(params, lr=args.l_r, weight_decay=adam_weight_decay(args)), extra
+
+
 def optimizer(args, model):
-    """Adam over the model's parameters (SPEC 3.4, 6)."""
-    return torch.optim.Adam(model.parameters(), lr=args.l_r, weight_decay=adam_weight_decay(args))
+    """The main loss's optimiser (``optimizers``)."""
+    return optimizers(args, model)[0]

@@ -372,11 +372,14 @@ def check_sweep(args, base, parser, space):
             raise
     for point in points_to_check(space):
         try:
-            config.parse_args(base + flag_argv(parser, {**first, **point}))
+            parsed = config.parse_args(base + flag_argv(parser, {**first, **point}))
         except InputError as e:
             shown = ', '.join(f'{k} {v!r}' for k, v in point.items() if str(e).startswith(f'--{k}:')) or \
                 ', '.join(f'{k} {v!r}' for k, v in point.items())
             raise InputError(f'{args.space}: {shown}: main.py refuses it ({e}); every trial of it would fail') from None
+        if parsed.select_on != 'val' or 'select_on' in space:
+            raise InputError('--select_on: the sweep selects on validation only (a grid chosen on the test split '
+                             'would be optimistic twice); run main.py --select_on test on the chosen point instead')
     for path, what in ((args.write_config, 'config file'),):
         if path and os.path.realpath(path) == os.path.realpath(args.space):
             raise InputError(f'{path}: --write_config would overwrite the --space file; give it its own path')

@@ -45,6 +45,8 @@ CONFIGS = {
     'SMORE': ['--model_name', 'SMORE', '--image_knn_k', '5', '--text_knn_k', '5'],
     'DAMRS': ['--model_name', 'DAMRS', '--knn_k', '5'],
     'DRAGON': ['--model_name', 'DRAGON', '--knn_k', '5', '--user_graph_k', '5'],
+    'MMSSL': ['--model_name', 'MMSSL'],
+    'DiffMM': ['--model_name', 'DiffMM', '--diffmm_dims', '64'],
 }
 TIMING = ('wall_time_s',)
 

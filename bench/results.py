@@ -29,6 +29,14 @@ where ``bench/published.py`` has them, and each row's seconds per epoch), as a L
 ``bench/out/results_<dataset>.jsonl``.  Where runs of the same rows selected on test exist
 (``--select_on test`` records beside them), their Recall@20 is a column of its own, labelled optimistic.
 
+``--select_on test`` makes those records: the protocol of papers whose code keeps the best *test* epoch
+(DiffMM, the official SLMRec), whose numbers are optimistic.  Each row runs every seed at a point fixed without
+looking at test: its tuned configuration, else its published learning rate (no grid is chosen on test; a
+``sweep.py`` row is refused).  The records are named ``<run>-testsel.json``, never reused by or mixed into the
+validation-selected runs; the runs are listed, labelled, in ``results_<dataset>-testsel.md``, and a later
+``bench/results.py`` without the flag shows their Recall@20 in the table's labelled column where the row's point
+is the same (a tuned configuration, or a chosen learning rate equal to the published one).
+
 Every finished run also leaves its record in ``bench/out/runs/<run>.json``, and
 a later invocation with the same ``--max_epoch`` and ``--patience`` reuses it
 instead of training again: an interrupted table resumes where it stopped, and
@@ -107,40 +115,50 @@ def grid_points(flags, use_grid=True):
     return [[f'--{name}', str(v)] for v in values]
 
 
-def run_tag(dataset, flags, seed):
-    """A run's record name; a tuned configuration counts by its content (a re-tuned file runs again)."""
+def run_tag(dataset, flags, seed, select_on='val'):
+    """A run's record name; a tuned configuration counts by its content (a re-tuned file runs again); a run
+    selected on test ends in ``-testsel``."""
     import hashlib
     dataset = os.path.basename(os.path.normpath(dataset))
     if '--config' in flags:
         n = flags.index('--config')
         with open(flags[n + 1], 'rb') as f:
             flags = flags[:n] + [f'tuned-{hashlib.sha256(f.read()).hexdigest()[:8]}'] + flags[n + 2:]
-    return f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+    tag = f'{dataset}-{"-".join(f.strip("-") for f in flags)}-seed{seed}'.replace('/', '_')
+    return tag + ('-testsel' if select_on == 'test' else '')
 
 
-def earlier_record(path, protocol):
-    """The record of a finished earlier run of the same protocol (same epochs and patience), or None."""
+def selected_on(record):
+    """The split a run selected its epoch on: 'val', or 'test' (``--select_on test``, optimistic)."""
+    return record['args'].get('select_on', 'val')
+
+
+def earlier_record(path, protocol, select_on='val'):
+    """The record of a finished earlier run of the same protocol (same epochs, patience and selection), or
+    None."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         record = json.load(f)
-    same = (record['args']['num_epoch'], record['args']['patience']) == tuple(protocol)
+    same = ((record['args']['num_epoch'], record['args']['patience']) == tuple(protocol)
+            and selected_on(record) == select_on)
     return record if same and record['status'] in ('done', 'diverged') else None
 
 
 def train(dataset, flags, seed, args, log):
     """One run of main.py; its record is kept in <out>/runs/<tag>.json, and a later call reuses it."""
-    tag = run_tag(dataset, flags, seed)
+    tag = run_tag(dataset, flags, seed, args.select_on)
     runs = os.path.join(args.out, 'runs')
     os.makedirs(runs, exist_ok=True)
     path = os.path.join(runs, tag)
     epochs, patience = row_protocol(args, flags)
-    record = earlier_record(path + '.json', (epochs, patience))
+    record = earlier_record(path + '.json', (epochs, patience), args.select_on)
     if record is not None:
         print(f'[reuse] {tag} ({record["device"]}, {record["wall_time_s"]:.0f}s)', flush=True)
         return record
     argv = ['--data_path', dataset, '--seed', str(seed), '--topK', '20', '10', '--num_epoch', str(epochs),
-            '--patience', str(patience), '--save_file', path + '.jsonl', '--no-progress',
+            '--patience', str(patience), '--select_on', args.select_on, '--save_file', path + '.jsonl',
+            '--no-progress',
             '--checkpoint', path + '.last.pt', '--PATH_weight_save', path + '.best.pt', *flags]
     if args.no_cuda:
         argv.append('--no-cuda')
@@ -164,7 +182,8 @@ def train(dataset, flags, seed, args, log):
     record = json.loads(line)
     if record['best_epoch'] is None:
         raise SystemExit(f'run ended with no evaluation ({record["status"]}): main.py {" ".join(argv)}')
-    print(f'[done] {tag}: val R@20 {record["val"]["20"]["recall"]:.4f}, best epoch {record["best_epoch"]}, '
+    split = 'val' if args.select_on == 'val' else 'test'
+    print(f'[done] {tag}: {split} R@20 {record[split]["20"]["recall"]:.4f}, best epoch {record["best_epoch"]}, '
           f'{record["wall_time_s"]:.0f}s on {record["device"]}', flush=True)
     return record
 
@@ -214,6 +233,12 @@ def row_runs(key, pool, args, log):
         point = ['--config', config]
         return point, [f.result() for f in [pool.submit(train, args.dataset, flags + point, s, args, log)
                                             for s in args.seeds]]
+    if args.select_on == 'test':                     # a point fixed without test: the published learning rate
+        if key in SWEPT:
+            raise SystemExit(f'{key}: a swept row is tuned by sweep.py, on validation only (no --select_on test)')
+        point = grid_points(flags, use_grid=False)[0]
+        return point, [f.result() for f in [pool.submit(train, args.dataset, flags + point, s, args, log)
+                                            for s in args.seeds]]
     if key in SWEPT:
         point, first = sweep_first_seed(key, flags, args)
         rest = [pool.submit(train, args.dataset, flags + point, s, args, log) for s in args.seeds[1:]]
@@ -242,7 +267,7 @@ def test_selected(args, flags, point):
     the table's, every seed), or None."""
     records = []
     for seed in args.seeds:
-        path = os.path.join(args.out, 'runs', run_tag(args.dataset, flags + list(point), seed) + '-testsel.json')
+        path = os.path.join(args.out, 'runs', run_tag(args.dataset, flags + list(point), seed, 'test') + '.json')
         if not os.path.isfile(path):
             return None
         with open(path) as f:
@@ -290,11 +315,14 @@ def main_(argv=None):
     p.add_argument('--no-tuned', dest='tuned', action='store_false',
                    help='ignore configs/<dataset>/ (the learning-rate grid for every row)')
     p.add_argument('--configs', default=CONFIGS, help='the tuned configurations\' folder (configs/<dataset>/)')
+    p.add_argument('--select_on', choices=('val', 'test'), default='val',
+                   help="test: the papers' optimistic protocol (the best test epoch), records <run>-testsel.json "
+                        "listed in results_<dataset>-testsel.md and read into the table's labelled column")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     name = os.path.basename(os.path.normpath(args.dataset))     # a folder under Data/ or a path
-    log = os.path.join(args.out, f'results_{name}.jsonl')
+    log = os.path.join(args.out, f'results_{name}{"-testsel" if args.select_on == "test" else ""}.jsonl')
     started = time.time()
     keys = args.rows.split(',') if args.rows else default_rows(args)
     unknown = [k for k in keys if k not in ROWS]
@@ -305,6 +333,12 @@ def main_(argv=None):
     else:                                             # rows side by side, at most --jobs runs at a time
         with ThreadPoolExecutor(args.jobs) as pool, ThreadPoolExecutor(len(keys)) as row_pool:
             rows = list(row_pool.map(lambda key: row_runs(key, pool, args, log), keys))
+    mixed = [r['run'] for _, records in rows for r in records if selected_on(r) != args.select_on]
+    if mixed:
+        raise SystemExit(f'{", ".join(mixed)}: selected on another split than these runs (--select_on '
+                         f'{args.select_on}); the two protocols never share a column')
+    if args.select_on == 'test':
+        return test_selected_list(keys, rows, args, name)
     table = [table_row(key, point, records, args) for key, (point, records) in zip(keys, rows)]
     first_data = rows[0][1][0]['data']
     tuned = [key for key, (point, _) in zip(keys, rows) if list(point[:1]) == ['--config']]
@@ -333,6 +367,24 @@ def main_(argv=None):
     report.bar_chart(table, os.path.join(args.out, f'results_{name}.png'),
                      f'{name}: test Recall@20 and NDCG@20 (mean ± std over seeds {" ".join(map(str, args.seeds))})')
     print(markdown)
+
+
+def test_selected_list(keys, rows, args, name):
+    """The runs selected on test, labelled optimistic, in ``results_<dataset>-testsel.md`` (not a table of the
+    validation protocol: the table shows them in a column of their own)."""
+    lines = ['**Selected on TEST (--select_on test): optimistic numbers, the protocol of papers whose code keeps '
+             'the best test epoch; not comparable with the validation-selected table, whose labelled column shows '
+             'their R@20.**', '',
+             '| model | R@20 (test-selected) | N@20 (test-selected) | point | best epochs |', '|---|---|---|---|---|']
+    for key, (point, records) in zip(keys, rows):
+        values = {m: [r['test']['20'][m] for r in records] for m in ('recall', 'ndcg')}
+        lines.append(f'| {ROWS[key][0]} | {report.cell(values["recall"])} | {report.cell(values["ndcg"])} | '
+                     f'{chosen_text(point, records)} | {"/".join(str(r["best_epoch"]) for r in records)} |')
+    lines += ['', f'{rows[0][1][0]["data"]}. Mean ± std over seeds {" ".join(map(str, args.seeds))}.']
+    text = '\n'.join(lines) + '\n'
+    with open(os.path.join(args.out, f'results_{name}-testsel.md'), 'w') as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == '__main__':

@@ -187,6 +187,19 @@ def test_resume_with_other_cut_offs_names_top_k_not_a_malformed_checkpoint(overr
     assert 'malformed' not in err
 
 
+def test_resume_checkpoint_with_a_tensor_among_its_cut_offs_is_malformed(trained, tmp_path, capsys):
+    # found (tests/test_fuzz_robust.py): args['topK'] = [tensor([])] was compared with this run's cut-offs before
+    # the checkpoint was validated: "RuntimeError: Boolean value of Tensor with no values is ambiguous"
+    _, out, base = trained
+    ckpt = torch.load(out / 'c.pt', weights_only=True)
+    ckpt['args']['topK'] = [torch.tensor([])]
+    torch.save(ckpt, tmp_path / 'c.pt')
+    args = base + ['--save_file', str(tmp_path / 'r.jsonl'), '--checkpoint', str(tmp_path / 'c.pt'),
+                   '--PATH_weight_save', str(tmp_path / 'b.pt'), '--resume']
+    assert main.main(args) == 2
+    _one_line_error(capsys, "malformed checkpoint: 'args' must map flag names to plain values")
+
+
 def _interrupted_import(tmp_path, script, *args):
     """Run ``script`` with a numpy whose import is interrupted by Ctrl-C (as a user pressing it while torch loads)."""
     fake = tmp_path / 'fake'

@@ -198,3 +198,32 @@ def test_with_tuned_configurations_the_default_rows_are_one_per_model(tmp_path):
     (tmp_path / 'tiktok').mkdir()
     rows = results.default_rows(args)
     assert len(rows) == len(registry.entries()) and rows[0] == 'FAC' and 'FD' not in rows
+
+
+def test_runs_selected_on_test_are_their_own_records_and_the_tables_labelled_column(tiny_plain, tmp_path):
+    """Issue #32: --select_on test runs each row at a point fixed without test (here a tuned file), names its
+    records <run>-testsel.json, lists them labelled optimistic, and the validation table shows their R@20 in its
+    own column; the two protocols never reuse each other's records."""
+    name = os.path.basename(tiny_plain)
+    configs = tmp_path / 'configs' / name
+    configs.mkdir(parents=True)
+    (configs / 'BPR.yaml').write_text('# tuned\nmodel_name: BPR\nl_r: 0.01\nnum_epoch: 2\npatience: 3\n')
+    out = tmp_path / 'out'
+    argv = ['--dataset', tiny_plain, '--seeds', '1', '--rows', 'BPR', '--configs', str(tmp_path / 'configs'),
+            '--out', str(out)]
+    results.main_(argv + ['--select_on', 'test'])
+    testsel = list((out / 'runs').glob('*-testsel.json'))
+    assert len(testsel) == 1
+    record = json.loads(testsel[0].read_text())
+    assert record['args']['select_on'] == 'test' and record['optimistic']
+    listed = (out / f'results_{name}-testsel.md').read_text()
+    assert 'Selected on TEST' in listed and f'{record["test"]["20"]["recall"]:.4f}' in listed
+    results.main_(argv)                                   # the validation runs: trained, not the test record
+    runs = {path.name: json.loads(path.read_text())['args']['select_on'] for path in (out / 'runs').glob('*.json')}
+    assert sorted(runs.values()) == ['test', 'val'] and runs[testsel[0].name] == 'test'
+    table = (out / f'results_{name}.md').read_text()
+    assert 'R@20 selected on test (optimistic)' in table
+    row = next(line for line in table.splitlines() if line.startswith('| MF-BPR'))
+    assert row.split(' | ')[7] == f'{record["test"]["20"]["recall"]:.4f}'
+    with pytest.raises(SystemExit, match='sweep.py, on validation only'):
+        results.main_(['--dataset', tiny_plain, '--rows', 'FAC-tuned', '--select_on', 'test', '--out', str(out)])

@@ -82,10 +82,10 @@ def kill_then_resume_once(tmp_path, folder, flags, num_epoch=4, kill_after=2):
     return full, resumed
 
 
-def cli_roundtrip(tmp_path, folder, name, *flags):
+def cli_roundtrip(tmp_path, folder, name, *flags, num_epoch=4, kill_after=2):
     """Train (killed and resumed, compared with the uninterrupted run), then export the best model's top 5."""
     flags = ['--model_name', name, '--batch_size', '64', '--dim_latent', '16', '--topK', '10', *flags]
-    full, resumed = kill_then_resume_once(tmp_path, folder, flags)
+    full, resumed = kill_then_resume_once(tmp_path, folder, flags, num_epoch, kill_after)
     assert (resumed['best_epoch'], resumed['val'], resumed['test']) == (full['best_epoch'], full['val'], full['test'])
     assert [h['loss'] for h in resumed['history']] == [h['loss'] for h in full['history']]
     assert full['test']['10']['recall'] > 0

@@ -131,6 +131,21 @@ def test_flag_both_in_space_and_command_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith('error: l_r: both in ')
 
 
+@pytest.mark.parametrize('text, flags', [
+    ('l_r: [0.01, 0.001]\n', ['--select_on', 'test']),
+    ('select_on: [val, test]\n', []),
+    ('l_r: [0.01, 0.001]\n', ['--config', 'CONFIG']),
+])
+def test_the_sweep_selects_on_validation_only(tmp_path, capsys, base, text, flags):
+    """--select_on test, given after --, in the space or in a --config file, is one line before any trial."""
+    (tmp_path / 'c.yaml').write_text('select_on: test\n')
+    flags = [str(tmp_path / 'c.yaml') if f == 'CONFIG' else f for f in flags]
+    assert sweep.cli(['--space', _space(tmp_path, text), '--study', 'v', '--', *base, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --select_on: the sweep selects on validation only') and len(err.splitlines()) == 1
+    assert not os.path.exists('runs/sweep-v.db')
+
+
 def _two_workers(tmp_path, name, base, *flags):
     # --heartbeat 10: a trial is stale after 30 s of silence, so a loaded machine does not retry a live one
     procs = [subprocess.Popen(_cmd(tmp_path, name, base, *flags), cwd=tmp_path, stdout=subprocess.PIPE,
