@@ -203,7 +203,7 @@ def plain_item_sides(model):
     for m in model.modalities:
         if m in model.word_means:
             words = model.word_means[m]
-            item_index, word_id = (t.to(words.weight.device) for t in words._pairs)
+            item_index, word_id = words.item_index, words.word_id
             total = words.weight.new_zeros(model.num_item, words.weight.shape[1])
             total = total.index_add(0, item_index, words.weight[word_id])
             count = torch.bincount(item_index, minlength=model.num_item).clamp(min=1).unsqueeze(1)
@@ -439,7 +439,7 @@ def bench_fast_slmrec(data, device, args):
     compare('fast path: last layer for batch rows', step, _patch(BaseModel, 'sparse_rows', lambda adj, rows: None))
     if model.word_means:
         def gathered(self):          # the mean of an item's word rows, gathered per (item, word) pair
-            item_index, word_id = self._pairs
+            item_index, word_id = self.item_index, self.word_id
             total = self.weight.new_zeros(self.num_item, self.weight.shape[1]).index_add(0, item_index,
                                                                                           self.weight[word_id])
             return total / torch.bincount(item_index, minlength=self.num_item).clamp(min=1).unsqueeze(1)
