@@ -339,19 +339,26 @@ def download(key, name=None, force=False, root=DATA_ROOT, source_dir=None, base_
     from download import REMOTES, fetch, raw_folder, verified
     if key in ML_SOURCES:
         given = [flag for flag, value in (('--from', source_dir), ('--base_url', base_url),
-                                          ('--name', name if name != key else None)) if value]
+                                          ('--name', name if name != key else None)) if value is not None]
         if given:
             raise DataError(given[0], f'{key} ships inside the installed {ML_SOURCES[key]["package"]} package and '
                                       f'is prepared as Data/{key}: nothing to fetch')
         return movielens(key, force=force, root=root)
+    for flag, value in (('--from', source_dir), ('--base_url', base_url)):
+        if value == '':
+            raise DataError(flag, 'an empty path; leave the flag out for the published address')
+    if source_dir is not None and base_url is not None:
+        raise DataError('--base_url', 'not with --from (the files are copied from DIR, nothing is fetched)')
+    name = key if name is None else name
+    claim_folder(name, force, root)             # a dataset folder that cannot be written: refused before fetching
     remote = REMOTES[key]
-    raw = raw_folder(dataset_folder(name or key, root), key)
+    raw = raw_folder(dataset_folder(name, root), key)
     if not verified(raw, remote):
         if os.path.lexists(raw) and not (os.path.isdir(raw) and not os.listdir(raw)):
             raise DataError(raw, f'holds files that are not the published {key} files (a size or checksum differs, '
                                  f'or one is missing); remove that folder to fetch them again')
         fetch(key, raw, remote, source_dir, base_url, timeout)
-    return IMPORTS[remote.layout](name or key, raw, force=force, root=root)
+    return IMPORTS[remote.layout](name, raw, force=force, root=root)
 
 
 def export_dataset(name, layout, out, root=DATA_ROOT):

