@@ -196,9 +196,10 @@ def parse_args(argv=None):
     pre = OneLineParser(add_help=False, prog=parser.prog)
     pre.add_argument('--config', default=None)
     config = pre.parse_known_args(argv)[0].config
-    if config is not None:
-        parser.set_defaults(**config_defaults(parser, config))
+    in_file = config_defaults(parser, config) if config is not None else {}
+    parser.set_defaults(**in_file)
     args = parser.parse_args(argv)
+    check_config_model(config, in_file.get('model_name'), explicit_values(parser, argv).get('model_name'))
     args.model_name = registry.entry(args.model_name).name          # an alias names its model
     for key, value in registry.entry(args.model_name).defaults.items():
         if getattr(args, key) is None:
@@ -208,6 +209,16 @@ def parse_args(argv=None):
     check_read(args.model_name, given)
     args.topK = list(dict.fromkeys(args.topK))
     return args
+
+
+def check_config_model(path, in_file, given):
+    """Refuse a --model_name that overrides the model a --config file names: the file's values (learning rate,
+    weight decay, which means a loss coefficient for one model and Adam's decay for another) were chosen for its
+    model, and would be run, unnoticed, with another."""
+    if given is None or in_file is None or registry.entry(given).name == registry.entry(in_file).name:
+        return
+    raise InputError(f'--model_name: {given} on the command line, but {path} is a configuration of {in_file}; '
+                     f'leave --model_name out, or give a configuration of {given}')
 
 
 def explicit_values(parser, argv):

@@ -61,6 +61,22 @@ def test_bad_config_is_one_line_error(tmp_path, capsys, text, message):
         assert err.startswith(f'error: {path}: ') and message in err
 
 
+def test_model_name_against_the_configs_model_is_refused(tmp_path, capsys):
+    """A tuned file's l_r and weight_decay (Adam's decay for SLMRec, a loss coefficient for MMGCN) are its model's:
+    --model_name naming another would run them, unnoticed, with that one.  The same model (an alias), or a file
+    that names none, is fine."""
+    path = _write(tmp_path, 'model_name: MMGCN\nl_r: 0.0005\nweight_decay: 0.1\n')
+    assert main.main(['--config', path, '--model_name', 'SLMRec', '--data_path', str(tmp_path / 'absent')]) == 2
+    assert capsys.readouterr().err.strip() == (f'error: --model_name: SLMRec on the command line, but {path} is a '
+                                               f'configuration of MMGCN; leave --model_name out, or give a '
+                                               f'configuration of SLMRec')
+    assert config.parse_args(['--config', path, '--model_name', 'MMGCN']).weight_decay == 0.1
+    alias = _write(tmp_path, 'model_name: DAMRS\n', 'd.yaml')
+    assert config.parse_args(['--config', alias, '--model_name', 'DA-MRS']).model_name == 'DAMRS'
+    plain = _write(tmp_path, 'l_r: 0.002\n', 'p.yaml')
+    assert config.parse_args(['--config', plain, '--model_name', 'BPR']).l_r == 0.002
+
+
 def test_missing_config_file(tmp_path, capsys):
     path = str(tmp_path / 'none.yaml')
     assert main.main(['--config', path]) == errors.EXIT_BAD_INPUT
