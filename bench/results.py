@@ -45,7 +45,6 @@ footer counts the runs per device.  ``--jobs N`` trains N runs at a time, each
 in its own process: a GPU that one small run leaves mostly idle, or a CPU with
 cores to spare (on 2 cores it only slows each run down).
 """
-import argparse
 import json
 import os
 import subprocess
@@ -299,7 +298,9 @@ def default_rows(args):
 
 
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    from errors import OneLineParser
+    from tune import check_dataset
+    p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset', default='ml100k')
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
     p.add_argument('--rows', default=None,
@@ -320,14 +321,17 @@ def main_(argv=None):
                         "listed in results_<dataset>-testsel.md and read into the table's labelled column")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
+    if args.configs != CONFIGS and not os.path.isdir(args.configs):     # else every row would fall back to a grid
+        p.error(f'--configs: {args.configs}: folder not found')
+    keys = args.rows.split(',') if args.rows else default_rows(args)
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        p.error(f'--rows: unknown row(s) {", ".join(map(repr, unknown))}; choose from {", ".join(ROWS)}')
+    check_dataset(p, args.dataset)                 # before --out exists: every run would be refused
     os.makedirs(args.out, exist_ok=True)
     name = os.path.basename(os.path.normpath(args.dataset))     # a folder under Data/ or a path
     log = os.path.join(args.out, f'results_{name}{"-testsel" if args.select_on == "test" else ""}.jsonl')
     started = time.time()
-    keys = args.rows.split(',') if args.rows else default_rows(args)
-    unknown = [k for k in keys if k not in ROWS]
-    if unknown:
-        p.error(f'unknown row(s) {", ".join(unknown)}; choose from {", ".join(ROWS)}')
     if args.jobs == 1:
         rows = [row_runs(key, Inline(), args, log) for key in keys]
     else:                                             # rows side by side, at most --jobs runs at a time

@@ -16,7 +16,6 @@ interrupted tuning resumes where it stopped (sweep.py retries a killed trial fro
 two processes with the same arguments share the work.  ``python main.py --config configs/<d>/<M>.yaml``
 then reproduces the recorded validation and test metrics (seed 1; on another CPU within float noise).
 """
-import argparse
 import datetime
 import os
 import subprocess
@@ -125,8 +124,16 @@ def write_config(args, model):
     return True
 
 
+def check_dataset(parser, data_path):
+    """``parser.error`` unless ``data_path`` names a prepared dataset folder (or one main.py prepares on first use)."""
+    from DataLoad import AUTO_PREPARED, dataset_path
+    if data_path not in AUTO_PREPARED and not os.path.isdir(dataset_path(data_path)):
+        parser.error(f'--dataset: {dataset_path(data_path)}: dataset folder not found')
+
+
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    from errors import OneLineParser
+    p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset', required=True, help='a prepared dataset under Data/ (tiktok, ml100k, ...)')
     p.add_argument('--models', default=','.join(registry.entries()), help='comma list (default: every model)')
     p.add_argument('--grid', choices=('search', 'lr'), default='search',
@@ -141,11 +148,13 @@ def main_(argv=None):
     args.runs = os.path.abspath(args.runs)
     if os.path.basename(args.runs) != 'runs':
         p.error('--runs must be a folder named runs (sweep.py keeps its trials in runs/ beside it)')
-    os.makedirs(args.runs, exist_ok=True)
     models = args.models.split(',')
     unknown = [m for m in models if m not in registry.entries()]
     if unknown:
-        p.error(f'unknown model(s) {", ".join(unknown)}; choose from {", ".join(registry.entries())}')
+        p.error(f'--models: unknown model(s) {", ".join(map(repr, unknown))}; choose from '
+                f'{", ".join(registry.entries())}')
+    check_dataset(p, args.dataset)                # before runs/ and a study exist: every trial would be refused
+    os.makedirs(args.runs, exist_ok=True)
     failed = []
     for model in models:
         if not args.write_only:

@@ -16,6 +16,7 @@ import bench  # noqa: E402
 import lightgcn_recbole  # noqa: E402
 import results  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
+from conftest import one_line_error  # noqa: E402
 
 
 def _read_pairs(path):
@@ -105,10 +106,19 @@ def test_results_in_parallel_processes_match_the_sequential_runs(tiny_plain, tmp
     assert len(list((tmp_path / 'par' / 'runs').glob('*.log'))) == 2      # each process's output kept
 
 
-def test_results_reject_an_unknown_row(tiny_plain, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        results.main_(['--dataset', tiny_plain, '--rows', 'FAC,NoSuchRow', '--out', str(tmp_path)])
-    assert 'unknown row(s) NoSuchRow' in capsys.readouterr().err
+@pytest.mark.parametrize('flags, needle', [
+    (['--rows', 'FAC,NoSuchRow'], "--rows: unknown row(s) 'NoSuchRow'; choose from FAC"),
+    (['--rows', 'BPR,'], "--rows: unknown row(s) ''"),
+    (['--rows', 'BPR', '--dataset', 'no_such_dataset'], 'no_such_dataset: dataset folder not found'),
+    (['--rows', 'BPR', '--configs', 'no_such_folder'], '--configs: no_such_folder: folder not found')])
+def test_results_refusals_are_one_line_before_anything_is_written(flags, needle, tiny_plain, tmp_path, capsys):
+    # found: an unknown row was argparse's usage block after --out was made; a missing dataset ran every row's
+    # grid into failed runs (exit 1) with their runs/ folder; a missing --configs fell back to the grid silently
+    with pytest.raises(SystemExit) as stop:
+        results.main_(['--dataset', tiny_plain, '--out', str(tmp_path / 'out'), *flags])
+    assert stop.value.code == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.parametrize('kernel_peak', [True, False], ids=['VmHWM', 'sampled'])

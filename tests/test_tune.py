@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import main
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
 import tune  # noqa: E402
@@ -35,6 +35,20 @@ def test_tune_writes_a_configuration_that_reproduces_its_trial(tiny_plain, tmp_p
         record = json.loads(f.read().splitlines()[-1])
     assert record['val'] == trial.user_attrs['val'] and record['test'] == trial.user_attrs['test']
     assert record['args']['l_r'] == trial.params['l_r']
+
+
+@pytest.mark.parametrize('flags, needle', [
+    (['--models', 'BPR,NoSuchModel'], "--models: unknown model(s) 'NoSuchModel'; choose from SLMRec"),
+    (['--models', 'BPR', '--dataset', 'no_such_dataset'], 'no_such_dataset: dataset folder not found')])
+def test_tune_refusals_are_one_line_before_runs_exists(flags, needle, tiny_plain, tmp_path, capsys):
+    # found: an unknown model was argparse's usage block after runs/ was made; a missing dataset ran its whole
+    # study of refused trials (exit 1), leaving the study's database and trial folders
+    with pytest.raises(SystemExit) as stop:
+        tune.main_(['--dataset', tiny_plain, '--runs', str(tmp_path / 'runs'), '--configs', str(tmp_path / 'c'),
+                    '--max_epoch', '1', *flags])
+    assert stop.value.code == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'c').exists()
 
 
 def test_every_shipped_configuration_parses_and_says_where_it_came_from():
