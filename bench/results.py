@@ -284,7 +284,8 @@ def table_row(key, point, records, args):
     return {'label': ROWS[key][0], 'metrics': {(k, m): [r['test'][str(k)][m] for r in records]
                                                for k in KS for m, _ in METRICS},
             'chosen': chosen_text(point, records), 'epochs': '/'.join(str(r['best_epoch']) for r in records),
-            'epoch_s': float(np.mean(seconds)) if seconds else float('nan'),
+            # the median: an epoch that spans a suspended machine (one of SMORE's took 1849 s) is not the row's
+            'epoch_s': float(np.median(seconds)) if seconds else float('nan'),
             'published': PUBLISHED.get(name, {}).get(model) if first_row else None,
             'test_selected': test_selected(args, flags, point)}
 
@@ -360,7 +361,7 @@ def main_(argv=None):
               + ('' if args.grid or not grid else 'no grid: published learning rates; ')
               + (f'grid by sweep.py {swept}, chosen on validation with seed {args.seeds[0]}; ' if swept else '')
               + 'at most ' + ', '.join(f'{e} epochs with patience {pa}' for e, pa in protocols) + '; '
-              f's/epoch: mean seconds of a training epoch with its evaluation; '
+              f's/epoch: median seconds of a training epoch with its evaluation; '
               f'runs by device: {", ".join(f"{d} {n}" for d, n in sorted(devices.items()))}; '
               f'total {time.time() - started:.0f}s.')
     markdown = report.markdown(table, footer, SOURCES)
