@@ -135,6 +135,8 @@ def add_model_flags(p):
 def config_defaults(parser, path):
     """The flag values of a --config YAML file, checked by the same type functions as the command line."""
     import difflib
+    if path == '':
+        raise InputError('--config: an empty path; give a YAML file of flag values')
     values = read_yaml(path, 'config file')
     if values is None:
         return {}

@@ -44,7 +44,8 @@ try:
     from errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED, TERMINATED_EARLY_LINE,
                         TERMINATED_LINE, DataError,
                         InputError, describe, one_line)
-    from safe_write import append_results_line, check_not_inputs, check_outputs, check_writable
+    from safe_write import (append_results_line, check_not_inputs, check_outputs, check_writable,
+                            no_empty_folders_left)
 except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two): the one line, not a traceback
     if __name__ != '__main__':
         raise
@@ -52,13 +53,19 @@ except KeyboardInterrupt:          # Ctrl-C while torch loads (a second or two):
     sys.exit(130)
 
 
-def output_paths(args, name):
-    """``(best model, checkpoint, [(output, what)])``: the files this run writes, checked before any work."""
+def planned_outputs(args, name):
+    """``(best model, checkpoint, [(output, what)])``: the files this run writes."""
     best_path = args.PATH_weight_save or os.path.join('runs', f'{name}.best.pt')
     last_path = args.checkpoint or os.path.join('runs', f'{name}.last.pt')
     outputs = [(args.save_file, 'results file'), (best_path, 'best-model file'), (last_path, 'checkpoint')]
     if args.export_topk:
         outputs.append((args.export_topk, 'top-K export'))
+    return best_path, last_path, outputs
+
+
+def output_paths(args, name):
+    """``planned_outputs``, each checked writable before any work."""
+    best_path, last_path, outputs = planned_outputs(args, name)
     if distributed.is_main():                    # rank 0 alone writes files (SPEC 7)
         check_outputs(outputs, [(args.tensorboard, 'TensorBoard folder')] if args.tensorboard else [])
         if args.tensorboard:
@@ -159,10 +166,19 @@ def training_data(args, data, folder, sampler_rng):
 
 
 def run(args):
+    """Train and report; a run refused before it wrote anything leaves no folder it made."""
+    name = run_name(args)
+    folders = [path for path, _ in planned_outputs(args, name)[2]] if distributed.is_main() else []
+    if args.tensorboard and distributed.is_main():
+        folders.append(os.path.join(args.tensorboard, 'events'))
+    with no_empty_folders_left(folders):
+        return train(args, name)
+
+
+def train(args, name):
     from Board import open_board
     from Train import Terminated, fit
     started = time.time()
-    name = run_name(args)
     best_path, last_path, outputs = output_paths(args, name)
     device = start_process(args)
     locked = [(last_path, 'checkpoint', '--checkpoint'), (best_path, 'best-model file', '--PATH_weight_save')]

@@ -62,8 +62,9 @@ DATASET_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')     # a folder under 
 SOURCE_KINDS = ('synthetic', 'movielens', 'csv', 'mmrec', 'hkuds', 'json')
 
 
-def dataset_folder(name, root=DATA_ROOT):
-    """The folder of ``--name``: a plain name under ``root``, or a path (it contains a '/').
+def dataset_folder(name, root=DATA_ROOT, flag='--name'):
+    """The folder of ``--name`` (``flag``: how the command line gave it, for the error): a plain name under
+    ``root``, or a path (it contains a '/').
 
     A plain name is letters, digits, '_', '-' and '.', not starting with '.'
     (hidden names are this script's temporary folders, and '.'/'..' are not
@@ -72,7 +73,7 @@ def dataset_folder(name, root=DATA_ROOT):
     if '/' in name or os.sep in name:
         return os.path.abspath(name)
     if not DATASET_NAME.fullmatch(name):
-        raise DataError('--name', f'{name!r} is not a plain name (letters, digits, _, - and ., not starting '
+        raise DataError(flag, f'{name!r} is not a plain name (letters, digits, _, - and ., not starting '
                                   f'with .) nor a path')
     return os.path.join(root, name)
 
@@ -364,7 +365,9 @@ def download(key, name=None, force=False, root=DATA_ROOT, source_dir=None, base_
 def export_dataset(name, layout, out, root=DATA_ROOT):
     """``export NAME --to LAYOUT --folder OUT``; see ``exporters.export``.  Returns its notes."""
     from exporters import export
-    return export(dataset_folder(name, root), layout, out)
+    if out == '':
+        raise DataError('--folder', 'an empty path; give a new (or empty) folder to write')
+    return export(dataset_folder(name, root, flag='DATASET'), layout, out)
 
 
 # --------------------------------------------------------------------------
@@ -551,7 +554,7 @@ def main(argv=None):
                               args.image_batch, args.image_size)
         if args.source == 'info':
             from dataset_card import card
-            print(card(dataset_folder(args.dataset, root)))
+            print(card(dataset_folder(args.dataset, root, flag='DATASET')))
             return 0
         if args.source == 'export':
             for note in export_dataset(args.dataset, args.to, args.folder, root=root):

@@ -52,6 +52,27 @@ def check_writable(path, what):
         raise InputError(f'{path}: cannot write the {what} ({e.strerror or e})') from None
 
 
+@contextlib.contextmanager
+def no_empty_folders_left(paths):
+    """The folders above ``paths`` that do not exist yet are removed again after the block when they are still
+    empty: a run refused before it wrote anything (a missing dataset, a bad flag) leaves no empty ``runs/``
+    behind, though ``check_writable`` made it to prove the path writable."""
+    missing = set()
+    for path in paths:
+        folder = os.path.dirname(os.path.realpath(path))
+        while folder and not os.path.lexists(folder):
+            missing.add(folder)
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    finally:
+        for folder in sorted(missing, key=len, reverse=True):     # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:                        # it holds a file now (or is gone)
+                pass
+
+
 def check_outputs(outputs, folders=()):
     """``outputs``: [(path, what)]; distinct files, each writable, our stale temporaries beside them removed.
     ``folders`` ([(path, what)]) are output folders: none of the files may be one of them."""

@@ -149,10 +149,11 @@ def main_(argv=None):
     if os.path.basename(args.runs) != 'runs':
         p.error('--runs must be a folder named runs (sweep.py keeps its trials in runs/ beside it)')
     models = args.models.split(',')
-    unknown = [m for m in models if m not in registry.entries()]
+    unknown = [m for m in models if m not in registry.names_and_aliases()]
     if unknown:
         p.error(f'--models: unknown model(s) {", ".join(map(repr, unknown))}; choose from '
                 f'{", ".join(registry.entries())}')
+    models = [registry.entry(m).name for m in models]       # an alias (DA-MRS) tunes its model (DAMRS)
     check_dataset(p, args.dataset)                # before runs/ and a study exist: every trial would be refused
     os.makedirs(args.runs, exist_ok=True)
     failed = []

@@ -450,6 +450,36 @@ def test_a_dataset_without_features_is_not_a_modalities_problem(small, tmp_path,
     one_line_error(capsys, 'VBPR needs at least one modality (see --modalities)')
 
 
+def test_a_refused_run_leaves_no_folder_it_made_and_a_run_keeps_its_own(small, tmp_path, capsys, monkeypatch):
+    # found: a missing dataset was one line, but left an empty runs/ (made to prove the outputs writable)
+    folder, base = small
+    monkeypatch.chdir(tmp_path)
+    nested = ['--checkpoint', 'a/b/c.last.pt', '--save_file', 'r/x.jsonl']
+    assert main.main(['--data_path', str(tmp_path / 'nosuch'), '--no-progress'] + nested) == 2
+    one_line_error(capsys, 'nosuch: dataset folder not found')
+    assert os.listdir(tmp_path) == []
+    assert main.main(base + nested) == 0                                  # the same outputs, written
+    assert sorted(os.listdir(tmp_path)) == ['a', 'r', 'runs']
+    assert os.listdir(tmp_path / 'a' / 'b') == ['c.last.pt'] and os.listdir(tmp_path / 'r') == ['x.jsonl']
+
+
+@pytest.mark.parametrize('argv, problem', [
+    (['export', '', '--to', 'json', '--folder', 'out'], "DATASET: '' is not a plain name"),
+    (['info', ''], "DATASET: '' is not a plain name"),
+    (['export', 'small', '--to', 'json', '--folder', ''], '--folder: an empty path'),
+])
+def test_empty_dataset_names_and_folders_name_their_argument(argv, problem, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert prepare_data.main(argv) == 2
+    one_line_error(capsys, problem)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_config_path_is_named(capsys):
+    assert main.main(['--config', '']) == 2
+    one_line_error(capsys, '--config: an empty path')
+
+
 # ---------------------------------------------------------------- sweep.py
 
 @pytest.mark.parametrize('study', ['../evil', 'a/b', '.hidden', 'x' * 101])

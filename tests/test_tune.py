@@ -51,6 +51,13 @@ def test_tune_refusals_are_one_line_before_runs_exists(flags, needle, tiny_plain
     assert not (tmp_path / 'runs').exists() and not (tmp_path / 'c').exists()
 
 
+def test_tune_takes_a_models_alias_for_its_model(tiny_plain, tmp_path, capsys):
+    # found: --models DA-MRS (the spelling main.py --model_name takes) was refused as unknown
+    assert tune.main_(['--dataset', tiny_plain, '--runs', str(tmp_path / 'runs'), '--configs', str(tmp_path / 'c'),
+                       '--models', 'DA-MRS', '--write_only']) == 0
+    assert "DAMRS: study 'tune-" in capsys.readouterr().out
+
+
 def test_every_shipped_configuration_parses_and_says_where_it_came_from():
     """configs/<dataset>/<Model>.yaml as landed from the sweeps: each file is a valid main.py --config for the
     model it is named after, on the dataset its folder names, with tune.py's provenance at its top."""
