@@ -168,9 +168,11 @@ def training_data(args, data, folder, sampler_rng):
 def run(args):
     """Train and report; a run refused before it wrote anything leaves no folder it made."""
     name = run_name(args)
-    folders = [path for path, _ in planned_outputs(args, name)[2]] if distributed.is_main() else []
-    if args.tensorboard and distributed.is_main():
-        folders.append(os.path.join(args.tensorboard, 'events'))
+    folders = []
+    if distributed.is_main():                    # rank 0 alone writes files, and output_paths checks them there
+        folders = [path for path, _ in planned_outputs(args, name)[2]]
+        if args.tensorboard:
+            folders.append(os.path.join(args.tensorboard, 'events'))
     with no_empty_folders_left(folders):
         return train(args, name)
 
