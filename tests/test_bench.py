@@ -1,6 +1,7 @@
 """The results script and the RecBole cross-check's data plumbing (RecBole itself is not needed)."""
 import json
 import mmap
+import subprocess
 import os
 import sys
 from types import SimpleNamespace
@@ -237,3 +238,54 @@ def test_runs_selected_on_test_are_their_own_records_and_the_tables_labelled_col
     assert row.split(' | ')[7] == f'{record["test"]["20"]["recall"]:.4f}'
     with pytest.raises(SystemExit, match='sweep.py, on validation only'):
         results.main_(['--dataset', tiny_plain, '--rows', 'FAC-tuned', '--select_on', 'test', '--out', str(out)])
+
+
+FAKE_MMREC = '''
+import json, os
+import numpy as np
+import scipy.sparse as sp
+from torchvision.transforms.functional import pad              # MMRec's data_utils imports these
+from utils.utils import get_trainer
+
+
+def quick_start(model, dataset, config_dict, save_model=True):
+    with open(os.path.join(config_dict['data_path'] + dataset, config_dict['inter_file_name'])) as f:
+        header, *rows = [line.rstrip('\\n').split('\\t') for line in f]
+    assert header == [config_dict['USER_ID_FIELD'], config_dict['ITEM_ID_FIELD'], 'x_label']
+    dok = sp.dok_matrix((1, 1), dtype=np.float32)
+    dok._update({(0, 0): 1.0})                                   # removed from SciPy 1.12
+    counts = {label: sum(r[2] == label for r in rows) * np.float(dok[0, 0]) for label in '012'}
+    counts['2+0'] = counts['2'] + counts['0']                    # the test metric: a swap with val shows
+    with open('received.jsonl', 'a') as f:
+        f.write(json.dumps(config_dict) + '\\n')
+    get_trainer()().fit(counts)
+'''
+
+
+def test_mmrec_side_by_side_trains_on_the_export(tiny_plain, tmp_path):
+    # A stand-in MMRec whose "training" counts the exported split's x_labels and reports them as metrics.
+    src = tmp_path / 'MMRec' / 'src'
+    (src / 'utils').mkdir(parents=True)
+    (src / 'configs' / 'model').mkdir(parents=True)
+    (src / 'configs' / 'model' / 'Fake.yaml').write_text('reg_weight: [0.1, 0.01]\nhyper_parameters: ["reg_weight"]\n')
+    (src / 'utils' / '__init__.py').write_text('')
+    (src / 'utils' / 'quick_start.py').write_text(FAKE_MMREC)
+    (src / 'utils' / 'utils.py').write_text(
+        'class Trainer:\n    def fit(self, counts):\n'
+        '        return 0, *({f"{m}@{k}": counts[x] for m in ("precision", "recall", "ndcg") for k in (10, 20)}'
+        ' for x in ("1", "2+0"))\n\ndef get_trainer():\n    return Trainer\n')
+    out = tmp_path / 'out'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'mmrec_side_by_side.py'), '--mmrec',
+                    str(tmp_path / 'MMRec'), '--dataset', tiny_plain, '--model', 'Fake', '--seeds', '4', '5',
+                    '--set', 'learning_rate=0.01', 'reg_weight=1e-3', '--out', str(out)], check=True)
+    data = load_dataset(tiny_plain)
+    name = os.path.basename(tiny_plain)
+    records = [json.loads(line) for line in (out / f'mmrec_{name}_Fake.jsonl').read_text().splitlines()]
+    assert [r['seed'] for r in records] == [4, 5]
+    for r in records:
+        assert r['val']['recall@20'] == sum(map(len, data.val.values()))
+        assert r['test']['ndcg@10'] == sum(map(len, data.test.values())) + len(data.train)
+    received = [json.loads(line) for line in (src / 'received.jsonl').read_text().splitlines()]
+    assert [c['seed'] for c in received] == [[4], [5]]
+    assert received[0]['reg_weight'] == [0.001] and received[0]['learning_rate'] == 0.01   # one grid point
+    assert 'MMRec Fake' in (out / f'mmrec_{name}_Fake.md').read_text()
