@@ -137,7 +137,7 @@ def table(records, model, summary, settings, notes=()):
     head = ' | '.join(f'{m[0].upper()}@{k}' for k in (20, 10) for m in METRICS)
     lines = [f'MMRec {model} on {summary}; {", ".join(f"{k} {v}" for k, v in settings.items()) or "its defaults"};'
              f' seeds {" ".join(str(r["seed"]) for r in records)}; best epoch on validation Recall@20.',
-             *(f'MMRec {note[len("note: "):]}' if note.startswith('note: ') else note for note in notes), '',
+             *(f'export note: {note[len("note: "):]}' if note.startswith('note: ') else note for note in notes), '',
              f'| MMRec | {head} |', '|---|' + '---|' * 6]
     for part in ('val', 'test'):
         lines.append(f'| {part} | ' + ' | '.join(cell(part, m, k) for k in (20, 10) for m in METRICS) + ' |')
