@@ -469,7 +469,7 @@ def _readme_main_commands():
     from conftest import ROOT
     with open(os.path.join(ROOT, 'README.md')) as f:
         text = f.read()
-    block = text[text.index('Other runs:'):]
+    block = text[text.index('## Running'):]
     block = block[block.index('```bash') + 7:]
     block = block[:block.index('```')].replace('\\\n', ' ')
     return [shlex.split(line.split('#')[0])[2:] for line in block.splitlines() if line.startswith('python main.py')]
