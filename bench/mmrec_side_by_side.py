@@ -1,15 +1,16 @@
 """Side by side: MMRec's own trainer on exactly our split, as ``prepare_data.py export --to mmrec`` writes it.
 
     python bench/mmrec_side_by_side.py --mmrec ~/MMRec --dataset tiktok --model FREEDOM --seeds 1 2 3 \\
-        --set learning_rate=0.001 reg_weight=0.0001 dropout=0.8
+        --set learning_rate=0.001 reg_weight=0.0001 dropout=0.8 stopping_step=9
 
 ``--mmrec`` is a checkout of MMRec (https://github.com/enoche/MMRec; read at e775373).  The dataset folder
 (``Data/<name>``) is exported to MMRec's layout (``<name>.inter`` with ``x_label`` 0/1/2, ``image_feat.npy``,
 ``text_feat.npy``) by ``exporters.export`` into a temporary folder, and MMRec's ``quick_start`` trains the
 model once per seed with one fixed setting: its ``overall.yaml`` and ``configs/model/<Model>.yaml``, then
-the ``--set`` values (YAML-parsed; a key the model's YAML lists in ``hyper_parameters`` becomes a
-one-value list, so nothing is grid-searched).  MMRec selects its best epoch on validation Recall@20 and
-removes only training items from the test ranking, as SPEC 4 does, so its test numbers compare with the
+the ``--set`` values (YAML-parsed).  Every key the model's YAML grid-searches (its ``hyper_parameters``) must be
+given one value, so that a seed is one run.  MMRec selects its best epoch on validation Recall@20 and
+stops after ``stopping_step`` + 1 evaluations without a better one (``stopping_step=9`` is main.py's
+``--patience 10``) and removes only training items from the test ranking, as SPEC 4 does, so its test numbers compare with the
 rows of ``bench/results.py`` on the same split.  Only the modalities MMRec reads are exported (image as
 ``v``, text as ``t``); the export prints a note for any other (TikTok's audio), so compare with our model run
 on the same modalities (``main.py --modalities v``).
@@ -19,10 +20,10 @@ compatibility shims are applied in this process before MMRec is imported (``mmre
 touches a number: ``dok_matrix._update`` (removed in SciPy 1.12) as item assignment, NumPy's removed
 ``np.float``/``np.int``/``np.bool`` aliases as the builtins, and a torchvision stand-in for its raw-image
 transforms, which raise if called (a run on pre-extracted features never calls them).  MMRec also needs
-pandas (``pip install pandas``).
+pandas and lmdb (``pip install pandas lmdb``) beside the matplotlib and pillow requirements.txt installs.
 
 MMRec writes its ``log/`` folder into ``<mmrec>/src`` (its working directory); nothing else is kept apart from
-``--out``'s ``mmrec_<dataset>_<Model>.{md,jsonl}``.
+``--out``'s ``mmrec_<dataset>_<Model>.{md,jsonl}`` (this run's table and its per-seed records, replaced).
 """
 import json
 import os
@@ -37,8 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from DataLoad import load_dataset  # noqa: E402
-from errors import InputError, OneLineParser  # noqa: E402
+from errors import DataError, InputError, OneLineParser, describe  # noqa: E402
 from exporters import export  # noqa: E402
+from safe_write import atomic_file, check_writable  # noqa: E402
 
 KS = (10, 20)
 METRICS = ('precision', 'recall', 'ndcg')
@@ -79,7 +81,10 @@ def parse_settings(pairs):
         key, sep, value = pair.partition('=')
         if not sep or not key:
             raise InputError(f'--set: {pair!r} is not key=value')
-        value = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(f'--set: {pair!r}: not a YAML value ({describe(e)})') from None
         if isinstance(value, str):              # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
@@ -87,6 +92,25 @@ def parse_settings(pairs):
                 pass
         settings[key] = value
     return settings
+
+
+def searched(src, model, settings):
+    """The hyper-parameters MMRec's ``configs/model/<model>.yaml`` grid-searches; each must have one value in
+    ``settings``, so that a seed is one run (an InputError names those missing)."""
+    path = os.path.join(src, 'configs', 'model', f'{model}.yaml')
+    try:
+        with open(path) as f:
+            names = [n for n in (yaml.safe_load(f) or {}).get('hyper_parameters') or [] if n != 'seed']
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f'{path}: cannot read ({describe(e)})') from None
+    listed = [k for k, v in settings.items() if isinstance(v, list)]
+    if listed:
+        raise InputError(f'--set: {", ".join(listed)}: give one value, not a list (one run per seed)')
+    missing = [n for n in names if n not in settings]
+    if missing:
+        raise InputError(f'--set: MMRec\'s configs/model/{model}.yaml grid-searches {", ".join(names)}; give '
+                         f'{", ".join(missing)} one value each (KEY=VALUE)')
+    return names
 
 
 def config_dict(export_root, name, seed, settings, hyper_parameters):
@@ -105,13 +129,11 @@ def config_dict(export_root, name, seed, settings, hyper_parameters):
     return cfg
 
 
-def run_seed(mmrec_src, model, export_root, name, seed, settings):
+def run_seed(model, export_root, name, seed, settings, hyper_parameters):
     """Train MMRec's ``model`` on the export with one seed; returns its best validation and test-upon-it."""
     import utils.quick_start as quick_start
     from utils.utils import get_trainer
 
-    with open(os.path.join(mmrec_src, 'configs', 'model', f'{model}.yaml')) as f:
-        hyper_parameters = (yaml.safe_load(f) or {}).get('hyper_parameters') or []
     results = []
 
     class Recorded(get_trainer()):
@@ -151,7 +173,7 @@ def main_(argv=None):
     p.add_argument('--model', required=True, help="MMRec's model name (its configs/model/<Model>.yaml)")
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
-                   help="MMRec settings over its YAML, e.g. learning_rate=0.001 reg_weight=0.0001 stopping_step=10")
+                   help="MMRec settings over its YAML, e.g. learning_rate=0.001 reg_weight=0.0001 stopping_step=9 (every key its YAML grid-searches)")
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     try:
@@ -161,33 +183,36 @@ def main_(argv=None):
         if not os.path.isfile(os.path.join(src, 'configs', 'model', f'{args.model}.yaml')):
             raise InputError(f'--model {args.model}: MMRec has no configs/model/{args.model}.yaml')
         settings = parse_settings(args.set)
-        folder = args.dataset if os.path.isdir(args.dataset) else os.path.join(ROOT, 'Data', args.dataset)
+        hyper_parameters = searched(src, args.model, settings)
+        folder = os.path.abspath(args.dataset if os.path.isdir(args.dataset) else
+                                 os.path.join(ROOT, 'Data', args.dataset))
+        name = os.path.basename(folder)
         summary = load_dataset(folder).summary()
-    except InputError as e:
+        stem = os.path.join(args.out, f'mmrec_{name}_{args.model}')
+        for suffix in ('.md', '.jsonl'):
+            check_writable(stem + suffix, 'result')
+    except (InputError, DataError) as e:
         p.error(str(e))
     print(summary, flush=True)
     mmrec_compat()
     sys.path.insert(0, src)
     records, cwd = [], os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        name = os.path.basename(os.path.normpath(folder))
         notes = export(folder, 'mmrec', os.path.join(tmp, name))
         print('\n'.join(notes), flush=True)
         os.chdir(src)            # MMRec reads configs/ from, and writes log/ into, its working directory
         try:
             for seed in args.seeds:
-                records.append(run_seed(src, args.model, tmp, name, seed, settings))
+                records.append(run_seed(args.model, tmp, name, seed, settings, hyper_parameters))
                 print(f'seed {seed}: MMRec {args.model} val R@20 {records[-1]["val"]["recall@20"]:.4f}, '
                       f'test R@20 {records[-1]["test"]["recall@20"]:.4f} N@20 {records[-1]["test"]["ndcg@20"]:.4f}',
                       flush=True)
         finally:
             os.chdir(cwd)
     text = table(records, args.model, summary, settings, notes)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f'mmrec_{name}_{args.model}')
-    with open(stem + '.md', 'w') as f:
+    with atomic_file(stem + '.md', 'w') as f:
         f.write(text + '\n')
-    with open(stem + '.jsonl', 'a') as f:
+    with atomic_file(stem + '.jsonl', 'w') as f:
         f.writelines(json.dumps({'model': args.model, 'settings': settings, **r}) + '\n' for r in records)
     print(text)
 

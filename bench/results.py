@@ -353,8 +353,8 @@ def main_(argv=None):
     devices = Counter(r.get('device_name', r['device']) for _, records in rows for r in records)
     footer = (f'{first_data}. Test metrics at the best validation Recall@20 epoch, '
               f'mean ± std over seeds {" ".join(map(str, args.seeds))}; '
-              + (f'{len(tuned)} {"row" if len(tuned) == 1 else "rows"} tuned by bench/tune.py (configs/{name}/: sweep.py on validation over each '
-                 f'model\'s search grid, seed 1); ' if tuned else '')
+              + (f'{len(tuned)} {"row" if len(tuned) == 1 else "rows"} tuned by bench/tune.py '
+                 f'(configs/{name}/: sweep.py on validation over each model\'s search grid, seed 1); ' if tuned else '')
               + (f'{"the other rows: " if tuned else ""}grid '
                  f'{ {registry.entry(model_of(ROWS[k][1])).name: GRID[model_of(ROWS[k][1])] for k in grid} }, '
                  f'chosen on validation with seed {args.seeds[0]}; ' if grid and args.grid else '')

@@ -1,8 +1,8 @@
 """The results script and the RecBole cross-check's data plumbing (RecBole itself is not needed)."""
 import json
 import mmap
-import subprocess
 import os
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 import bench  # noqa: E402
 import lightgcn_recbole  # noqa: E402
+import mmrec_side_by_side  # noqa: E402
 import results  # noqa: E402
 from DataLoad import load_dataset  # noqa: E402
 from conftest import one_line_error  # noqa: E402
@@ -262,12 +263,13 @@ def quick_start(model, dataset, config_dict, save_model=True):
 '''
 
 
-def test_mmrec_side_by_side_trains_on_the_export(tiny_plain, tmp_path):
+def test_mmrec_side_by_side_trains_on_the_export(tiny_plain, tmp_path, capsys):
     # A stand-in MMRec whose "training" counts the exported split's x_labels and reports them as metrics.
     src = tmp_path / 'MMRec' / 'src'
     (src / 'utils').mkdir(parents=True)
     (src / 'configs' / 'model').mkdir(parents=True)
-    (src / 'configs' / 'model' / 'Fake.yaml').write_text('reg_weight: [0.1, 0.01]\nhyper_parameters: ["reg_weight"]\n')
+    (src / 'configs' / 'model' / 'Fake.yaml').write_text('reg_weight: [0.1, 0.01]\ndropout: [0.8, 0.9]\n'
+                                                         'hyper_parameters: ["reg_weight", "dropout"]\n')
     (src / 'utils' / '__init__.py').write_text('')
     (src / 'utils' / 'quick_start.py').write_text(FAKE_MMREC)
     (src / 'utils' / 'utils.py').write_text(
@@ -277,7 +279,7 @@ def test_mmrec_side_by_side_trains_on_the_export(tiny_plain, tmp_path):
     out = tmp_path / 'out'
     subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'mmrec_side_by_side.py'), '--mmrec',
                     str(tmp_path / 'MMRec'), '--dataset', tiny_plain, '--model', 'Fake', '--seeds', '4', '5',
-                    '--set', 'learning_rate=0.01', 'reg_weight=1e-3', '--out', str(out)], check=True)
+                    '--set', 'learning_rate=0.01', 'reg_weight=1e-3', 'dropout=0.8', '--out', str(out)], check=True)
     data = load_dataset(tiny_plain)
     name = os.path.basename(tiny_plain)
     records = [json.loads(line) for line in (out / f'mmrec_{name}_Fake.jsonl').read_text().splitlines()]
@@ -289,3 +291,10 @@ def test_mmrec_side_by_side_trains_on_the_export(tiny_plain, tmp_path):
     assert [c['seed'] for c in received] == [[4], [5]]
     assert received[0]['reg_weight'] == [0.001] and received[0]['learning_rate'] == 0.01   # one grid point
     assert 'MMRec Fake' in (out / f'mmrec_{name}_Fake.md').read_text()
+    # a grid-searched key left out would make a seed a grid search: refused before anything runs
+    with pytest.raises(SystemExit) as e:
+        mmrec_side_by_side.main_(['--mmrec', str(tmp_path / 'MMRec'), '--dataset', tiny_plain, '--model', 'Fake',
+                                  '--set', 'reg_weight=1e-3', '--out', str(tmp_path / 'out2')])
+    assert e.value.code == 2
+    one_line_error(capsys, 'dropout', 'Fake.yaml')
+    assert not (tmp_path / 'out2').exists()
