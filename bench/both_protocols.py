@@ -76,7 +76,7 @@ def main_(argv=None):
         tests = np.array([t[1:] for _, t, _, _ in lines])
         vals = np.array([v[1:] for _, _, v, _ in lines if v])
         paper = published.get(model)
-        print(f'| {model} | mean of {len(lines)} | {cell(tests)} | {cell(vals)} ({len(vals)} runs) |'
+        print(f'| {model} | mean of {len(lines)} | {cell(tests)} | {cell(vals)} ({len(vals)} run{"s" if len(vals) != 1 else ""}) |'
               + (f' published R {paper[0]:.4f}, N {paper[1]:.4f}' if paper else ''))
 
 
