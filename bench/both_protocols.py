@@ -11,11 +11,15 @@ So the validation-selected run of the same seed is the history's best validation
 the test-selected run trained (else the line says how far it got).  Each model's lines end with the mean ± std over
 its runs; test-selected numbers are optimistic (SPEC 4) and are labelled so.
 """
-import argparse
 import json
+import os
+import sys
 from collections import defaultdict
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from errors import OneLineParser  # noqa: E402
 
 
 def validation_protocol(history, key, patience):
@@ -50,21 +54,60 @@ def rows(records, key):
 
 
 def cell(values):
-    """'R mean ± std, N mean ± std' of rows (R, N), or a dash."""
+    """'R mean ± std, N mean ± std' of rows (R, N) ('R r, N n' for one row), or a dash."""
     if not len(values):
         return '—'
+    if len(values) == 1:
+        return f'R {values[0, 0]:.4f}, N {values[0, 1]:.4f}'
     return (f'R {values[:, 0].mean():.4f} ± {values[:, 0].std():.4f}, '
             f'N {values[:, 1].mean():.4f} ± {values[:, 1].std():.4f}')
 
 
+def parse_published(pairs):
+    """``MODEL=R,N`` strings -> {model: (R, N)}; ValueError names a malformed one."""
+    out = {}
+    for pair in pairs:
+        model, _, numbers = pair.partition('=')
+        try:
+            recall, ndcg = map(float, numbers.split(','))
+        except ValueError:
+            raise ValueError(f'--published: {pair!r} is not MODEL=RECALL,NDCG') from None
+        out[model] = (recall, ndcg)
+    return out
+
+
+def read_records(path):
+    """The results lines of ``path``; ValueError names the file and what is wrong."""
+    try:
+        with open(path) as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    except OSError as e:
+        raise ValueError(f'{path}: cannot read ({e.strerror or e})') from None
+    except UnicodeDecodeError:
+        raise ValueError(f'{path}: not text (a results.jsonl holds one JSON record a line)') from None
+    records = []
+    for n, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f'{path}: line {n} is not JSON (a results.jsonl holds one record a line)') from None
+        if not isinstance(record, dict) or not isinstance(record.get('args'), dict):
+            raise ValueError(f'{path}: line {n} is no main.py results record (it has no "args")')
+        records.append(record)
+    return records
+
+
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('results', nargs='+', help='results.jsonl files')
     p.add_argument('--k', default='20', help='the cut-off (the runs\' first --topK)')
     p.add_argument('--published', nargs='*', default=[], metavar='MODEL=R,N', help="the papers' Recall@k, NDCG@k")
     args = p.parse_args(argv)
-    records = [json.loads(line) for path in args.results for line in open(path) if line.strip()]
-    published = {m: tuple(map(float, v.split(','))) for m, v in (x.split('=') for x in args.published)}
+    try:
+        published = parse_published(args.published)
+        records = [record for path in args.results for record in read_records(path)]
+    except ValueError as e:
+        p.error(str(e))
     k = args.k
     print(f'| model | seed | selected on TEST (optimistic): epoch, R@{k}, N@{k} | selected on validation: epoch, '
           f'R@{k}, N@{k} |')
@@ -75,9 +118,11 @@ def main_(argv=None):
             print(f'| {model} | {seed} | {test[0]}, {test[1]:.4f}, {test[2]:.4f} | {shown} |')
         tests = np.array([t[1:] for _, t, _, _ in lines])
         vals = np.array([v[1:] for _, _, v, _ in lines if v])
-        paper = published.get(model)
-        print(f'| {model} | mean of {len(lines)} | {cell(tests)} | {cell(vals)} ({len(vals)} run{"s" if len(vals) != 1 else ""}) |'
-              + (f' published R {paper[0]:.4f}, N {paper[1]:.4f}' if paper else ''))
+        runs = f'{len(vals)} run{"s" if len(vals) != 1 else ""}'
+        print(f'| {model} | mean of {len(lines)} | {cell(tests)} | {cell(vals)} ({runs}) |')
+        if model in published:
+            recall, ndcg = published[model]
+            print(f'| {model} | published | R {recall:.4f}, N {ndcg:.4f} (the paper: best test epoch) | — |')
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 import config
 import registry
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 from model_DiffMM import DiffMM, diffusion_schedule
 from model_MMSSL import MMSSL, masked_scores, masked_scores_layer
 from test_models_bm3_mgcn_lgmrec import MGCN_FEAT, TRAIN, U, I, bpr_by_hand, cli_roundtrip
@@ -547,3 +547,26 @@ def test_the_validation_protocol_read_off_a_test_selected_history():
     history = [{'epoch': e, 'val': {'20': {'recall': r}}} for e, r in enumerate([0.1, 0.3, 0.2, 0.25, 0.4], 1)]
     assert both_protocols.validation_protocol(history, '20', 2) == (history[1], True)      # stops after epoch 4
     assert both_protocols.validation_protocol(history, '20', 3) == (history[4], False)     # would go on
+
+
+def test_both_protocols_table_and_its_one_line_errors(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, 'bench'))
+    import both_protocols
+    history = [{'epoch': e, 'val': {'20': {'recall': v}}, 'test': {'20': {'recall': t, 'ndcg': t / 2}}}
+               for e, (v, t) in enumerate([(0.1, 0.2), (0.3, 0.1), (0.2, 0.4)], 1)]
+    record = {'args': {'select_on': 'test', 'patience': 1, 'num_epoch': 3, 'model_name': 'M', 'seed': 7},
+              'best_epoch': 3, 'test': {'20': {'recall': 0.4, 'ndcg': 0.2}}, 'history': history}
+    (tmp_path / 'r.jsonl').write_text(json.dumps(record) + '\n')
+    both_protocols.main_([str(tmp_path / 'r.jsonl'), '--published', 'M=0.5,0.25'])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:] == ['| M | 7 | 3, 0.4000, 0.2000 | 2, 0.1000, 0.0500 |',      # validation stops after epoch 3
+                       '| M | mean of 1 | R 0.4000, N 0.2000 | R 0.1000, N 0.0500 (1 run) |',
+                       '| M | published | R 0.5000, N 0.2500 (the paper: best test epoch) | — |']
+    (tmp_path / 'bad.jsonl').write_text('{"args": {}}\nnot json\n')
+    for argv, needles in (([str(tmp_path / 'bad.jsonl')], ('bad.jsonl', 'line 2')),
+                          ([str(tmp_path / 'r.jsonl'), '--published', 'M=0.5'], ('--published', 'M=0.5')),
+                          ([str(tmp_path / 'missing.jsonl')], ('missing.jsonl', 'cannot read'))):
+        with pytest.raises(SystemExit) as e:
+            both_protocols.main_(argv)
+        assert e.value.code == 2
+        one_line_error(capsys, *needles)
