@@ -8,10 +8,10 @@
 ``text_feat.npy``) by ``exporters.export`` into a temporary folder, and MMRec's ``quick_start`` trains the
 model once per seed with one fixed setting: its ``overall.yaml`` and ``configs/model/<Model>.yaml``, then
 the ``--set`` values (YAML-parsed).  Every key the model's YAML grid-searches (its ``hyper_parameters``) must be
-given one value, so that a seed is one run.  MMRec selects its best epoch on validation Recall@20 and
-stops after ``stopping_step`` + 1 evaluations without a better one (``stopping_step=9`` is main.py's
-``--patience 10``) and removes only training items from the test ranking, as SPEC 4 does, so its test numbers compare with the
-rows of ``bench/results.py`` on the same split.  Only the modalities MMRec reads are exported (image as
+given one value, so that a seed is one run.  MMRec selects its best epoch on validation Recall@20, stops
+after ``stopping_step`` + 1 evaluations without a better one (``stopping_step=9`` is main.py's ``--patience
+10``) and removes only training items from the test ranking, as SPEC 4 does, so its test numbers compare with
+the rows of ``bench/results.py`` on the same split.  Only the modalities MMRec reads are exported (image as
 ``v``, text as ``t``); the export prints a note for any other (TikTok's audio), so compare with our model run
 on the same modalities (``main.py --modalities v``).
 
