@@ -20,7 +20,8 @@ compatibility shims are applied in this process before MMRec is imported (``mmre
 touches a number: ``dok_matrix._update`` (removed in SciPy 1.12) as item assignment, NumPy's removed
 ``np.float``/``np.int``/``np.bool`` aliases as the builtins, and a torchvision stand-in for its raw-image
 transforms, which raise if called (a run on pre-extracted features never calls them).  MMRec also needs
-pandas and lmdb (``pip install pandas lmdb``) beside the matplotlib and pillow requirements.txt installs.
+pandas and lmdb (``pip install pandas lmdb``) beside matplotlib and pillow (requirements.txt, pillow as
+matplotlib's dependency).
 
 MMRec writes its ``log/`` folder into ``<mmrec>/src`` (its working directory); nothing else is kept apart from
 ``--out``'s ``mmrec_<dataset>_<Model>.{md,jsonl}`` (this run's table and its per-seed records, replaced).
