@@ -11,7 +11,6 @@ So the validation-selected run of the same seed is the history's best validation
 the test-selected run trained (else the line says how far it got).  Each model's lines end with the mean ± std over
 its runs; test-selected numbers are optimistic (SPEC 4) and are labelled so.
 """
-import json
 import os
 import sys
 from collections import defaultdict
@@ -20,6 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from errors import OneLineParser  # noqa: E402
+from plot import PlotError, read_results  # noqa: E402
+import report  # noqa: E402
 
 
 def validation_protocol(history, key, patience):
@@ -57,10 +58,7 @@ def cell(values):
     """'R mean ± std, N mean ± std' of rows (R, N) ('R r, N n' for one row), or a dash."""
     if not len(values):
         return '—'
-    if len(values) == 1:
-        return f'R {values[0, 0]:.4f}, N {values[0, 1]:.4f}'
-    return (f'R {values[:, 0].mean():.4f} ± {values[:, 0].std():.4f}, '
-            f'N {values[:, 1].mean():.4f} ± {values[:, 1].std():.4f}')
+    return f'R {report.cell(values[:, 0])}, N {report.cell(values[:, 1])}'
 
 
 def parse_published(pairs):
@@ -76,27 +74,6 @@ def parse_published(pairs):
     return out
 
 
-def read_records(path):
-    """The results lines of ``path``; ValueError names the file and what is wrong."""
-    try:
-        with open(path) as f:
-            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    except OSError as e:
-        raise ValueError(f'{path}: cannot read ({e.strerror or e})') from None
-    except UnicodeDecodeError:
-        raise ValueError(f'{path}: not text (a results.jsonl holds one JSON record a line)') from None
-    records = []
-    for n, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f'{path}: line {n} is not JSON (a results.jsonl holds one record a line)') from None
-        if not isinstance(record, dict) or not isinstance(record.get('args'), dict):
-            raise ValueError(f'{path}: line {n} is no main.py results record (it has no "args")')
-        records.append(record)
-    return records
-
-
 def main_(argv=None):
     p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('results', nargs='+', help='results.jsonl files')
@@ -105,8 +82,8 @@ def main_(argv=None):
     args = p.parse_args(argv)
     try:
         published = parse_published(args.published)
-        records = [record for path in args.results for record in read_records(path)]
-    except ValueError as e:
+        records = [record for path in args.results for _, record in read_results(path)]
+    except (ValueError, PlotError) as e:
         p.error(str(e))
     k = args.k
     print(f'| model | seed | selected on TEST (optimistic): epoch, R@{k}, N@{k} | selected on validation: epoch, '

@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 
 from DataLoad import load_dataset  # noqa: E402
 from Full_vt import SplitIndex, format_metrics, rank_metrics  # noqa: E402
+import report  # noqa: E402
 
 KS = (10, 20)
 
@@ -194,7 +195,7 @@ def main_(argv=None):
              '|---|' + '---|' * 3 * len(KS)]
 
     def cells(values):
-        return ' | '.join(f'{np.mean(v):.4f} ± {np.std(v):.4f}' if len(v) > 1 else f'{v[0]:.4f}' for v in values)
+        return ' | '.join(report.cell(v) for v in values)
 
     ours = [[r['ours']['test'][k][m] for r in records] for k in KS for m in ('precision', 'recall', 'ndcg')]
     theirs = [[r['test_recbole'][f'{m}@{k}'] for r in records] for k in KS for m in ('precision', 'recall', 'ndcg')]

@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 from DataLoad import load_dataset  # noqa: E402
 from errors import DataError, InputError, OneLineParser, describe  # noqa: E402
 from exporters import export  # noqa: E402
+import report  # noqa: E402
 from safe_write import atomic_file, check_writable  # noqa: E402
 
 KS = (10, 20)
@@ -123,9 +124,8 @@ def config_dict(export_root, name, seed, settings, hyper_parameters):
            'use_gpu': False, 'gpu_id': 0, 'topk': list(KS), 'valid_metric': 'Recall@20',
            'save_recommended_topk': False}
     cfg.update(settings)
-    for key in hyper_parameters:
-        if key in cfg and not isinstance(cfg[key], list):
-            cfg[key] = [cfg[key]]
+    for key in hyper_parameters:                # each given one value (``searched``): a one-point grid
+        cfg[key] = [cfg[key]]
     cfg['seed'] = [seed]
     return cfg
 
@@ -154,8 +154,7 @@ def run_seed(model, export_root, name, seed, settings, hyper_parameters):
 def table(records, model, summary, settings, notes=()):
     """Markdown: MMRec's validation and test metrics, mean ± std over the seeds."""
     def cell(part, metric, k):
-        values = [r[part][f'{metric}@{k}'] for r in records]
-        return f'{np.mean(values):.4f} ± {np.std(values):.4f}' if len(values) > 1 else f'{values[0]:.4f}'
+        return report.cell([r[part][f'{metric}@{k}'] for r in records])
 
     head = ' | '.join(f'{m[0].upper()}@{k}' for k in (20, 10) for m in METRICS)
     lines = [f'MMRec {model} on {summary}; {", ".join(f"{k} {v}" for k, v in settings.items()) or "its defaults"};'
@@ -174,7 +173,8 @@ def main_(argv=None):
     p.add_argument('--model', required=True, help="MMRec's model name (its configs/model/<Model>.yaml)")
     p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
-                   help="MMRec settings over its YAML, e.g. learning_rate=0.001 reg_weight=0.0001 stopping_step=9 (every key its YAML grid-searches)")
+                   help='MMRec settings over its YAML, every key it grid-searches among them, e.g. '
+                        'learning_rate=0.001 reg_weight=0.0001 stopping_step=9')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out'))
     args = p.parse_args(argv)
     try:

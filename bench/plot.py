@@ -22,8 +22,9 @@ class PlotError(Exception):
     """Bad input: one line for the user."""
 
 
-def load_runs(path, names=None):
-    """[(label, record)] of the records with a history, in file order, restricted to ``names`` if given."""
+def read_results(path):
+    """[(line number, record)] of every main.py results line in ``path``; PlotError names the file and the line
+    that is not one."""
     try:
         if os.path.exists(path) and not os.path.isfile(path):
             raise OSError('not a regular file')      # a FIFO would hang
@@ -43,8 +44,13 @@ def load_runs(path, names=None):
             raise PlotError(f'{path}: line {n} is not JSON (nested too deeply)') from None
         if not _is_results_line(record):
             raise PlotError(f'{path}: line {n} is not a main.py results line')
-        if names is None or record['run'] in names:
-            records.append((n, record))
+        records.append((n, record))
+    return records
+
+
+def load_runs(path, names=None):
+    """[(label, record)] of the records with a history, in file order, restricted to ``names`` if given."""
+    records = [(n, r) for n, r in read_results(path) if names is None or r['run'] in names]
     if names is not None:
         missing = [name for name in names if name not in {r['run'] for _, r in records}]
         if missing:

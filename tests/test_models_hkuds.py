@@ -552,9 +552,10 @@ def test_the_validation_protocol_read_off_a_test_selected_history():
 def test_both_protocols_table_and_its_one_line_errors(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, 'bench'))
     import both_protocols
-    history = [{'epoch': e, 'val': {'20': {'recall': v}}, 'test': {'20': {'recall': t, 'ndcg': t / 2}}}
+    history = [{'epoch': e, 'loss': 1.0, 'val': {'20': {'recall': v}}, 'test': {'20': {'recall': t, 'ndcg': t / 2}}}
                for e, (v, t) in enumerate([(0.1, 0.2), (0.3, 0.1), (0.2, 0.4)], 1)]
-    record = {'args': {'select_on': 'test', 'patience': 1, 'num_epoch': 3, 'model_name': 'M', 'seed': 7},
+    record = {'run': 'x-M-seed7', 'args': {'select_on': 'test', 'patience': 1, 'num_epoch': 3, 'model_name': 'M',
+                                           'seed': 7, 'topK': [20]},
               'best_epoch': 3, 'test': {'20': {'recall': 0.4, 'ndcg': 0.2}}, 'history': history}
     (tmp_path / 'r.jsonl').write_text(json.dumps(record) + '\n')
     both_protocols.main_([str(tmp_path / 'r.jsonl'), '--published', 'M=0.5,0.25'])
@@ -562,7 +563,7 @@ def test_both_protocols_table_and_its_one_line_errors(tmp_path, capsys):
     assert out[2:] == ['| M | 7 | 3, 0.4000, 0.2000 | 2, 0.1000, 0.0500 |',      # validation stops after epoch 3
                        '| M | mean of 1 | R 0.4000, N 0.2000 | R 0.1000, N 0.0500 (1 run) |',
                        '| M | published | R 0.5000, N 0.2500 (the paper: best test epoch) | — |']
-    (tmp_path / 'bad.jsonl').write_text('{"args": {}}\nnot json\n')
+    (tmp_path / 'bad.jsonl').write_text(json.dumps(record) + '\nnot json\n')
     for argv, needles in (([str(tmp_path / 'bad.jsonl')], ('bad.jsonl', 'line 2')),
                           ([str(tmp_path / 'r.jsonl'), '--published', 'M=0.5'], ('--published', 'M=0.5')),
                           ([str(tmp_path / 'missing.jsonl')], ('missing.jsonl', 'cannot read'))):
